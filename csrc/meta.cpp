@@ -1,0 +1,30 @@
+// Meta (shape-only) kernels: what torch.compile / FakeTensor tracing sees. Same argument checks
+// as the real kernels (but not the value checks on sigmas, which need the data).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "mmd_checks.h"
+
+namespace pytl {
+namespace {
+
+at::Tensor mmd2_terms_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
+  check_mmd_inputs(x, y, sigmas, unbiased);
+  return at::empty({sigmas.size(0)}, x.options());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd2_terms_backward_meta(const at::Tensor& grad_terms,
+                                                                         const at::Tensor& x, const at::Tensor& y,
+                                                                         const at::Tensor& sigmas, bool unbiased) {
+  check_mmd_backward_inputs(grad_terms, x, y, sigmas, unbiased);
+  return {at::empty(x.sizes(), x.options()), at::empty(y.sizes(), y.options()),
+          at::empty(sigmas.sizes(), sigmas.options())};
+}
+
+}  // namespace
+}  // namespace pytl
+
+TORCH_LIBRARY_IMPL(pytl, Meta, m) {
+  m.impl("mmd2_terms", &pytl::mmd2_terms_meta);
+  m.impl("mmd2_terms_backward", &pytl::mmd2_terms_backward_meta);
+}

@@ -1,0 +1,65 @@
+// Argument checks shared by every backend (CPU, CUDA, Meta): C++ callers get the same clear
+// messages as Python users. Value checks on sigmas (positive, finite) need the data, so the
+// CPU and CUDA kernels do those, not the Meta kernel.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace pytl {
+
+// Fixed upper bound on the number of bandwidths: the CUDA kernels keep per-bandwidth
+// accumulators in fixed-size arrays.
+constexpr int64_t kMaxBandwidths = 16;
+
+inline void check_mmd_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+                             bool unbiased) {
+  TORCH_CHECK(x.dim() == 2, "pytl.mmd2: x must be a 2-D tensor (n, d), got ", x.dim(), " dimensions");
+  TORCH_CHECK(y.dim() == 2, "pytl.mmd2: y must be a 2-D tensor (m, d), got ", y.dim(), " dimensions");
+  TORCH_CHECK(x.size(1) == y.size(1), "pytl.mmd2: x and y must have the same feature dimension, got x: ",
+              x.sizes(), " and y: ", y.sizes());
+  TORCH_CHECK(x.size(0) >= 1, "pytl.mmd2: x must have at least one row (got an empty x)");
+  TORCH_CHECK(y.size(0) >= 1, "pytl.mmd2: y must have at least one row (got an empty y)");
+  TORCH_CHECK(x.size(1) >= 1, "pytl.mmd2: x and y must have at least one feature column");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "pytl.mmd2: x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "pytl.mmd2: x and y must have the same dtype, got ",
+              x.scalar_type(), " and ", y.scalar_type());
+  TORCH_CHECK(x.device() == y.device(), "pytl.mmd2: x and y must be on the same device, got ", x.device(),
+              " and ", y.device());
+  TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) >= 1,
+              "pytl.mmd2: sigmas must be a 1-D tensor of K >= 1 bandwidths, got shape ", sigmas.sizes());
+  TORCH_CHECK(sigmas.size(0) <= kMaxBandwidths, "pytl.mmd2: at most ", kMaxBandwidths,
+              " bandwidths are supported, got ", sigmas.size(0));
+  TORCH_CHECK(at::isFloatingType(sigmas.scalar_type()),
+              "pytl.mmd2: sigmas must be a floating-point tensor, got ", sigmas.scalar_type());
+  TORCH_CHECK(sigmas.device() == x.device(), "pytl.mmd2: sigmas must be on the same device as x (",
+              x.device(), "), got ", sigmas.device());
+  if (unbiased) {
+    TORCH_CHECK(x.size(0) >= 2 && y.size(0) >= 2,
+                "pytl.mmd2: the unbiased estimator needs at least 2 rows in x and in y, got n=", x.size(0),
+                ", m=", y.size(0));
+  }
+}
+
+inline void check_mmd_backward_inputs(const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y,
+                                      const at::Tensor& sigmas, bool unbiased) {
+  check_mmd_inputs(x, y, sigmas, unbiased);
+  TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == sigmas.size(0),
+              "pytl.mmd2_terms_backward: grad_terms must have shape (K,) = (", sigmas.size(0), ",), got ",
+              grad_terms.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_terms.scalar_type()),
+              "pytl.mmd2_terms_backward: grad_terms must be floating point, got ", grad_terms.scalar_type());
+  TORCH_CHECK(grad_terms.device() == x.device(), "pytl.mmd2_terms_backward: grad_terms must be on ",
+              x.device(), ", got ", grad_terms.device());
+}
+
+// Bandwidths must be positive and finite. Reads the values: on CUDA this costs one sync.
+inline void check_sigma_values(const at::Tensor& sigmas) {
+  auto s = sigmas.detach().to(at::kCPU, at::kDouble).contiguous();
+  const double* p = s.data_ptr<double>();
+  for (int64_t k = 0; k < s.numel(); ++k) {
+    TORCH_CHECK(std::isfinite(p[k]) && p[k] > 0.0,
+                "pytl.mmd2: every bandwidth in sigmas must be positive and finite, got sigmas[", k, "] = ", p[k]);
+  }
+}
+
+}  // namespace pytl

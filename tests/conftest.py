@@ -1,0 +1,23 @@
+"""Shared test harness: the devices every ops test runs on, and seeded data."""
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CUDA tests are collected everywhere (so `-k cuda` finds them) and skipped without a GPU.
+ALL_DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
+]
+
+
+@pytest.fixture(params=ALL_DEVICES)
+def device(request):
+    return request.param
+
+
+def make_pair(n, m, d, dtype=torch.float64, device="cpu", shift=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64) * 1.1 + shift
+    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
