@@ -1,8 +1,11 @@
-// Autograd for the MMD op, in C++ so that C++/CMake users get gradients too. The forward
-// redispatches below the Autograd key; the backward calls the backward op, which has its own
-// CPU, CUDA and Meta kernels. The backward itself is not differentiable (no double backward).
+// Autograd for the MMD ops, in C++ so that C++/CMake users get gradients too. The forwards
+// redispatch below the Autograd key. mmd2_terms' backward calls the backward op; mmd2 (the
+// weighted sum) computes its gradients in the forward sweep when an input needs them, and its
+// backward only scales them. Neither backward is differentiable (no double backward).
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "mmd_checks.h"
 
 namespace pytl {
 namespace {
@@ -23,6 +26,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_mmd2_terms_backward(const at
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pytl::mmd2_terms_backward", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  return op.call(grad_terms, x, y, sigmas, unbiased);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_mmd2_terms_and_grad(
+    const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+    bool unbiased) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pytl::mmd2_terms_and_grad", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
   return op.call(grad_terms, x, y, sigmas, unbiased);
 }
@@ -49,6 +62,48 @@ class MMD2TermsFunction : public torch::autograd::Function<MMD2TermsFunction> {
   }
 };
 
+class MMD2Function : public torch::autograd::Function<MMD2Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y,
+                            const at::Tensor& sigmas, const at::Tensor& weights, bool unbiased, bool need_grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    check_mmd_inputs(x, y, sigmas, unbiased);
+    check_weights(weights, sigmas, has_readable_data(weights));
+    at::Tensor terms;
+    if (need_grads) {
+      auto r = call_mmd2_terms_and_grad(weights, x, y, sigmas, unbiased);
+      terms = std::get<0>(r);
+      ctx->save_for_backward({terms, std::get<1>(r), std::get<2>(r), std::get<3>(r)});
+    } else {
+      terms = call_mmd2_terms(x, y, sigmas, unbiased);
+      ctx->save_for_backward({terms});
+    }
+    ctx->saved_data["weights_dtype"] = weights.scalar_type();
+    return (weights * terms.to(weights.scalar_type())).sum().to(x.scalar_type());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& terms = saved[0];
+    const at::Tensor g = grad_outputs[0];
+    const at::Tensor none;
+    if (!g.defined()) return {none, none, none, none, none, none};
+    const auto wdtype = ctx->saved_data["weights_dtype"].toScalarType();
+    at::Tensor grad_weights = (g.to(wdtype) * terms.to(wdtype));
+    if (saved.size() == 1) return {none, none, none, grad_weights, none, none};
+    return {saved[1] * g.to(saved[1].scalar_type()), saved[2] * g.to(saved[2].scalar_type()),
+            saved[3] * g.to(saved[3].scalar_type()), grad_weights, none, none};
+  }
+};
+
+at::Tensor mmd2_autograd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+                         const at::Tensor& weights, bool unbiased) {
+  // Decided here: inside forward() grad mode is always off.
+  const bool need_grads =
+      at::GradMode::is_enabled() && (x.requires_grad() || y.requires_grad() || sigmas.requires_grad());
+  return MMD2Function::apply(x, y, sigmas, weights, unbiased, need_grads);
+}
+
 at::Tensor mmd2_terms_autograd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
   return MMD2TermsFunction::apply(x, y, sigmas, unbiased);
 }
@@ -58,4 +113,5 @@ at::Tensor mmd2_terms_autograd(const at::Tensor& x, const at::Tensor& y, const a
 
 TORCH_LIBRARY_IMPL(pytl, Autograd, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_autograd);
+  m.impl("mmd2", &pytl::mmd2_autograd);
 }

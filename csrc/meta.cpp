@@ -1,5 +1,5 @@
 // Meta (shape-only) kernels: what torch.compile / FakeTensor tracing sees. Same argument checks
-// as the real kernels (but not the value checks on sigmas, which need the data).
+// as the real kernels (but not the value checks on sigmas and weights, which need the data).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -21,10 +21,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd2_terms_backward_meta(const at
           at::empty(sigmas.sizes(), sigmas.options())};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_meta(
+    const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+    bool unbiased) {
+  auto grads = mmd2_terms_backward_meta(grad_terms, x, y, sigmas, unbiased);
+  return {at::empty({sigmas.size(0)}, x.options()), std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+}
+
+at::Tensor mmd2_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, const at::Tensor& weights,
+                     bool unbiased) {
+  check_mmd_inputs(x, y, sigmas, unbiased);
+  check_weights(weights, sigmas, /*check_values=*/false);
+  return at::empty({}, x.options());
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, Meta, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_meta);
   m.impl("mmd2_terms_backward", &pytl::mmd2_terms_backward_meta);
+  m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_meta);
+  m.impl("mmd2", &pytl::mmd2_meta);
 }

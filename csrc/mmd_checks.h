@@ -63,3 +63,36 @@ inline void check_sigma_values(const at::Tensor& sigmas) {
 }
 
 }  // namespace pytl
+
+namespace pytl {
+
+// Weights of the bandwidths: one per bandwidth, non-negative and finite (reads the values).
+inline void check_weights(const at::Tensor& weights, const at::Tensor& sigmas, bool check_values) {
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == sigmas.size(0),
+              "pytl.mmd2: weights must be a 1-D tensor with one entry per bandwidth (", sigmas.size(0),
+              "), got shape ", weights.sizes());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), "pytl.mmd2: weights must be floating point, got ",
+              weights.scalar_type());
+  TORCH_CHECK(weights.device() == sigmas.device(), "pytl.mmd2: weights must be on ", sigmas.device(), ", got ",
+              weights.device());
+  if (!check_values) return;
+  auto w = weights.detach().to(at::kCPU, at::kDouble).contiguous();
+  for (int64_t k = 0; k < w.numel(); ++k) {
+    const double v = w.data_ptr<double>()[k];
+    TORCH_CHECK(std::isfinite(v) && v >= 0.0, "pytl.mmd2: weights must be non-negative and finite, got weights[",
+                k, "] = ", v);
+  }
+}
+
+}  // namespace pytl
+
+namespace pytl {
+
+// False for tensors without readable values: meta tensors and the fake/functional tensors that
+// torch.compile traces with (they carry the Python or Functionalize dispatch key).
+inline bool has_readable_data(const at::Tensor& t) {
+  const auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  return !t.is_meta() && !t.key_set().has_any(traced);
+}
+
+}  // namespace pytl

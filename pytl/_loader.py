@@ -62,7 +62,7 @@ def _jit_build() -> None:
         cpp_extension.load(
             name=_JIT_NAME + ("_cuda" if with_cuda else ""),
             sources=sources,
-            extra_cflags=["-O3", "-std=c++17"] + (["-DPYTL_WITH_CUDA"] if with_cuda else []),
+            extra_cflags=["-O3", "-Wno-psabi"] + (["-DPYTL_WITH_CUDA"] if with_cuda else []),
             extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
             with_cuda=with_cuda,
             is_python_module=False,

@@ -1,224 +1,228 @@
-// CPU kernels of the fused multi-bandwidth RBF MMD: forward (per-bandwidth statistics T_k) and
-// backward (gradients for x, y, sigmas). No pairwise matrix is ever built: the pair space is
-// cut into row tiles (the unit of parallel work) and column chunks (kept in L1), distances are
-// formed by direct differences in a small register/L1 block, and the exps are reduced on the spot.
-//
-// Determinism: the row-tile partition depends only on the sizes, never on the thread count;
-// every tile writes its own partial sums, reduced afterwards in tile order. No atomics.
+// CPU kernels of the fused multi-bandwidth RBF MMD. No pairwise matrix is ever built: the pair
+// space is cut into row tiles (the unit of parallel work), L2-sized column blocks and register
+// blocks of 6 rows x 2 vectors of columns, GEMM style:
+//   distances   D = |a|^2 + |b|^2 - 2 a.b on centred data (centring keeps the cancellation small
+//               for data far from the origin), accumulated in registers, clamped at 0;
+//   exps        a vectorised exp; for a geometric ladder (gamma ratio 2) one exp per pair, the
+//               other bandwidths by squaring (e_{k+1} = e_k^2);
+//   gradient    in the same sweep when asked: the pair weights C of a register block feed a
+//               second register-blocked product G += C B, so the backward costs no second sweep.
+// Determinism: the work partition depends only on the sizes, never on the thread count; every
+// work item owns its output rows and its own partial sums, reduced afterwards in item order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
+#include <numeric>
 #include <vector>
 
 #include "../mmd_checks.h"
-#include "vec_exp.h"
+#include "simd.h"
 
 namespace pytl {
 namespace {
 
-constexpr int64_t kRowTile = 32;   // rows of A per work item
-constexpr int64_t kRowBlock = 4;   // rows sharing one pass over a column chunk
-constexpr int64_t kColChunk = 64;  // columns of B per chunk (d x 64 of B^T stays in L1/L2)
+constexpr int kRB = 6;              // rows per register block
+constexpr int64_t kRowTile = 96;    // rows per work item; a multiple of kRB and of every column chunk
+constexpr int64_t kColBlock = 384;  // columns per L2 block (a multiple of kRowTile)
 
-// Clones of the tile kernels for AVX-512 and AVX2+FMA machines, picked at load time, so that one
-// binary is both portable and vectorised on the machine it runs on.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define PYTL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PYTL_CPU_CLONES
 #endif
 
-__attribute__((always_inline)) inline float exp_neg(float x) { return exp_nonpositive(x); }
-__attribute__((always_inline)) inline double exp_neg(double x) { return std::exp(x); }
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// One side of a sweep: the rows of A (row-major) against the columns of B, given both
-// row-major (for the gradient's weighted sums) and transposed (for vectorised distances).
+// One sample prepared for the sweeps: centred, zero padded, in the two layouts the kernels read.
 template <typename T>
-struct Sweep {
-  const T* A;     // (na, d)
-  int64_t na;
-  const T* B;     // (nb, d)
-  const T* BT;    // (d, nb)
-  int64_t nb;
-  int64_t d;
+struct Side {
+  int64_t n = 0;   // real rows
+  int64_t d = 0;   // features
+  int64_t dp = 0;  // row stride: d rounded up to the vector width
+  int64_t np = 0;  // padded rows (multiple of kRowTile): stride of the transposed copy
+  const T* rows = nullptr;  // (np, dp) row-major
+  const T* cols = nullptr;  // (d, np) transposed
+  const T* sq = nullptr;    // (np) squared norms of the centred rows
 };
 
-// Squared distances between rows [i, i + rows) of A and columns [j0, j0 + cols) of B.
+// Per-call constants, bandwidths in compute order (ascending gamma).
 template <typename T>
-__attribute__((always_inline)) inline void distance_block(const Sweep<T>& s, int64_t i, int64_t rows, int64_t j0,
-                                                          int64_t cols, T (&D)[kRowBlock][kColChunk]) {
-  for (int64_t r = 0; r < kRowBlock; ++r)
-    for (int64_t j = 0; j < kColChunk; ++j) D[r][j] = T(0);
-  for (int64_t t = 0; t < s.d; ++t) {
-    const T* bt = s.BT + t * s.nb + j0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T a = s.A[(i + r) * s.d + t];
-      T* Dr = D[r];
-      for (int64_t j = 0; j < cols; ++j) {
-        const T diff = a - bt[j];
-        Dr[j] += diff * diff;
-      }
-    }
-  }
-}
+struct Bandwidths {
+  int K = 0;
+  bool ladder = false;  // gamma_{k+1} == 2 gamma_k: one exp, then squarings
+  std::array<T, kMaxBandwidths> neg_gamma{};
+};
 
-// Forward on rows [i0, i1): sums[k] += sum over pairs of exp(-gamma_k D). With upper_only (a
-// self block, A == B) only pairs j > i are visited; the caller doubles them.
+// One (row side, column side) sweep of a work item.
 template <typename T>
-__attribute__((always_inline)) inline void forward_tile_impl(const Sweep<T>& s, int64_t i0, int64_t i1,
-                                                             bool upper_only, const T* neg_gamma, int64_t K,
-                                                             double* sums) {
-  T D[kRowBlock][kColChunk];
-  double lanes[kMaxBandwidths][kColChunk];  // per-column accumulators: vectorisable, fixed order
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < kColChunk; ++j) lanes[k][j] = 0.0;
-  for (int64_t i = i0; i < i1; i += kRowBlock) {
-    const int64_t rows = std::min(kRowBlock, i1 - i);
-    const int64_t jstart = upper_only ? i : 0;  // pairs with j <= i of this block are masked below
-    for (int64_t j0 = jstart; j0 < s.nb; j0 += kColChunk) {
-      const int64_t cols = std::min(kColChunk, s.nb - j0);
-      distance_block(s, i, rows, j0, cols, D);
-      for (int64_t r = 0; r < rows; ++r) {
-        // columns below this index are j <= i + r: outside the upper triangle
-        const int64_t first = upper_only ? std::max<int64_t>(0, i + r + 1 - j0) : 0;
-        for (int64_t k = 0; k < K; ++k) {
-          const T ng = neg_gamma[k];
-          for (int64_t j = 0; j < cols; ++j) {
-            const T e = exp_neg(ng * D[r][j]);
-            lanes[k][j] += j >= first ? static_cast<double>(e) : 0.0;
+struct Pass {
+  const Side<T>* B = nullptr;
+  bool self = false;     // B is the row side itself: the diagonal is masked
+  bool upper = false;    // visit pairs j > i only (forward of a self block)
+  double* sums = nullptr;         // (K) += sum of exp(-gamma_k D), or null
+  double* sigma_sums = nullptr;   // (K) += sum of exp(-gamma_k D) D, or null (gradient only)
+  std::array<T, kMaxBandwidths> coef{};  // gradient pair weight per bandwidth (scale folded in)
+};
+
+// Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) get
+// sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij).
+template <typename T, bool kGrad>
+__attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int64_t i0, int64_t i1,
+                                                           const Pass<T>* passes, int num_passes,
+                                                           const Bandwidths<T>& bw, T* grad) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using IV = typename S::IV;
+  using DV = typename S::DV;
+  using I = typename S::I;
+  constexpr int W = S::W;
+  constexpr int CB = 2 * W;  // columns per register block
+  const int K = bw.K;
+  const int64_t d = A.d, dp = A.dp;
+  const IV lane = S::iota();
+
+  std::vector<T> G;  // gradient products for the tile's rows, (kRowTile, dp)
+  std::vector<T> row_weight;  // per-row lanes of sum_j C_ij, (kRowTile, W)
+  if (kGrad) {
+    G.assign(kRowTile * dp, T(0));
+    row_weight.assign(kRowTile * W, T(0));
+  }
+  alignas(64) T Cbuf[kRB][CB];
+
+  for (int pi = 0; pi < num_passes; ++pi) {
+    const Pass<T>& pass = passes[pi];
+    const Side<T>& B = *pass.B;
+    DV sums[kMaxBandwidths], sig_sums[kMaxBandwidths];
+    for (int k = 0; k < K; ++k) sums[k] = sig_sums[k] = DV{};
+    const int64_t jb_start = pass.upper ? i0 / kColBlock * kColBlock : 0;
+    for (int64_t jb = jb_start; jb < B.n; jb += kColBlock) {
+      const int64_t jb_end = std::min(B.n, jb + kColBlock);
+      for (int64_t i = i0; i < i1; i += kRB) {
+        const T* a = A.rows + i * dp;
+        for (int64_t j0 = jb; j0 < jb_end; j0 += CB) {
+          if (pass.upper && j0 + CB - 1 <= i) continue;  // no column above the diagonal
+          // distances: acc[r][h] = a_{i+r} . b_{j0 + h W + lanes}
+          V acc[kRB][2];
+          for (int r = 0; r < kRB; ++r) acc[r][0] = acc[r][1] = S::splat(T(0));
+          const T* bt = B.cols + j0;
+          for (int64_t t = 0; t < d; ++t) {
+            const V b0 = S::load(bt + t * B.np);
+            const V b1 = S::load(bt + t * B.np + W);
+            for (int r = 0; r < kRB; ++r) {
+              const T ar = a[r * dp + t];
+              acc[r][0] += ar * b0;
+              acc[r][1] += ar * b1;
+            }
+          }
+          V part[kMaxBandwidths], sig_part[kMaxBandwidths];
+          for (int k = 0; k < K; ++k) part[k] = sig_part[k] = S::splat(T(0));
+          for (int r = 0; r < kRB; ++r) {
+            const I row = static_cast<I>(i + r);
+            for (int h = 0; h < 2; ++h) {
+              const IV col = lane + static_cast<I>(j0 + h * W);
+              IV valid = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
+              if (pass.self) valid &= pass.upper ? (col > row) : (col != row);
+              V D = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
+              D = D < T(0) ? S::splat(T(0)) : D;
+              V e = exp_nonpositive<T>(bw.neg_gamma[0] * D);
+              V C = S::splat(T(0));
+              for (int k = 0; k < K; ++k) {
+                if (k > 0) e = bw.ladder ? e * e : exp_nonpositive<T>(bw.neg_gamma[k] * D);
+                const V em = valid ? e : S::splat(T(0));
+                part[k] += em;
+                if (kGrad) {
+                  C += pass.coef[k] * em;
+                  sig_part[k] += em * D;
+                }
+              }
+              if (kGrad) {
+                S::store(&Cbuf[r][h * W], C);
+                T* rw = row_weight.data() + (i - i0 + r) * W;
+                S::store(rw, S::load(rw) + C);
+              }
+            }
+          }
+          for (int k = 0; k < K; ++k) {  // widen to double once per register block
+            sums[k] += S::widen(part[k]);
+            if (kGrad) sig_sums[k] += S::widen(sig_part[k]);
+          }
+          if (kGrad) {  // G[rows] += Cbuf (kRB x CB) . B.rows[j0 .. j0 + CB) (CB x dp)
+            const T* brows = B.rows + j0 * dp;
+            T* g = G.data() + (i - i0) * dp;
+            for (int64_t tv = 0; tv < dp; tv += W) {
+              V gacc[kRB];
+              for (int r = 0; r < kRB; ++r) gacc[r] = S::load(g + r * dp + tv);
+              for (int j = 0; j < CB; ++j) {
+                const V b = S::load(brows + j * dp + tv);
+                for (int r = 0; r < kRB; ++r) gacc[r] += Cbuf[r][j] * b;
+              }
+              for (int r = 0; r < kRB; ++r) S::store(g + r * dp + tv, gacc[r]);
+            }
           }
         }
       }
     }
+    for (int k = 0; k < K; ++k) {  // lanes reduced in a fixed order
+      if (pass.sums)
+        for (int l = 0; l < W; ++l) pass.sums[k] += sums[k][l];
+      if (kGrad && pass.sigma_sums)
+        for (int l = 0; l < W; ++l) pass.sigma_sums[k] += sig_sums[k][l];
+    }
   }
-  for (int64_t k = 0; k < K; ++k) {
-    double total = 0.0;
-    for (int64_t j = 0; j < kColChunk; ++j) total += lanes[k][j];
-    sums[k] += total;
+  if (kGrad) {  // grad_i = sum_j C_ij (a_i - b_j) = (sum_j C_ij) a_i - G_i
+    for (int64_t i = i0; i < std::min(i1, A.n); ++i) {
+      T w = T(0);
+      for (int l = 0; l < W; ++l) w += row_weight[(i - i0) * W + l];
+      const T* a = A.rows + i * dp;
+      const T* g = G.data() + (i - i0) * dp;
+      T* out = grad + i * d;
+      for (int64_t t = 0; t < d; ++t) out[t] = w * a[t] - g[t];
+    }
   }
 }
 
-// Backward on rows [i0, i1) of A against all of B. With phi(D) = sum_k coef_k exp(-gamma_k D):
-//   grad[p] += scale * (sum_j phi_pj * (a_p - b_j)) = scale * (r_p a_p - sum_j phi_pj b_j),
-// and, when sigma_sums is given, sigma_sums[k] += sum over pairs of exp(-gamma_k D) * D.
-// A and B are centred by the caller, so r_p a_p and the weighted sum do not cancel badly.
-// The diagonal of a self block needs no mask: a_p - a_p = 0 and D = 0 there.
+// Non-template entry points, so that target_clones can version them for the running CPU.
+PYTL_CPU_CLONES void sweep_tile(const Side<float>& A, int64_t i0, int64_t i1, const Pass<float>* p, int np,
+                                const Bandwidths<float>& bw, float* grad) {
+  if (grad)
+    sweep_tile_impl<float, true>(A, i0, i1, p, np, bw, grad);
+  else
+    sweep_tile_impl<float, false>(A, i0, i1, p, np, bw, nullptr);
+}
+PYTL_CPU_CLONES void sweep_tile(const Side<double>& A, int64_t i0, int64_t i1, const Pass<double>* p, int np,
+                                const Bandwidths<double>& bw, double* grad) {
+  if (grad)
+    sweep_tile_impl<double, true>(A, i0, i1, p, np, bw, grad);
+  else
+    sweep_tile_impl<double, false>(A, i0, i1, p, np, bw, nullptr);
+}
+
+// Owns the padded, centred copies of one sample.
 template <typename T>
-__attribute__((always_inline)) inline void backward_tile_impl(const Sweep<T>& s, int64_t i0, int64_t i1,
-                                                              const T* neg_gamma, const T* coef, int64_t K,
-                                                              T scale, T* grad, double* sigma_sums) {
-  T D[kRowBlock][kColChunk];
-  T phi[kRowBlock][kColChunk];
-  double lanes[kMaxBandwidths][kColChunk];
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < kColChunk; ++j) lanes[k][j] = 0.0;
-  std::vector<T> weighted(kRowBlock * s.d);  // sum_j phi_pj b_j for the rows of the block
-  for (int64_t i = i0; i < i1; i += kRowBlock) {
-    const int64_t rows = std::min(kRowBlock, i1 - i);
-    std::fill(weighted.begin(), weighted.end(), T(0));
-    T row_sum[kRowBlock][kColChunk];
-    for (int64_t r = 0; r < kRowBlock; ++r)
-      for (int64_t j = 0; j < kColChunk; ++j) row_sum[r][j] = T(0);
-    for (int64_t j0 = 0; j0 < s.nb; j0 += kColChunk) {
-      const int64_t cols = std::min(kColChunk, s.nb - j0);
-      distance_block(s, i, rows, j0, cols, D);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t j = 0; j < cols; ++j) phi[r][j] = T(0);
-        for (int64_t k = 0; k < K; ++k) {
-          const T ng = neg_gamma[k];
-          const T c = coef[k];
-          for (int64_t j = 0; j < cols; ++j) {
-            const T e = exp_neg(ng * D[r][j]);
-            phi[r][j] += c * e;
-            if (sigma_sums) lanes[k][j] += static_cast<double>(e * D[r][j]);
-          }
-        }
-        for (int64_t j = 0; j < cols; ++j) row_sum[r][j] += phi[r][j];
-        T* w = weighted.data() + r * s.d;
-        for (int64_t j = 0; j < cols; ++j) {
-          const T p = phi[r][j];
-          const T* b = s.B + (j0 + j) * s.d;
-          for (int64_t t = 0; t < s.d; ++t) w[t] += p * b[t];
-        }
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      T rs = T(0);
-      for (int64_t j = 0; j < kColChunk; ++j) rs += row_sum[r][j];
-      const T* a = s.A + (i + r) * s.d;
-      const T* w = weighted.data() + r * s.d;
-      T* g = grad + (i + r) * s.d;
-      for (int64_t t = 0; t < s.d; ++t) g[t] += scale * (rs * a[t] - w[t]);
-    }
+struct PreparedSide {
+  at::Tensor rows, cols, sq;
+  Side<T> side;
+  PreparedSide(const at::Tensor& s, const at::Tensor& center) {
+    const int64_t n = s.size(0), d = s.size(1);
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const int64_t dp = round_up(d, Simd<T>::W), np = round_up(n, kRowTile);
+    const at::Tensor c = s.to(opts.dtype()) - center;
+    rows = at::zeros({np, dp}, opts);
+    rows.narrow(0, 0, n).narrow(1, 0, d).copy_(c);
+    cols = at::zeros({d, np}, opts);
+    cols.narrow(1, 0, n).copy_(c.t());
+    sq = at::zeros({np}, opts);
+    sq.narrow(0, 0, n).copy_(at::sum(c * c, {1}, false, at::kDouble));
+    side = Side<T>{n, d, dp, np, rows.data_ptr<T>(), cols.data_ptr<T>(), sq.data_ptr<T>()};
   }
-  if (sigma_sums) {
-    for (int64_t k = 0; k < K; ++k) {
-      double total = 0.0;
-      for (int64_t j = 0; j < kColChunk; ++j) total += lanes[k][j];
-      sigma_sums[k] += total;
-    }
-  }
-}
+};
 
-// Non-template entry points, so that target_clones can version them.
-PYTL_CPU_CLONES void forward_tile(const Sweep<float>& s, int64_t i0, int64_t i1, bool upper, const float* ng,
-                                  int64_t K, double* sums) {
-  forward_tile_impl(s, i0, i1, upper, ng, K, sums);
-}
-PYTL_CPU_CLONES void forward_tile(const Sweep<double>& s, int64_t i0, int64_t i1, bool upper, const double* ng,
-                                  int64_t K, double* sums) {
-  forward_tile_impl(s, i0, i1, upper, ng, K, sums);
-}
-PYTL_CPU_CLONES void backward_tile(const Sweep<float>& s, int64_t i0, int64_t i1, const float* ng,
-                                   const float* coef, int64_t K, float scale, float* grad, double* sigma_sums) {
-  backward_tile_impl(s, i0, i1, ng, coef, K, scale, grad, sigma_sums);
-}
-PYTL_CPU_CLONES void backward_tile(const Sweep<double>& s, int64_t i0, int64_t i1, const double* ng,
-                                   const double* coef, int64_t K, double scale, double* grad,
-                                   double* sigma_sums) {
-  backward_tile_impl(s, i0, i1, ng, coef, K, scale, grad, sigma_sums);
-}
-
-int64_t num_tiles(int64_t rows) { return (rows + kRowTile - 1) / kRowTile; }
-
-// Sum over pairs of one block (x-x, y-y or x-y) of exp(-gamma_k D), per bandwidth, in double.
-// Self blocks visit the upper triangle only; tile w is paired with tile T-1-w so that the two
-// threads' shares of the triangle are balanced.
-template <typename T>
-std::vector<double> block_sums(const Sweep<T>& s, bool self_block, const std::vector<T>& neg_gamma) {
-  const int64_t K = static_cast<int64_t>(neg_gamma.size());
-  const int64_t tiles = num_tiles(s.na);
-  std::vector<double> partial(tiles * K, 0.0);
-  const int64_t items = self_block ? (tiles + 1) / 2 : tiles;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t pair[2] = {w, self_block ? tiles - 1 - w : w};
-      for (int64_t q = 0; q < (pair[1] != pair[0] ? 2 : 1); ++q) {
-        const int64_t t = pair[q];
-        forward_tile(s, t * kRowTile, std::min(s.na, (t + 1) * kRowTile), self_block, neg_gamma.data(), K,
-                     partial.data() + t * K);
-      }
-    }
-  });
-  std::vector<double> sums(K, 0.0);
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t k = 0; k < K; ++k) sums[k] += partial[t * K + k];
-  if (self_block)
-    for (int64_t k = 0; k < K; ++k) sums[k] *= 2.0;  // ordered pairs i != j
-  return sums;
-}
-
-// The kernels work in float or double; half and bfloat16 inputs are computed in float.
-at::ScalarType compute_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-std::vector<double> host_doubles(const at::Tensor& t) {
-  auto c = t.detach().to(at::kCPU, at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-// Normalisations of the three blocks: T_k = a*Sxx + b*Syy + c*Sxy (+ diagonal for biased).
+// Block normalisations: T_k = a Sxx + b Syy + c Sxy, the self sums over ordered pairs i != j.
 struct BlockScales {
   double a, b, c;
 };
@@ -228,101 +232,167 @@ BlockScales block_scales(int64_t n, int64_t m, bool unbiased) {
           -2.0 / (dn * dm)};
 }
 
-at::Tensor mmd2_terms_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& sigmas, bool unbiased) {
-  check_mmd_inputs(x_in, y_in, sigmas, unbiased);
-  check_sigma_values(sigmas);
-  const auto dtype = compute_dtype(x_in.scalar_type());
-  const at::Tensor x = x_in.to(dtype).contiguous();
-  const at::Tensor y = y_in.to(dtype).contiguous();
-  const at::Tensor xT = x.t().contiguous();
-  const at::Tensor yT = y.t().contiguous();
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1), K = sigmas.size(0);
+std::vector<double> host_doubles(const at::Tensor& t) {
+  auto c = t.detach().to(at::kCPU, at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// Bandwidths sorted by ascending gamma (the compute order); order[q] is the caller's index.
+template <typename T>
+Bandwidths<T> compute_order(const std::vector<double>& sigmas, std::vector<int>& order) {
+  const int K = static_cast<int>(sigmas.size());
+  order.resize(K);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int p, int q) { return sigmas[p] > sigmas[q]; });
+  Bandwidths<T> bw;
+  bw.K = K;
+  bw.ladder = true;
+  const double tol = sizeof(T) == 4 ? 1e-7 : 1e-14;
+  for (int q = 0; q < K; ++q) {
+    const double gamma = 0.5 / (sigmas[order[q]] * sigmas[order[q]]);
+    // clamped so that a tiny sigma cannot make -gamma * 0 a NaN for duplicate points
+    bw.neg_gamma[q] = static_cast<T>(-std::min(gamma, static_cast<double>(std::numeric_limits<T>::max())));
+    if (q > 0) {
+      const double prev = 0.5 / (sigmas[order[q - 1]] * sigmas[order[q - 1]]);
+      bw.ladder = bw.ladder && std::abs(gamma - 2.0 * prev) <= tol * gamma;
+    }
+  }
+  return bw;
+}
+
+struct MMDResult {
+  std::vector<double> terms;        // (K) in the caller's order
+  std::vector<double> sigma_grad;   // (K), gradient only
+  at::Tensor grad_x, grad_y;        // gradient only
+};
+
+// The whole computation; grad_weights (the upstream dL/dT_k) is empty for the forward only.
+MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& sigmas, bool unbiased,
+                  const std::vector<double>& grad_weights) {
+  const bool with_grad = !grad_weights.empty();
+  const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half -> float
+  const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1);
+  TORCH_CHECK(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), "pytl.mmd2: at most 2^30 rows per sample");
   const std::vector<double> sig = host_doubles(sigmas);
-  std::vector<double> terms(K);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::mmd2_terms_cpu", [&] {
-    std::vector<scalar_t> neg_gamma(K);
-    for (int64_t k = 0; k < K; ++k) neg_gamma[k] = static_cast<scalar_t>(-0.5 / (sig[k] * sig[k]));
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* yp = y.data_ptr<scalar_t>();
-    const auto sxx = block_sums(Sweep<scalar_t>{xp, n, xp, xT.data_ptr<scalar_t>(), n, d}, true, neg_gamma);
-    const auto syy = block_sums(Sweep<scalar_t>{yp, m, yp, yT.data_ptr<scalar_t>(), m, d}, true, neg_gamma);
-    const auto sxy = block_sums(Sweep<scalar_t>{xp, n, yp, yT.data_ptr<scalar_t>(), m, d}, false, neg_gamma);
-    const BlockScales w = block_scales(n, m, unbiased);
-    // the diagonal (i == j) of a self block contributes exp(0) = 1 per row, biased estimator only
-    const double diag_x = unbiased ? 0.0 : static_cast<double>(n);
+  const int K = static_cast<int>(sig.size());
+  const BlockScales w = block_scales(n, m, unbiased);
+  MMDResult res;
+  res.terms.assign(K, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::mmd_cpu", [&] {
+    using T = scalar_t;
+    // Centre both samples on x's mean: distances do not change, cancellation shrinks.
+    const at::Tensor center = x_in.to(at::kDouble).mean(0, /*keepdim=*/true).to(dtype);
+    const PreparedSide<T> px(x_in, center), py(y_in, center);
+    std::vector<int> order;
+    const Bandwidths<T> bw = compute_order<T>(sig, order);
+    const int64_t tx = px.side.np / kRowTile, ty = py.side.np / kRowTile;
+    // per-item partial sums: [item][block][k]; blocks 0 = xx, 1 = yy, 2 = xy
+    std::vector<double> sums((tx + ty) * 3 * K, 0.0), sig_sums((tx + ty) * 3 * K, 0.0);
+    auto slot = [&](std::vector<double>& v, int64_t item, int block) { return v.data() + (item * 3 + block) * K; };
+
+    if (with_grad) {
+      at::Tensor gx = at::empty({n, d}, px.rows.options());
+      at::Tensor gy = at::empty({m, d}, py.rows.options());
+      auto coefs = [&](double scale) {
+        std::array<T, kMaxBandwidths> c{};
+        for (int q = 0; q < K; ++q) c[q] = static_cast<T>(scale * grad_weights[order[q]] * bw.neg_gamma[q]);
+        return c;
+      };
+      at::parallel_for(0, tx + ty, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const bool is_x = item < tx;
+          const int64_t t = is_x ? item : item - tx;
+          Pass<T> passes[2];
+          passes[0].B = is_x ? &px.side : &py.side;
+          passes[0].self = true;
+          passes[0].sums = slot(sums, item, is_x ? 0 : 1);
+          passes[0].sigma_sums = slot(sig_sums, item, is_x ? 0 : 1);
+          passes[0].coef = coefs(4.0 * (is_x ? w.a : w.b));
+          passes[1].B = is_x ? &py.side : &px.side;
+          passes[1].sums = is_x ? slot(sums, item, 2) : nullptr;  // x-y pairs counted from the x side
+          passes[1].sigma_sums = is_x ? slot(sig_sums, item, 2) : nullptr;
+          passes[1].coef = coefs(2.0 * w.c);
+          const Side<T>& A = is_x ? px.side : py.side;
+          sweep_tile(A, t * kRowTile, (t + 1) * kRowTile, passes, 2, bw,
+                     (is_x ? gx : gy).data_ptr<T>());
+        }
+      });
+      res.grad_x = gx;
+      res.grad_y = gy;
+    } else {
+      // Self blocks: upper triangle only, tile w paired with tile T-1-w to balance the threads.
+      auto upper = [&](const PreparedSide<T>& p, int64_t tiles, int64_t first_item, int block) {
+        at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t wi = begin; wi < end; ++wi) {
+            const int64_t partner = tiles - 1 - wi;
+            for (int64_t t : {wi, partner}) {
+              Pass<T> pass;
+              pass.B = &p.side;
+              pass.self = pass.upper = true;
+              pass.sums = slot(sums, first_item + t, block);
+              sweep_tile(p.side, t * kRowTile, (t + 1) * kRowTile, &pass, 1, bw, nullptr);
+              if (partner == wi) break;
+            }
+          }
+        });
+      };
+      upper(px, tx, 0, 0);
+      upper(py, ty, tx, 1);
+      at::parallel_for(0, tx, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          Pass<T> pass;
+          pass.B = &py.side;
+          pass.sums = slot(sums, t, 2);
+          sweep_tile(px.side, t * kRowTile, (t + 1) * kRowTile, &pass, 1, bw, nullptr);
+        }
+      });
+    }
+
+    const double pair_factor = with_grad ? 1.0 : 2.0;  // upper triangle -> ordered pairs
+    const double diag_x = unbiased ? 0.0 : static_cast<double>(n);  // exp(0) = 1 per diagonal pair
     const double diag_y = unbiased ? 0.0 : static_cast<double>(m);
-    for (int64_t k = 0; k < K; ++k) terms[k] = w.a * (sxx[k] + diag_x) + w.b * (syy[k] + diag_y) + w.c * sxy[k];
+    res.sigma_grad.assign(K, 0.0);
+    for (int q = 0; q < K; ++q) {
+      double s[3] = {0, 0, 0}, e[3] = {0, 0, 0};
+      for (int64_t item = 0; item < tx + ty; ++item)
+        for (int b = 0; b < 3; ++b) s[b] += slot(sums, item, b)[q], e[b] += slot(sig_sums, item, b)[q];
+      const int k = order[q];
+      res.terms[k] = w.a * (pair_factor * s[0] + diag_x) + w.b * (pair_factor * s[1] + diag_y) + w.c * s[2];
+      if (with_grad) {  // dT_k/dsigma_k = (a Exx + b Eyy + c Exy) / sigma_k^3
+        res.sigma_grad[k] = grad_weights[k] * (w.a * e[0] + w.b * e[1] + w.c * e[2]) / (sig[k] * sig[k] * sig[k]);
+      }
+    }
   });
-  return at::tensor(terms, at::TensorOptions().dtype(at::kDouble)).to(x_in.scalar_type());
+  return res;
+}
+
+at::Tensor to_tensor(const std::vector<double>& v, at::ScalarType dtype) {
+  return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+}
+
+at::Tensor mmd2_terms_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
+  check_mmd_inputs(x, y, sigmas, unbiased);
+  check_sigma_values(sigmas);
+  return to_tensor(mmd_cpu(x, y, sigmas, unbiased, {}).terms, x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_cpu(const at::Tensor& grad_terms,
+                                                                                   const at::Tensor& x,
+                                                                                   const at::Tensor& y,
+                                                                                   const at::Tensor& sigmas,
+                                                                                   bool unbiased) {
+  check_mmd_backward_inputs(grad_terms, x, y, sigmas, unbiased);
+  check_sigma_values(sigmas);
+  MMDResult r = mmd_cpu(x, y, sigmas, unbiased, host_doubles(grad_terms));
+  return {to_tensor(r.terms, x.scalar_type()), r.grad_x.to(x.scalar_type()), r.grad_y.to(y.scalar_type()),
+          to_tensor(r.sigma_grad, sigmas.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd2_terms_backward_cpu(const at::Tensor& grad_terms,
-                                                                        const at::Tensor& x_in,
-                                                                        const at::Tensor& y_in,
+                                                                        const at::Tensor& x, const at::Tensor& y,
                                                                         const at::Tensor& sigmas, bool unbiased) {
-  check_mmd_backward_inputs(grad_terms, x_in, y_in, sigmas, unbiased);
-  check_sigma_values(sigmas);
-  const auto dtype = compute_dtype(x_in.scalar_type());
-  // Centre both samples on one point: distances do not change, and the gradient's r_p a_p - sum
-  // phi b_j no longer cancels for data far from the origin.
-  const at::Tensor center = x_in.to(at::kDouble).mean(0, /*keepdim=*/true);
-  const at::Tensor x = (x_in.to(at::kDouble) - center).to(dtype).contiguous();
-  const at::Tensor y = (y_in.to(at::kDouble) - center).to(dtype).contiguous();
-  const at::Tensor xT = x.t().contiguous();
-  const at::Tensor yT = y.t().contiguous();
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1), K = sigmas.size(0);
-  const std::vector<double> sig = host_doubles(sigmas);
-  const std::vector<double> g = host_doubles(grad_terms);
-  const BlockScales w = block_scales(n, m, unbiased);
-  at::Tensor grad_x = at::zeros_like(x);
-  at::Tensor grad_y = at::zeros_like(y);
-  std::vector<double> sigma_sum(K, 0.0);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::mmd2_terms_backward_cpu", [&] {
-    std::vector<scalar_t> neg_gamma(K), coef(K);
-    for (int64_t k = 0; k < K; ++k) {
-      const double gamma = 0.5 / (sig[k] * sig[k]);
-      neg_gamma[k] = static_cast<scalar_t>(-gamma);
-      coef[k] = static_cast<scalar_t>(-gamma * g[k]);  // d/dD of g_k exp(-gamma_k D)
-    }
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* yp = y.data_ptr<scalar_t>();
-    const Sweep<scalar_t> xx{xp, n, xp, xT.data_ptr<scalar_t>(), n, d};
-    const Sweep<scalar_t> xy{xp, n, yp, yT.data_ptr<scalar_t>(), m, d};
-    const Sweep<scalar_t> yy{yp, m, yp, yT.data_ptr<scalar_t>(), m, d};
-    const Sweep<scalar_t> yx{yp, m, xp, xT.data_ptr<scalar_t>(), n, d};
-    // Each row tile owns its gradient rows; the sigma sums go to per-tile slots (x-y block once).
-    const int64_t tx = num_tiles(n), ty = num_tiles(m);
-    std::vector<double> part_xx(tx * K, 0.0), part_xy(tx * K, 0.0), part_yy(ty * K, 0.0);
-    scalar_t* gx = grad_x.data_ptr<scalar_t>();
-    scalar_t* gy = grad_y.data_ptr<scalar_t>();
-    at::parallel_for(0, tx + ty, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        if (t < tx) {
-          const int64_t i0 = t * kRowTile, i1 = std::min(n, i0 + kRowTile);
-          backward_tile(xx, i0, i1, neg_gamma.data(), coef.data(), K, static_cast<scalar_t>(4.0 * w.a), gx,
-                        part_xx.data() + t * K);
-          backward_tile(xy, i0, i1, neg_gamma.data(), coef.data(), K, static_cast<scalar_t>(2.0 * w.c), gx,
-                        part_xy.data() + t * K);
-        } else {
-          const int64_t u = t - tx;
-          const int64_t i0 = u * kRowTile, i1 = std::min(m, i0 + kRowTile);
-          backward_tile(yy, i0, i1, neg_gamma.data(), coef.data(), K, static_cast<scalar_t>(4.0 * w.b), gy,
-                        part_yy.data() + u * K);
-          backward_tile(yx, i0, i1, neg_gamma.data(), coef.data(), K, static_cast<scalar_t>(2.0 * w.c), gy,
-                        nullptr);
-        }
-      }
-    });
-    for (int64_t k = 0; k < K; ++k) {
-      double sxx = 0.0, sxy = 0.0, syy = 0.0;
-      for (int64_t t = 0; t < tx; ++t) sxx += part_xx[t * K + k], sxy += part_xy[t * K + k];
-      for (int64_t t = 0; t < ty; ++t) syy += part_yy[t * K + k];
-      // dT_k/dsigma_k = (a Sxx[eD] + b Syy[eD] + c Sxy[eD]) / sigma_k^3
-      sigma_sum[k] = g[k] * (w.a * sxx + w.b * syy + w.c * sxy) / (sig[k] * sig[k] * sig[k]);
-    }
-  });
-  at::Tensor grad_sigmas = at::tensor(sigma_sum, at::TensorOptions().dtype(at::kDouble)).to(sigmas.scalar_type());
-  return {grad_x.to(x_in.scalar_type()), grad_y.to(y_in.scalar_type()), grad_sigmas};
+  auto r = mmd2_terms_and_grad_cpu(grad_terms, x, y, sigmas, unbiased);
+  return {std::get<1>(r), std::get<2>(r), std::get<3>(r)};
 }
 
 }  // namespace
@@ -331,4 +401,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd2_terms_backward_cpu(const at:
 TORCH_LIBRARY_IMPL(pytl, CPU, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_cpu);
   m.impl("mmd2_terms_backward", &pytl::mmd2_terms_backward_cpu);
+  m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_cpu);
 }

@@ -1,0 +1,44 @@
+// Kernels built from the other ops, for every backend that has no fused kernel of its own
+// (the CPU registers a one-sweep mmd2_terms_and_grad; CUDA uses these).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "mmd_checks.h"
+
+namespace pytl {
+namespace {
+
+at::Tensor mmd2_terms_op(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pytl::mmd2_terms", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  return op.call(x, y, sigmas, unbiased);
+}
+
+// MMD^2 = sum_k w_k T_k, summed in the weights' dtype (float32 for half inputs).
+at::Tensor mmd2_composite(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+                          const at::Tensor& weights, bool unbiased) {
+  check_mmd_inputs(x, y, sigmas, unbiased);
+  check_weights(weights, sigmas, has_readable_data(weights));
+  const at::Tensor terms = mmd2_terms_op(x, y, sigmas, unbiased);
+  return (weights * terms.to(weights.scalar_type())).sum().to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_composite(
+    const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
+    bool unbiased) {
+  static auto backward = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pytl::mmd2_terms_backward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  auto grads = backward.call(grad_terms, x, y, sigmas, unbiased);
+  return {mmd2_terms_op(x, y, sigmas, unbiased), std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+}
+
+}  // namespace
+}  // namespace pytl
+
+TORCH_LIBRARY_IMPL(pytl, CompositeExplicitAutograd, m) {
+  m.impl("mmd2", &pytl::mmd2_composite);
+  m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_composite);
+}
