@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "mmd_checks.h"
+#include "weighted_sum.h"
 
 namespace pytl {
 namespace {
@@ -79,7 +80,7 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
       ctx->save_for_backward({terms});
     }
     ctx->saved_data["weights_dtype"] = weights.scalar_type();
-    return (weights * terms.to(weights.scalar_type())).sum().to(x.scalar_type());
+    return weighted_sum(terms, weights, x.scalar_type());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -89,10 +90,10 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
     const at::Tensor none;
     if (!g.defined()) return {none, none, none, none, none, none};
     const auto wdtype = ctx->saved_data["weights_dtype"].toScalarType();
-    at::Tensor grad_weights = (g.to(wdtype) * terms.to(wdtype));
+    at::Tensor grad_weights = as_dtype(g, wdtype) * as_dtype(terms, wdtype);
     if (saved.size() == 1) return {none, none, none, grad_weights, none, none};
-    return {saved[1] * g.to(saved[1].scalar_type()), saved[2] * g.to(saved[2].scalar_type()),
-            saved[3] * g.to(saved[3].scalar_type()), grad_weights, none, none};
+    return {saved[1] * as_dtype(g, saved[1].scalar_type()), saved[2] * as_dtype(g, saved[2].scalar_type()),
+            saved[3] * as_dtype(g, saved[3].scalar_type()), grad_weights, none, none};
   }
 };
 

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "mmd_checks.h"
+#include "weighted_sum.h"
 
 namespace pytl {
 namespace {
@@ -21,7 +22,7 @@ at::Tensor mmd2_composite(const at::Tensor& x, const at::Tensor& y, const at::Te
   check_mmd_inputs(x, y, sigmas, unbiased);
   check_weights(weights, sigmas, has_readable_data(weights));
   const at::Tensor terms = mmd2_terms_op(x, y, sigmas, unbiased);
-  return (weights * terms.to(weights.scalar_type())).sum().to(x.scalar_type());
+  return weighted_sum(terms, weights, x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_composite(

@@ -3,6 +3,10 @@
 // CPU and CUDA kernels do those, not the Meta kernel.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <cmath>
+#include <vector>
 
 namespace pytl {
 
@@ -52,21 +56,32 @@ inline void check_mmd_backward_inputs(const at::Tensor& grad_terms, const at::Te
               x.device(), ", got ", grad_terms.device());
 }
 
+// A small tensor's values on the host, in double. Dispatched below any Python mode, so that a
+// TorchDispatchMode (opcheck's schema check, say) sees the op itself, not this helper's copies.
+inline std::vector<double> host_doubles(const at::Tensor& t) {
+  c10::impl::ExcludeDispatchKeyGuard no_python(
+      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
+  const at::Tensor c = t.detach().to(at::kCPU, at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// False for tensors without readable values: meta tensors and the fake/functional tensors that
+// torch.compile traces with (they carry the Python or Functionalize dispatch key).
+inline bool has_readable_data(const at::Tensor& t) {
+  const auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  return !t.is_meta() && !t.key_set().has_any(traced);
+}
+
 // Bandwidths must be positive and finite. Reads the values: on CUDA this costs one sync.
 inline void check_sigma_values(const at::Tensor& sigmas) {
-  auto s = sigmas.detach().to(at::kCPU, at::kDouble).contiguous();
-  const double* p = s.data_ptr<double>();
-  for (int64_t k = 0; k < s.numel(); ++k) {
-    TORCH_CHECK(std::isfinite(p[k]) && p[k] > 0.0,
-                "pytl.mmd2: every bandwidth in sigmas must be positive and finite, got sigmas[", k, "] = ", p[k]);
+  const std::vector<double> s = host_doubles(sigmas);
+  for (size_t k = 0; k < s.size(); ++k) {
+    TORCH_CHECK(std::isfinite(s[k]) && s[k] > 0.0,
+                "pytl.mmd2: every bandwidth in sigmas must be positive and finite, got sigmas[", k, "] = ", s[k]);
   }
 }
 
-}  // namespace pytl
-
-namespace pytl {
-
-// Weights of the bandwidths: one per bandwidth, non-negative and finite (reads the values).
+// Weights of the bandwidths: one per bandwidth; with check_values, non-negative and finite.
 inline void check_weights(const at::Tensor& weights, const at::Tensor& sigmas, bool check_values) {
   TORCH_CHECK(weights.dim() == 1 && weights.size(0) == sigmas.size(0),
               "pytl.mmd2: weights must be a 1-D tensor with one entry per bandwidth (", sigmas.size(0),
@@ -76,23 +91,11 @@ inline void check_weights(const at::Tensor& weights, const at::Tensor& sigmas, b
   TORCH_CHECK(weights.device() == sigmas.device(), "pytl.mmd2: weights must be on ", sigmas.device(), ", got ",
               weights.device());
   if (!check_values) return;
-  auto w = weights.detach().to(at::kCPU, at::kDouble).contiguous();
-  for (int64_t k = 0; k < w.numel(); ++k) {
-    const double v = w.data_ptr<double>()[k];
-    TORCH_CHECK(std::isfinite(v) && v >= 0.0, "pytl.mmd2: weights must be non-negative and finite, got weights[",
-                k, "] = ", v);
+  const std::vector<double> w = host_doubles(weights);
+  for (size_t k = 0; k < w.size(); ++k) {
+    TORCH_CHECK(std::isfinite(w[k]) && w[k] >= 0.0, "pytl.mmd2: weights must be non-negative and finite, got weights[",
+                k, "] = ", w[k]);
   }
-}
-
-}  // namespace pytl
-
-namespace pytl {
-
-// False for tensors without readable values: meta tensors and the fake/functional tensors that
-// torch.compile traces with (they carry the Python or Functionalize dispatch key).
-inline bool has_readable_data(const at::Tensor& t) {
-  const auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
-  return !t.is_meta() && !t.key_set().has_any(traced);
 }
 
 }  // namespace pytl

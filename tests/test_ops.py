@@ -118,14 +118,36 @@ def test_backward_op_directly_against_reference(device):
     torch.testing.assert_close(gs.cpu(), sr.grad)
 
 
+def test_terms_and_grad_equals_the_separate_ops(device):
+    x, y = make_pair(70, 45, 9, torch.float64, device)
+    sig = torch.tensor([0.9, 1.8, 3.6], dtype=torch.float64, device=device)  # a ladder: squarings path
+    g = torch.tensor([0.2, -1.0, 0.6], dtype=torch.float64, device=device)
+    for unbiased in (False, True):
+        terms, gx, gy, gs = torch.ops.pytl.mmd2_terms_and_grad(g, x, y, sig, unbiased)
+        torch.testing.assert_close(terms, ops.mmd2_terms(x, y, sig, unbiased))
+        for got, want in zip((gx, gy, gs), torch.ops.pytl.mmd2_terms_backward(g, x, y, sig, unbiased)):
+            torch.testing.assert_close(got, want)
+
+
+def test_bandwidth_order_does_not_matter(device):
+    x, y = make_pair(50, 60, 4, torch.float32, device)
+    sig = torch.tensor([1.0, 4.0, 2.0, 0.5], device=device)  # unsorted, and not a ratio-2 ladder in gamma
+    perm = torch.tensor([3, 0, 2, 1], device=device)
+    torch.testing.assert_close(ops.mmd2_terms(x, y, sig, False)[perm], ops.mmd2_terms(x, y, sig[perm], False))
+
+
 def test_opcheck(device):
     x, y = make_pair(12, 9, 4, torch.float64, device)
     x.requires_grad_()
     sig = torch.tensor([0.5, 2.0], dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64, device=device, requires_grad=True)
     for unbiased in (False, True):
         torch.library.opcheck(torch.ops.pytl.mmd2_terms.default, (x, y, sig, unbiased))
+        torch.library.opcheck(torch.ops.pytl.mmd2.default, (x, y, sig, w, unbiased))
     g = torch.tensor([1.0, -0.5], dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.pytl.mmd2_terms_backward.default, (g, x.detach(), y, sig.detach(), False))
+    args = (g, x.detach(), y, sig.detach(), False)
+    torch.library.opcheck(torch.ops.pytl.mmd2_terms_backward.default, args)
+    torch.library.opcheck(torch.ops.pytl.mmd2_terms_and_grad.default, args)
 
 
 def test_torch_compile_fullgraph(device):
@@ -344,6 +366,13 @@ CPP_BAD_CASES = [
 def test_bad_input_cpp_op(args, fragment):
     with pytest.raises(RuntimeError, match=fragment):
         torch.ops.pytl.mmd2_terms(*args)
+
+
+def test_bad_input_cpp_weights():
+    with pytest.raises(RuntimeError, match="one entry per bandwidth"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(3), False)
+    with pytest.raises(RuntimeError, match="non-negative and finite"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.tensor([1.0, -1.0]), False)
 
 
 def test_bad_input_cpp_backward_op():

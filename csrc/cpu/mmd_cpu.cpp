@@ -232,11 +232,6 @@ BlockScales block_scales(int64_t n, int64_t m, bool unbiased) {
           -2.0 / (dn * dm)};
 }
 
-std::vector<double> host_doubles(const at::Tensor& t) {
-  auto c = t.detach().to(at::kCPU, at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
 // Bandwidths sorted by ascending gamma (the compute order); order[q] is the caller's index.
 template <typename T>
 Bandwidths<T> compute_order(const std::vector<double>& sigmas, std::vector<int>& order) {
