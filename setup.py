@@ -1,0 +1,206 @@
+"""Build the pytl._C extension: the fused RBF-kernel MMD ops (CPU, plus CUDA when it can be built).
+
+Metadata lives in pyproject.toml; this file only describes the C++/CUDA extension.
+
+    pip install --no-build-isolation .        # wheel with the prebuilt pytl._C
+    pip install --no-build-isolation -e .     # editable: pytl/_C*.so lands next to the sources
+
+Environment switches
+  PYTL_WITH_CUDA=0|1     force a CPU-only build (0) or require the CUDA kernels (1). Unset: CUDA is
+                         built when torch has CUDA (torch.version.cuda) and a CUDA toolkit is found.
+  CUDA_HOME / CUDA_PATH  the toolkit root (the folder whose include/ holds cuda_runtime.h). Unset: torch's
+                         guess from the nvcc on PATH, and when that guess is wrong (an nvcc wrapper script)
+                         the real toolkit, found by following the wrapper or under /usr/local/cuda*.
+  TORCH_CUDA_ARCH_LIST   GPU architectures; defaults to "8.0;9.0" when no GPU is visible.
+  MAX_JOBS               parallel compile jobs; defaults from the cores and memory of this machine.
+  PYTL_DEBUG=1           -O0 -g instead of -O3.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+# Sources must be given relative to setup.py for setuptools (absolute paths break sdists).
+os.chdir(ROOT)
+
+
+def _log(msg: str) -> None:
+    print(f"pytl setup: {msg}", file=sys.stderr, flush=True)
+
+
+def _env_flag(name: str) -> bool | None:
+    """Tri-state environment switch: None when unset/empty, else True/False (anything else: an error)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    sys.exit(f"pytl setup: {name}={os.environ[name]!r} is not understood; use {name}=0 or {name}=1")
+
+
+try:
+    import torch
+    from torch.utils import cpp_extension  # noqa: F401  (imported below, after CUDA_HOME is settled)
+except ImportError:  # pragma: no cover - only without torch
+    sys.exit(
+        "pytl setup: torch must be installed before building pytl (the extension is compiled against it).\n"
+        "  pip install torch && pip install --no-build-isolation .\n"
+        "(--no-build-isolation makes pip use the torch you have instead of downloading another one.)"
+    )
+
+
+# Toolchain facts shared with pytl's JIT loader (pytl/_toolchain.py), loaded by path: importing the
+# pytl package itself would try to load the ops that this file is about to build.
+_spec = importlib.util.spec_from_file_location("_pytl_toolchain", ROOT / "pytl" / "_toolchain.py")
+toolchain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toolchain)
+
+
+def _resolve_cuda_home() -> str | None:
+    home, note = toolchain.resolve_cuda_home()
+    if note:
+        _log(note)
+    return home
+
+
+TORCH_HAS_CUDA = torch.version.cuda is not None
+WITH_CUDA_REQUEST = _env_flag("PYTL_WITH_CUDA")
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+
+cuda_home = None
+if WITH_CUDA_REQUEST is not False and TORCH_HAS_CUDA:
+    cuda_home = _resolve_cuda_home()
+    if cuda_home:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is first imported; it is imported above, so set
+        # both the environment (for child processes) and the module global.
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+if WITH_CUDA_REQUEST is True:
+    problems = []
+    if not TORCH_HAS_CUDA:
+        problems.append(
+            f"the installed torch {torch.__version__} was built without CUDA (torch.version.cuda is None); "
+            "install a CUDA build of torch"
+        )
+    elif not cuda_home:
+        problems.append(
+            "no CUDA toolkit was found: set CUDA_HOME to the toolkit root (the folder whose include/ holds "
+            "cuda_runtime.h and whose bin/ holds nvcc)"
+        )
+    if not CUDA_SOURCES:
+        problems.append("there are no CUDA sources under csrc/cuda/")
+    if problems:
+        sys.exit("pytl setup: PYTL_WITH_CUDA=1 but the CUDA kernels cannot be built:\n  - " + "\n  - ".join(problems))
+    WITH_CUDA = True
+elif WITH_CUDA_REQUEST is False:
+    WITH_CUDA = False
+else:
+    WITH_CUDA = TORCH_HAS_CUDA and bool(cuda_home) and bool(CUDA_SOURCES)
+    if not TORCH_HAS_CUDA:
+        reason = f"torch {torch.__version__} has no CUDA"
+    elif not cuda_home:
+        reason = "no CUDA toolkit found (set CUDA_HOME)"
+    elif not CUDA_SOURCES:
+        reason = "no sources under csrc/cuda/"
+    else:
+        reason = ""
+    if reason:
+        _log(f"building the CPU kernels only: {reason}. PYTL_WITH_CUDA=1 makes this an error.")
+
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    gpu_visible = False
+    try:
+        gpu_visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    except Exception:  # pragma: no cover - broken driver setups
+        gpu_visible = False
+    if not gpu_visible:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        _log("no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for TORCH_CUDA_ARCH_LIST=8.0;9.0")
+
+if not os.environ.get("MAX_JOBS"):
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cores = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        by_memory = max(1, int(mem_gib // (4 if WITH_CUDA else 2)))  # nvcc jobs peak at a few GiB
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        by_memory = cores
+    os.environ["MAX_JOBS"] = str(max(1, min(cores, by_memory)))
+
+# ----------------------------------------------------------------------------------------------------
+# The extension
+# ----------------------------------------------------------------------------------------------------
+debug = _env_flag("PYTL_DEBUG") is True
+opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: Python's own CFLAGS carry -g
+sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+if not (CSRC / "python_module.cpp").exists():
+    _log("warning: csrc/python_module.cpp (the PyInit__C stub) is missing; the module will not import")
+extra_compile_args = {"cxx": opt + ["-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]}
+extra_link_args = []
+define_macros = []
+extra_compile_args["cxx"] += toolchain.openmp_flags()
+extra_link_args += toolchain.openmp_flags()
+if WITH_CUDA:
+    sources += CUDA_SOURCES
+    define_macros.append(("PYTL_WITH_CUDA", None))
+    extra_compile_args["nvcc"] = (["-O0", "-g"] if debug else ["-O3"]) + ["-lineinfo", "--expt-relaxed-constexpr"]
+    Extension = CUDAExtension
+else:
+    Extension = CppExtension
+
+_log(
+    f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+    f"{'CPU+CUDA' if WITH_CUDA else 'CPU-only'} build"
+    + (f", CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}" if WITH_CUDA else "")
+    + f", MAX_JOBS={os.environ['MAX_JOBS']}, {len(sources)} sources"
+)
+
+ext_modules = [
+    Extension(
+        name="pytl._C",
+        sources=sources,
+        include_dirs=[str(CSRC)],
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
+    )
+]
+
+SOURCE_PATTERNS = ("*.cpp", "*.cu", "*.h", "*.cuh", "*.hpp")
+
+
+class build_py_with_csrc(build_py):
+    """Ship csrc/ inside regular wheels as pytl/csrc/, so that pytl's JIT fallback can rebuild the ops
+    if the prebuilt _C does not load (e.g. after torch was upgraded). Editable installs use ./csrc."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for pattern in SOURCE_PATTERNS:
+            for src in CSRC.rglob(pattern):
+                dst = Path(self.build_lib) / "pytl" / "csrc" / src.relative_to(CSRC)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self.copy_file(str(src), str(dst))
+
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension, "build_py": build_py_with_csrc},
+)
