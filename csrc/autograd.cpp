@@ -3,6 +3,7 @@
 // weighted sum) computes its gradients in the forward sweep when an input needs them, and its
 // backward only scales them. Neither backward is differentiable (no double backward).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "mmd_checks.h"
@@ -115,4 +116,8 @@ at::Tensor mmd2_terms_autograd(const at::Tensor& x, const at::Tensor& y, const a
 TORCH_LIBRARY_IMPL(pytl, Autograd, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_autograd);
   m.impl("mmd2", &pytl::mmd2_autograd);
+  // The gradient ops are not differentiable: differentiating through them raises a clear error
+  // instead of silently returning no gradient.
+  m.impl("mmd2_terms_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("mmd2_terms_and_grad", torch::autograd::autogradNotImplementedFallback());
 }

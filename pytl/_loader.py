@@ -1,8 +1,9 @@
 """Loads pytl's compiled ops (torch.ops.pytl.*): the prebuilt extension, else a JIT build.
 
 Order: ``pytl._C`` built by ``pip install`` (skipped when ``PYTL_JIT=1``); otherwise the same
-sources under ``csrc/`` are compiled with ``torch.utils.cpp_extension.load`` (CUDA kernels too when
-torch has CUDA and a toolkit is found, unless ``PYTL_WITH_CUDA=0``). A failure says what is missing.
+sources (``csrc/`` of a checkout, or ``pytl/csrc/`` shipped in a wheel) are compiled with
+``torch.utils.cpp_extension.load`` (CUDA kernels too when torch has CUDA and a toolkit is found,
+unless ``PYTL_WITH_CUDA=0``). A failure says what is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+from pytl import _toolchain
+
+_PACKAGE = Path(__file__).resolve().parent
+_SOURCE_DIRS = (_PACKAGE.parent / "csrc", _PACKAGE / "csrc")  # a checkout, then a wheel
 _JIT_NAME = "pytl_jit_ops"
 
 # How the ops were loaded: "prebuilt" or "jit" (set by load_ops()).
@@ -25,52 +29,62 @@ def _ops_registered() -> bool:
 
 
 def _jit_sources() -> tuple[list[str], bool]:
-    if not (_CSRC / "ops.cpp").is_file():
+    csrc = next((d for d in _SOURCE_DIRS if (d / "ops.cpp").is_file()), None)
+    if csrc is None:
         raise ImportError(
-            f"pytl: no prebuilt extension (pytl._C) and no C++ sources to build at {_CSRC}. "
-            "Install pytl with `pip install --no-build-isolation .` from a source checkout, "
-            "or run from the checkout so that csrc/ is found."
+            "pytl: no prebuilt extension (pytl._C) and no C++ sources to build at "
+            f"{' or '.join(map(str, _SOURCE_DIRS))}. Install pytl with `pip install --no-build-isolation .` "
+            "from a source checkout."
         )
     from torch.utils import cpp_extension
 
-    sources = [str(p) for p in sorted(_CSRC.glob("*.cpp")) if p.name != "python_module.cpp"]
-    sources += [str(p) for p in sorted((_CSRC / "cpu").glob("*.cpp"))]
+    sources = [str(p) for p in sorted(csrc.glob("*.cpp")) if p.name != "python_module.cpp"]
+    sources += [str(p) for p in sorted((csrc / "cpu").glob("*.cpp"))]
     want_cuda = os.environ.get("PYTL_WITH_CUDA")
-    cuda_ok = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    if want_cuda == "1" and not cuda_ok:
+    cuda_home = None
+    if torch.version.cuda is not None and want_cuda != "0":
+        cuda_home, note = _toolchain.resolve_cuda_home()
+        if note:
+            print(f"pytl: {note}", file=sys.stderr)
+        if cuda_home:
+            os.environ["CUDA_HOME"] = cuda_home
+            cpp_extension.CUDA_HOME = cuda_home
+    if want_cuda == "1" and cuda_home is None:
         raise ImportError(
             "pytl: PYTL_WITH_CUDA=1 but this torch has no CUDA "
-            f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found "
-            f"(CUDA_HOME={cpp_extension.CUDA_HOME}); set CUDA_HOME to the toolkit root."
+            f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found; "
+            "set CUDA_HOME to the toolkit root (the folder whose include/ holds cuda_runtime.h)."
         )
-    with_cuda = cuda_ok and want_cuda != "0"
+    with_cuda = cuda_home is not None
     if with_cuda:
-        sources += [str(p) for p in sorted((_CSRC / "cuda").glob("*.cu"))]
+        sources += [str(p) for p in sorted((csrc / "cuda").glob("*.cu"))]
     return sources, with_cuda
 
 
-def _jit_build() -> None:
+def _jit_build(reason: str) -> None:
     from torch.utils import cpp_extension
 
     sources, with_cuda = _jit_sources()
     print(
         f"pytl: building the {'CPU+CUDA' if with_cuda else 'CPU'} ops with torch.utils.cpp_extension.load "
-        "(no prebuilt pytl._C found or PYTL_JIT=1; the first build takes a minute or two, then it is cached)",
+        f"({reason}; the first build takes a few minutes, then it is cached)",
         file=sys.stderr,
     )
+    openmp = _toolchain.openmp_flags()
     try:
         cpp_extension.load(
             name=_JIT_NAME + ("_cuda" if with_cuda else ""),
             sources=sources,
-            extra_cflags=["-O3", "-Wno-psabi"] + (["-DPYTL_WITH_CUDA"] if with_cuda else []),
+            extra_cflags=["-O3", "-Wno-psabi"] + openmp + (["-DPYTL_WITH_CUDA"] if with_cuda else []),
             extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+            extra_ldflags=openmp,
             with_cuda=with_cuda,
             is_python_module=False,
             verbose=os.environ.get("PYTL_JIT_VERBOSE") == "1",
         )
     except Exception as exc:  # the compiler's output is in the exception text
         raise ImportError(
-            "pytl: the JIT build of the C++ ops failed. It needs a C++17 compiler, ninja "
+            "pytl: the JIT build of the C++ ops failed. It needs a C++ compiler, ninja "
             "(pip install ninja) and, for CUDA, nvcc with CUDA_HOME set to the toolkit root. "
             f"Underlying error: {exc}"
         ) from exc
@@ -81,15 +95,16 @@ def load_ops() -> str:
     global backend
     if backend is not None:
         return backend
+    reason = "PYTL_JIT=1"
     if os.environ.get("PYTL_JIT") != "1":
         try:
             from pytl import _C  # noqa: F401  (importing registers the ops)
 
             backend = "prebuilt"
-        except ImportError:
-            pass
+        except ImportError as exc:  # absent, or built against another torch
+            reason = f"no usable prebuilt pytl._C: {exc}"
     if backend is None:
-        _jit_build()
+        _jit_build(reason)
         backend = "jit"
     if not _ops_registered():
         raise ImportError("pytl: the compiled library loaded but torch.ops.pytl.mmd2_terms is not registered")

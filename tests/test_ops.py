@@ -129,6 +129,26 @@ def test_terms_and_grad_equals_the_separate_ops(device):
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ladder_fast_path_matches_exps(device, dtype):
+    # sigma^2 ratio 2 (gamma ratio 2): the kernels square one exp instead of computing K exps.
+    # A 1e-4 relative nudge takes the K-exp path; both must match the float64 reference.
+    x, y = make_pair(90, 70, 6, dtype, device)
+    ladder = pytl.bandwidth_ladder(torch.tensor(2.5, dtype=dtype, device=device))
+    nudged = ladder * torch.tensor([1, 1 + 1e-4, 1, 1 - 1e-4, 1], dtype=dtype, device=device)
+    g = torch.tensor([0.3, -0.2, 1.0, 0.5, -0.7], dtype=dtype, device=device)
+    for sig in (ladder, nudged):
+        want = terms_reference(x.cpu().double(), y.cpu().double(), sig.cpu().double(), False)
+        terms, gx, _, gs = torch.ops.pytl.mmd2_terms_and_grad(g, x, y, sig, False)
+        torch.testing.assert_close(terms.cpu().double(), want, **TOL[dtype])
+        torch.testing.assert_close(ops.mmd2_terms(x, y, sig, False).cpu().double(), want, **TOL[dtype])
+        xr = x.detach().cpu().double().clone().requires_grad_()
+        sr = sig.detach().cpu().double().clone().requires_grad_()
+        (terms_reference(xr, y.cpu().double(), sr, False) * g.cpu().double()).sum().backward()
+        torch.testing.assert_close(gx.cpu().double(), xr.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gs.cpu().double(), sr.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_bandwidth_order_does_not_matter(device):
     x, y = make_pair(50, 60, 4, torch.float32, device)
     sig = torch.tensor([1.0, 4.0, 2.0, 0.5], device=device)  # unsorted, and not a ratio-2 ladder in gamma

@@ -119,37 +119,47 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
               acc[r][1] += ar * b1;
             }
           }
-          V part[kMaxBandwidths], sig_part[kMaxBandwidths];
-          for (int k = 0; k < K; ++k) part[k] = sig_part[k] = S::splat(T(0));
-          for (int r = 0; r < kRB; ++r) {
-            const I row = static_cast<I>(i + r);
-            for (int h = 0; h < 2; ++h) {
+          // Epilogue, three rows (six vectors) at a time, bandwidth-major: the per-bandwidth sums
+          // stay in registers within the group instead of chaining through memory.
+          for (int r0 = 0; r0 < kRB; r0 += 3) {
+            V D[6], E[6], C[6];
+            IV valid[6];
+            for (int v = 0; v < 6; ++v) {
+              const int r = r0 + v / 2, h = v % 2;
+              const I row = static_cast<I>(i + r);
               const IV col = lane + static_cast<I>(j0 + h * W);
-              IV valid = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
-              if (pass.self) valid &= pass.upper ? (col > row) : (col != row);
-              V D = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
-              D = D < T(0) ? S::splat(T(0)) : D;
-              V e = exp_nonpositive<T>(bw.neg_gamma[0] * D);
-              V C = S::splat(T(0));
-              for (int k = 0; k < K; ++k) {
-                if (k > 0) e = bw.ladder ? e * e : exp_nonpositive<T>(bw.neg_gamma[k] * D);
-                const V em = valid ? e : S::splat(T(0));
-                part[k] += em;
+              valid[v] = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
+              if (pass.self) valid[v] &= pass.upper ? (col > row) : (col != row);
+              const V dist = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
+              D[v] = dist < T(0) ? S::splat(T(0)) : dist;
+              E[v] = exp_nonpositive<T>(bw.neg_gamma[0] * D[v]);
+              C[v] = S::splat(T(0));
+            }
+            for (int k = 0; k < K; ++k) {
+              if (k > 0) {
+                for (int v = 0; v < 6; ++v)
+                  E[v] = bw.ladder ? E[v] * E[v] : exp_nonpositive<T>(bw.neg_gamma[k] * D[v]);
+              }
+              V part = S::splat(T(0)), sig_part = S::splat(T(0));
+              const T coef = pass.coef[k];
+              for (int v = 0; v < 6; ++v) {
+                const V em = valid[v] ? E[v] : S::splat(T(0));
+                part += em;
                 if (kGrad) {
-                  C += pass.coef[k] * em;
-                  sig_part[k] += em * D;
+                  C[v] += coef * em;
+                  sig_part += em * D[v];
                 }
               }
-              if (kGrad) {
-                S::store(&Cbuf[r][h * W], C);
+              sums[k] += S::widen(part);  // widened to double once per group
+              if (kGrad) sig_sums[k] += S::widen(sig_part);
+            }
+            if (kGrad) {
+              for (int v = 0; v < 6; ++v) S::store(&Cbuf[r0 + v / 2][(v % 2) * W], C[v]);
+              for (int r = r0; r < r0 + 3; ++r) {
                 T* rw = row_weight.data() + (i - i0 + r) * W;
-                S::store(rw, S::load(rw) + C);
+                S::store(rw, S::load(rw) + C[2 * (r - r0)] + C[2 * (r - r0) + 1]);
               }
             }
-          }
-          for (int k = 0; k < K; ++k) {  // widen to double once per register block
-            sums[k] += S::widen(part[k]);
-            if (kGrad) sig_sums[k] += S::widen(sig_part[k]);
           }
           if (kGrad) {  // G[rows] += Cbuf (kRB x CB) . B.rows[j0 .. j0 + CB) (CB x dp)
             const T* brows = B.rows + j0 * dp;
@@ -242,7 +252,8 @@ Bandwidths<T> compute_order(const std::vector<double>& sigmas, std::vector<int>&
   Bandwidths<T> bw;
   bw.K = K;
   bw.ladder = true;
-  const double tol = sizeof(T) == 4 ? 1e-7 : 1e-14;
+  // a ladder built in float (sigma_0 * 2^(j/2)) is off by a few float ulps: squaring is then as accurate
+  const double tol = sizeof(T) == 4 ? 1e-6 : 1e-13;
   for (int q = 0; q < K; ++q) {
     const double gamma = 0.5 / (sigmas[order[q]] * sigmas[order[q]]);
     // clamped so that a tiny sigma cannot make -gamma * 0 a NaN for duplicate points

@@ -1,0 +1,238 @@
+"""Side-by-side comparison: pytl's fused MMD vs what users run today, in one run.
+
+    python benchmarks/compare.py            # the main sizes (a few minutes on 2 cores)
+    python benchmarks/compare.py --quick    # small sizes, for CI (under a minute)
+
+Implementations: "pytl" (pytl.mmd2, fused kernels), "naive" (pytl.ops.mmd2_reference: full n x n,
+m x m and n x m matrices, one exp pass per bandwidth, autograd through them: the formulation of
+the popular transfer-learning libraries) and "keops" (pykeops' LazyTensor reduction, when
+installed). Each measurement runs in a fresh subprocess so that its peak resident-memory growth
+is its own. Times are medians over repeats; ratios are naive (or keops) time / pytl time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+# K = 5: the default median-heuristic ladder sigma_0^2 * 2^j, j = -2..2, with sigma_0 fixed here
+# (so that every implementation computes exactly the same statistic).
+LADDER = (-2, -1, 0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    d: int
+    backward: bool  # forward only, or forward + backward
+
+    @property
+    def label(self) -> str:
+        return f"n=m={self.n:<6} d={self.d:<4} {'fwd+bwd' if self.backward else 'fwd    '}"
+
+
+MAIN_CASES = [
+    Case(4096, 64, True),
+    Case(4096, 64, False),
+    Case(4096, 2, True),
+    Case(4096, 512, True),
+    Case(1024, 64, True),
+    Case(16384, 64, True),
+    Case(65536, 64, True),
+]
+QUICK_CASES = [Case(512, 64, True), Case(1024, 2, True), Case(1024, 64, False)]
+
+
+def naive_bytes(case: Case) -> int:
+    """Rough peak of the materialising version: three pair matrices, a few live copies each."""
+    return 3 * case.n * case.n * 4 * (6 if case.backward else 3)
+
+
+def available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 8 << 30
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: one implementation, one case, in its own process.
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current one."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _keops_mmd2(x, y, sigmas, weights):
+    from pykeops.torch import LazyTensor
+
+    def block_mean(a, b):
+        ai, bj = LazyTensor(a[:, None, :]), LazyTensor(b[None, :, :])
+        d2 = ((ai - bj) ** 2).sum(-1)
+        kernel = None
+        for s, w in zip(sigmas.tolist(), weights.tolist()):
+            term = w * (-d2 / (2 * s * s)).exp()
+            kernel = term if kernel is None else kernel + term
+        return kernel.sum(dim=1).sum() / (a.shape[0] * b.shape[0])
+
+    return block_mean(x, x) + block_mean(y, y) - 2 * block_mean(x, y)
+
+
+def worker(impl: str, n: int, d: int, backward: bool, repeats: int) -> dict:
+    import torch
+
+    import pytl
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randn(n, d, generator=g) * 1.1 + 0.2
+    sigma0 = float(pytl.median_heuristic(x, y))
+    sigmas = torch.tensor([sigma0 * 2 ** (j / 2) for j in LADDER])
+    weights = torch.full((len(LADDER),), 1 / len(LADDER))
+    fn = {
+        "pytl": lambda a, b: pytl.mmd2(a, b, sigmas, weights),
+        "naive": lambda a, b: pytl.ops.mmd2_reference(a, b, sigmas, weights),
+        "keops": lambda a, b: _keops_mmd2(a, b, sigmas, weights),
+    }[impl]
+
+    def run():
+        a = x.clone().requires_grad_(backward)
+        b = y.clone().requires_grad_(backward)
+        value = fn(a, b)
+        if backward:
+            value.backward()
+        return float(value)
+
+    fn(x[:64], y[:64])  # load libraries / compile formulas outside the measurement
+    _reset_peak_rss()
+    rss0 = _status_bytes("VmRSS")
+    times, value = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = run()
+        times.append(time.perf_counter() - t0)
+    peak = _status_bytes("VmHWM")
+    times.sort()
+    return {"seconds": times[len(times) // 2], "peak_growth_mb": max(0, peak - rss0) / 2**20, "value": value}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver.
+
+
+def measure(impl: str, case: Case, repeats: int, timeout: float) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", impl, str(case.n), str(case.d), str(int(case.backward)), str(repeats)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or "").strip().splitlines()[-1:] or ["failed"]
+        return {"error": tail[0][:60]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_rates() -> dict:
+    """The two rates the roofline needs, measured once: sgemm and a vectorised exp (all threads)."""
+    import torch
+
+    a = torch.randn(2048, 2048)
+    torch.mm(a, a)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    sgemm = 5 * 2 * 2048**3 / (time.perf_counter() - t0)
+    v = -torch.rand(1 << 22)
+    torch.exp(v)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        torch.exp(v)
+    exp_rate = 20 * v.numel() / (time.perf_counter() - t0)
+    return {"sgemm_flops": sgemm, "exp_per_s": exp_rate, "threads": torch.get_num_threads()}
+
+
+def roofline_seconds(case: Case, rates: dict) -> float:
+    """Floor for pytl's algorithm: distinct pairs x (2d FLOP for the distance, + 4d for both sides'
+    gradient products when backward) at the sgemm rate, plus one exp per pair (ladder)."""
+    n = case.n
+    pairs = n * (n - 1) + n * n  # two self blocks' upper triangles (n(n-1)/2 each) + the cross block
+    flops = pairs * (6 if case.backward else 2) * case.d
+    return flops / rates["sgemm_flops"] + pairs / rates["exp_per_s"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes only (CI)")
+    parser.add_argument("--impls", default="pytl,naive,keops", help="comma-separated implementations")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        impl, n, d, bwd, reps = args.worker
+        print(json.dumps(worker(impl, int(n), int(d), bool(int(bwd)), int(reps))))
+        return 0
+
+    impls = [i for i in args.impls.split(",") if i]
+    if "keops" in impls:
+        try:
+            import pykeops  # noqa: F401
+        except ImportError:
+            print("(keops: pykeops is not installed; `pip install pykeops` to compare with it)")
+            impls.remove("keops")
+    cases = QUICK_CASES if args.quick else MAIN_CASES
+    rates = machine_rates()
+    print(
+        f"machine: {os.cpu_count()} cores, torch threads {rates['threads']}, sgemm {rates['sgemm_flops'] / 1e9:.0f} GFLOP/s, "
+        f"exp {rates['exp_per_s'] / 1e9:.2f} G/s; K = {len(LADDER)} bandwidths, float32"
+    )
+    header = f"{'case':<32}" + "".join(f"{i + ' s':>11}{i + ' MB':>10}" for i in impls) + f"{'speed-up':>18}{'of roofline':>13}"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for case in cases:
+        row, results = f"{case.label:<32}", {}
+        for impl in impls:
+            if impl != "pytl" and naive_bytes(case) > 0.7 * available_bytes():
+                results[impl] = {"error": f"skipped: needs ~{naive_bytes(case) / 2**30:.0f} GB"}
+            else:
+                results[impl] = measure(impl, case, 1 if case.n > 16384 else args.repeats, args.timeout)
+            r = results[impl]
+            row += f"{r['seconds']:>11.4f}{r['peak_growth_mb']:>10.0f}" if "seconds" in r else f"{r['error'][:20]:>21}"
+        base = results.get("pytl", {})
+        if "seconds" not in base:
+            failures += 1
+        speedups = [
+            f"{other[:1]}{results[other]['seconds'] / base['seconds']:.0f}x"
+            for other in impls
+            if other != "pytl" and "seconds" in results.get(other, {}) and "seconds" in base
+        ]
+        frac = roofline_seconds(case, rates) / base["seconds"] if "seconds" in base else float("nan")
+        row += f"{' '.join(speedups):>18}{frac:>12.0%}"
+        if "seconds" in base and "seconds" in results.get("naive", {}):
+            agree = abs(base["value"] - results["naive"]["value"]) <= 1e-4 * max(1.0, abs(results["naive"]["value"]))
+            row += "" if agree else "  VALUES DIFFER"
+            failures += 0 if agree else 1
+        print(row, flush=True)
+    print("speed-up: n = naive / pytl, k = keops / pytl; 'of roofline' = roofline time / pytl time")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
