@@ -63,14 +63,19 @@ template <typename T>
 struct Pass {
   const Side<T>* B = nullptr;
   bool self = false;     // B is the row side itself: the diagonal is masked
-  bool upper = false;    // visit pairs j > i only (forward of a self block)
+  bool upper = false;    // visit pairs j > i only (a self block: each unordered pair once)
   double* sums = nullptr;         // (K) += sum of exp(-gamma_k D), or null
   double* sigma_sums = nullptr;   // (K) += sum of exp(-gamma_k D) D, or null (gradient only)
   std::array<T, kMaxBandwidths> coef{};  // gradient pair weight per bandwidth (scale folded in)
+  // Gradient only: the column side's share, sum_i C_ij (b_j - a_i) = col_weight_j b_j - col_grad_j,
+  // accumulated into buffers of B's rows ((np_B, dp) and (np_B)) that the caller owns and reduces.
+  T* col_grad = nullptr;
+  T* col_weight = nullptr;
 };
 
-// Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) get
-// sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij).
+// Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) are set to the row side's
+// sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij), and the
+// column side's share goes to the passes' column buffers.
 template <typename T, bool kGrad>
 __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int64_t i0, int64_t i1,
                                                            const Pass<T>* passes, int num_passes,
@@ -159,6 +164,12 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
                 T* rw = row_weight.data() + (i - i0 + r) * W;
                 S::store(rw, S::load(rw) + C[2 * (r - r0)] + C[2 * (r - r0) + 1]);
               }
+              if (pass.col_weight) {
+                for (int h = 0; h < 2; ++h) {
+                  T* cw = pass.col_weight + j0 + h * W;
+                  S::store(cw, S::load(cw) + (C[h] + C[2 + h] + C[4 + h]));
+                }
+              }
             }
           }
           if (kGrad) {  // G[rows] += Cbuf (kRB x CB) . B.rows[j0 .. j0 + CB) (CB x dp)
@@ -172,6 +183,18 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
                 for (int r = 0; r < kRB; ++r) gacc[r] += Cbuf[r][j] * b;
               }
               for (int r = 0; r < kRB; ++r) S::store(g + r * dp + tv, gacc[r]);
+            }
+          }
+          if (kGrad && pass.col_grad) {  // col_grad[j0 .. j0 + CB) += Cbuf^T (CB x kRB) . A.rows[i ..] (kRB x dp)
+            T* gc = pass.col_grad + j0 * dp;
+            for (int64_t tv = 0; tv < dp; tv += W) {
+              V arow[kRB];
+              for (int r = 0; r < kRB; ++r) arow[r] = S::load(a + r * dp + tv);
+              for (int j = 0; j < CB; ++j) {
+                V cacc = S::load(gc + j * dp + tv);
+                for (int r = 0; r < kRB; ++r) cacc += Cbuf[r][j] * arow[r];
+                S::store(gc + j * dp + tv, cacc);
+              }
             }
           }
         }
@@ -292,69 +315,101 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tens
     std::vector<int> order;
     const Bandwidths<T> bw = compute_order<T>(sig, order);
     const int64_t tx = px.side.np / kRowTile, ty = py.side.np / kRowTile;
-    // per-item partial sums: [item][block][k]; blocks 0 = xx, 1 = yy, 2 = xy
+    // per-tile partial sums: [tile][block][k]; x tiles first, then y tiles; blocks 0 = xx, 1 = yy, 2 = xy
     std::vector<double> sums((tx + ty) * 3 * K, 0.0), sig_sums((tx + ty) * 3 * K, 0.0);
-    auto slot = [&](std::vector<double>& v, int64_t item, int block) { return v.data() + (item * 3 + block) * K; };
-
-    if (with_grad) {
-      at::Tensor gx = at::empty({n, d}, px.rows.options());
-      at::Tensor gy = at::empty({m, d}, py.rows.options());
-      auto coefs = [&](double scale) {
-        std::array<T, kMaxBandwidths> c{};
+    auto slot = [&](std::vector<double>& v, int64_t tile, int block) { return v.data() + (tile * 3 + block) * K; };
+    auto coefs = [&](double scale) {
+      std::array<T, kMaxBandwidths> c{};
+      if (with_grad)
         for (int q = 0; q < K; ++q) c[q] = static_cast<T>(scale * grad_weights[order[q]] * bw.neg_gamma[q]);
-        return c;
-      };
-      at::parallel_for(0, tx + ty, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
-          const bool is_x = item < tx;
-          const int64_t t = is_x ? item : item - tx;
-          Pass<T> passes[2];
-          passes[0].B = is_x ? &px.side : &py.side;
-          passes[0].self = true;
-          passes[0].sums = slot(sums, item, is_x ? 0 : 1);
-          passes[0].sigma_sums = slot(sig_sums, item, is_x ? 0 : 1);
-          passes[0].coef = coefs(4.0 * (is_x ? w.a : w.b));
-          passes[1].B = is_x ? &py.side : &px.side;
-          passes[1].sums = is_x ? slot(sums, item, 2) : nullptr;  // x-y pairs counted from the x side
-          passes[1].sigma_sums = is_x ? slot(sig_sums, item, 2) : nullptr;
-          passes[1].coef = coefs(2.0 * w.c);
-          const Side<T>& A = is_x ? px.side : py.side;
-          sweep_tile(A, t * kRowTile, (t + 1) * kRowTile, passes, 2, bw,
-                     (is_x ? gx : gy).data_ptr<T>());
+      return c;
+    };
+    const std::array<T, kMaxBandwidths> coef_xx = coefs(4.0 * w.a), coef_yy = coefs(4.0 * w.b), coef_xy = coefs(2.0 * w.c);
+
+    // Work units: a tile paired with its mirror (t, T-1-t) balances the triangles; x and y units
+    // interleaved balance the x-y block, which the x tiles carry.
+    std::vector<std::pair<int, int64_t>> units;  // (side: 0 = x, 1 = y; tile w of the pair)
+    for (int64_t u = 0; u < std::max((tx + 1) / 2, (ty + 1) / 2); ++u) {
+      if (u < (tx + 1) / 2) units.emplace_back(0, u);
+      if (u < (ty + 1) / 2) units.emplace_back(1, u);
+    }
+    // Gradient: the column side of each pair goes to per-slot buffers (one slot per thread, fewer if
+    // memory is short), summed in slot order: bitwise reproducible for a given thread count.
+    const int64_t buffer_elems = (px.side.np + py.side.np) * (px.side.dp + 1);
+    int64_t slots = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(units.size()));
+    if (with_grad) slots = std::max<int64_t>(1, std::min<int64_t>(slots, (int64_t{512} << 20) / (buffer_elems * sizeof(T))));
+    slots = std::max<int64_t>(1, slots);
+    std::vector<T> col_buffers(with_grad ? slots * buffer_elems : 0, T(0));
+    at::Tensor gx, gy;
+    if (with_grad) {
+      gx = at::empty({n, d}, px.rows.options());
+      gy = at::empty({m, d}, py.rows.options());
+    }
+
+    at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
+      for (int64_t sl = slot_begin; sl < slot_end; ++sl) {
+        T* buf = with_grad ? col_buffers.data() + sl * buffer_elems : nullptr;
+        // buffer layout: x rows' col_grad, y rows' col_grad, x col_weight, y col_weight
+        T* cg[2] = {buf, buf ? buf + px.side.np * px.side.dp : nullptr};
+        T* cw[2] = {buf ? buf + (px.side.np + py.side.np) * px.side.dp : nullptr, nullptr};
+        cw[1] = buf ? cw[0] + px.side.np : nullptr;
+        const int64_t u0 = sl * static_cast<int64_t>(units.size()) / slots;
+        const int64_t u1 = (sl + 1) * static_cast<int64_t>(units.size()) / slots;
+        for (int64_t u = u0; u < u1; ++u) {
+          const int side = units[u].first;
+          const PreparedSide<T>& A = side == 0 ? px : py;
+          const int64_t tiles = side == 0 ? tx : ty;
+          const int64_t partner = tiles - 1 - units[u].second;
+          for (int64_t t : {units[u].second, partner}) {
+            const int64_t tile = side == 0 ? t : tx + t;
+            Pass<T> passes[2];
+            passes[0].B = &A.side;
+            passes[0].self = passes[0].upper = true;
+            passes[0].sums = slot(sums, tile, side);
+            passes[0].sigma_sums = slot(sig_sums, tile, side);
+            passes[0].coef = side == 0 ? coef_xx : coef_yy;
+            passes[0].col_grad = cg[side];
+            passes[0].col_weight = cw[side];
+            if (side == 0) {  // the x-y block, from the x rows
+              passes[1].B = &py.side;
+              passes[1].sums = slot(sums, tile, 2);
+              passes[1].sigma_sums = slot(sig_sums, tile, 2);
+              passes[1].coef = coef_xy;
+              passes[1].col_grad = cg[1];
+              passes[1].col_weight = cw[1];
+            }
+            T* grad = with_grad ? (side == 0 ? gx : gy).data_ptr<T>() : nullptr;
+            sweep_tile(A.side, t * kRowTile, (t + 1) * kRowTile, passes, side == 0 ? 2 : 1, bw, grad);
+            if (partner == units[u].second) break;
+          }
         }
-      });
-      res.grad_x = gx;
-      res.grad_y = gy;
-    } else {
-      // Self blocks: upper triangle only, tile w paired with tile T-1-w to balance the threads.
-      auto upper = [&](const PreparedSide<T>& p, int64_t tiles, int64_t first_item, int block) {
-        at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t wi = begin; wi < end; ++wi) {
-            const int64_t partner = tiles - 1 - wi;
-            for (int64_t t : {wi, partner}) {
-              Pass<T> pass;
-              pass.B = &p.side;
-              pass.self = pass.upper = true;
-              pass.sums = slot(sums, first_item + t, block);
-              sweep_tile(p.side, t * kRowTile, (t + 1) * kRowTile, &pass, 1, bw, nullptr);
-              if (partner == wi) break;
+      }
+    });
+
+    if (with_grad) {  // add the column side: grad_j += (sum_slots col_weight_j) b_j - sum_slots col_grad_j
+      for (int side = 0; side < 2; ++side) {
+        const Side<T>& B = side == 0 ? px.side : py.side;
+        T* grad = (side == 0 ? gx : gy).data_ptr<T>();
+        const int64_t grad_offset = side == 0 ? 0 : px.side.np * px.side.dp;
+        const int64_t weight_offset = (px.side.np + py.side.np) * px.side.dp + (side == 0 ? 0 : px.side.np);
+        at::parallel_for(0, B.n, 64, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            T* out = grad + r * d;
+            for (int64_t sl = 0; sl < slots; ++sl) {
+              const T* buf = col_buffers.data() + sl * buffer_elems;
+              const T weight = buf[weight_offset + r];
+              const T* g = buf + grad_offset + r * B.dp;
+              const T* b = B.rows + r * B.dp;
+              for (int64_t t = 0; t < d; ++t) out[t] += weight * b[t] - g[t];
             }
           }
         });
-      };
-      upper(px, tx, 0, 0);
-      upper(py, ty, tx, 1);
-      at::parallel_for(0, tx, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          Pass<T> pass;
-          pass.B = &py.side;
-          pass.sums = slot(sums, t, 2);
-          sweep_tile(px.side, t * kRowTile, (t + 1) * kRowTile, &pass, 1, bw, nullptr);
-        }
-      });
+      }
+      res.grad_x = gx;
+      res.grad_y = gy;
     }
 
-    const double pair_factor = with_grad ? 1.0 : 2.0;  // upper triangle -> ordered pairs
+    const double pair_factor = 2.0;  // self blocks: upper triangle -> ordered pairs
     const double diag_x = unbiased ? 0.0 : static_cast<double>(n);  // exp(0) = 1 per diagonal pair
     const double diag_y = unbiased ? 0.0 : static_cast<double>(m);
     res.sigma_grad.assign(K, 0.0);
@@ -365,7 +420,8 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tens
       const int k = order[q];
       res.terms[k] = w.a * (pair_factor * s[0] + diag_x) + w.b * (pair_factor * s[1] + diag_y) + w.c * s[2];
       if (with_grad) {  // dT_k/dsigma_k = (a Exx + b Eyy + c Exy) / sigma_k^3
-        res.sigma_grad[k] = grad_weights[k] * (w.a * e[0] + w.b * e[1] + w.c * e[2]) / (sig[k] * sig[k] * sig[k]);
+        res.sigma_grad[k] = grad_weights[k] * (w.a * pair_factor * e[0] + w.b * pair_factor * e[1] + w.c * e[2]) /
+                            (sig[k] * sig[k] * sig[k]);
       }
     }
   });
