@@ -5,10 +5,13 @@
 //               for data far from the origin), accumulated in registers, clamped at 0;
 //   exps        a vectorised exp; for a geometric ladder (gamma ratio 2) one exp per pair, the
 //               other bandwidths by squaring (e_{k+1} = e_k^2);
-//   gradient    in the same sweep when asked: the pair weights C of a register block feed a
-//               second register-blocked product G += C B, so the backward costs no second sweep.
-// Determinism: the work partition depends only on the sizes, never on the thread count; every
-// work item owns its output rows and its own partial sums, reduced afterwards in item order.
+//   symmetry    the x-x and y-y blocks visit each unordered pair once (upper triangle);
+//   gradient    in the same sweep when asked: the pair weights C of a register block feed two
+//               register-blocked products, G_rows += C B and G_cols += C^T A, so the backward
+//               costs no second sweep.
+// Determinism: the tiles and their partial sums depend only on the sizes, and are reduced in tile
+// order; the gradient's column side goes to one buffer per thread, reduced in thread order. No
+// atomics: bitwise reproducible run to run (the statistic for any thread count).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
