@@ -20,6 +20,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+# Run from a checkout without installing: the repo root makes `import pytl` work (JIT build).
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 # K = 5: the default median-heuristic ladder sigma_0^2 * 2^j, j = -2..2, with sigma_0 fixed here
 # (so that every implementation computes exactly the same statistic).
 LADDER = (-2, -1, 0, 1, 2)
@@ -94,11 +97,13 @@ def _keops_mmd2(x, y, sigmas, weights):
     return block_mean(x, x) + block_mean(y, y) - 2 * block_mean(x, y)
 
 
-def worker(impl: str, n: int, d: int, backward: bool, repeats: int) -> dict:
+def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int) -> dict:
     import torch
 
     import pytl
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     y = torch.randn(n, d, generator=g) * 1.1 + 0.2
@@ -136,8 +141,9 @@ def worker(impl: str, n: int, d: int, backward: bool, repeats: int) -> dict:
 # Driver.
 
 
-def measure(impl: str, case: Case, repeats: int, timeout: float) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", impl, str(case.n), str(case.d), str(int(case.backward)), str(repeats)]
+def measure(impl: str, case: Case, repeats: int, timeout: float, threads: int = 0) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", impl, str(case.n), str(case.d), str(int(case.backward)), str(repeats),
+           str(threads)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -149,22 +155,29 @@ def measure(impl: str, case: Case, repeats: int, timeout: float) -> dict | None:
 
 
 def machine_rates() -> dict:
-    """The two rates the roofline needs, measured once: sgemm and a vectorised exp (all threads)."""
+    """The two rates the roofline needs, measured once on one thread and scaled by the thread count
+    (the machine's limit assumes perfect scaling): sgemm, and a vectorised exp on cache-resident data."""
     import torch
 
-    a = torch.randn(2048, 2048)
-    torch.mm(a, a)
-    t0 = time.perf_counter()
-    for _ in range(5):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(1024, 1024)
         torch.mm(a, a)
-    sgemm = 5 * 2 * 2048**3 / (time.perf_counter() - t0)
-    v = -torch.rand(1 << 22)
-    torch.exp(v)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        torch.exp(v)
-    exp_rate = 20 * v.numel() / (time.perf_counter() - t0)
-    return {"sgemm_flops": sgemm, "exp_per_s": exp_rate, "threads": torch.get_num_threads()}
+        t0 = time.process_time()
+        for _ in range(10):
+            torch.mm(a, a)
+        sgemm = 10 * 2 * 1024**3 / (time.process_time() - t0)
+        v = -torch.rand(1 << 16)  # 256 KB: stays in cache, so this is the exp unit's rate, not memory's
+        out = torch.empty_like(v)
+        torch.exp(v, out=out)
+        t0 = time.process_time()
+        for _ in range(1000):
+            torch.exp(v, out=out)
+        exp_rate = 1000 * v.numel() / (time.process_time() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return {"sgemm_flops": sgemm * threads, "exp_per_s": exp_rate * threads, "threads": threads}
 
 
 def roofline_seconds(case: Case, rates: dict) -> float:
@@ -182,11 +195,12 @@ def main(argv=None) -> int:
     parser.add_argument("--impls", default="pytl,naive,keops", help="comma-separated implementations")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--scaling", action="store_true", help="also time pytl with 1 thread vs all threads")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        impl, n, d, bwd, reps = args.worker
-        print(json.dumps(worker(impl, int(n), int(d), bool(int(bwd)), int(reps))))
+        impl, n, d, bwd, reps, threads = args.worker
+        print(json.dumps(worker(impl, int(n), int(d), bool(int(bwd)), int(reps), int(threads))))
         return 0
 
     impls = [i for i in args.impls.split(",") if i]
@@ -231,6 +245,13 @@ def main(argv=None) -> int:
             failures += 0 if agree else 1
         print(row, flush=True)
     print("speed-up: n = naive / pytl, k = keops / pytl; 'of roofline' = roofline time / pytl time")
+    if args.scaling:
+        case = QUICK_CASES[0] if args.quick else MAIN_CASES[0]
+        one = measure("pytl", case, args.repeats, args.timeout, threads=1)
+        every = measure("pytl", case, args.repeats, args.timeout, threads=rates["threads"])
+        if "seconds" in one and "seconds" in every:
+            print(f"thread scaling, {case.label.strip()}: 1 thread {one['seconds']:.4f} s, "
+                  f"{rates['threads']} threads {every['seconds']:.4f} s: {one['seconds'] / every['seconds']:.2f}x")
     return 1 if failures else 0
 
 
