@@ -1,12 +1,38 @@
 """pytl: transfer learning and domain adaptation for PyTorch, with fused C++/CUDA MMD kernels.
 
 The hot path, the multi-bandwidth RBF MMD and its gradient, runs in fused kernels registered as
-torch ops (torch.ops.pytl.*) that never build a pairwise matrix.
+torch ops (torch.ops.pytl.*) that never build a pairwise matrix. On top: models with head swap
+(pytl.models), freezing policies (pytl.freezing), the two-stage trainer (pytl.train), strategy
+comparison (pytl.compare), the tutorial's synthetic data (pytl.data) and ``python -m pytl demo``.
 """
 
 from pytl import ops
 from pytl.ops import MMDLoss, bandwidth_ladder, median_heuristic, mmd2
 
+from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
+from pytl.compare import ComparisonReport, compare_strategies, summarize
+from pytl.data import make_domain_shift
+from pytl.models import ClassifierHead, MLPEncoder, TransferModel
+from pytl.train import TwoStageTrainer
+
 __version__ = "0.1.0"
 
-__all__ = ["MMDLoss", "bandwidth_ladder", "median_heuristic", "mmd2", "ops", "__version__"]
+__all__ = [
+    "ClassifierHead",
+    "ComparisonReport",
+    "MLPEncoder",
+    "MMDLoss",
+    "TransferModel",
+    "TwoStageTrainer",
+    "bandwidth_ladder",
+    "compare_strategies",
+    "data",
+    "freezing",
+    "make_domain_shift",
+    "median_heuristic",
+    "mmd2",
+    "models",
+    "ops",
+    "summarize",
+    "__version__",
+]

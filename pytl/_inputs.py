@@ -1,0 +1,190 @@
+"""Input checking and conversion shared by the trainer and compare_strategies.
+
+Everything a user passes (numpy arrays, tensors, nested lists, DataLoaders) is checked here, before
+any training starts, so that a wrong shape, a NaN or a bad label is reported by argument name
+instead of surfacing as a cryptic error (or a silent wrong result) deep inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+ArrayLike = Union[np.ndarray, Tensor, Sequence[Any]]
+LabeledData = Union[tuple[ArrayLike, ArrayLike], DataLoader]
+UnlabeledData = Union[ArrayLike, DataLoader]
+
+
+def _to_tensor(value: Any, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a nested list of numbers, got "
+                        f"{type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{name} could not be converted to an array: {e}") from None
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise TypeError(f"{name} must hold numbers, got an array of dtype {arr.dtype}")
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def as_features(value: Any, name: str) -> Tensor:
+    """Samples × features (or samples × any shape), non-empty, finite; floats kept, ints/bools cast."""
+    x = _to_tensor(value, name)
+    if x.is_complex():
+        raise TypeError(f"{name} must be real-valued, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name} must be at least 2-D (samples, features), got shape {tuple(x.shape)}"
+            + ("; use x.reshape(-1, 1) for a single feature" if x.dim() == 1 else "")
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no samples (shape {tuple(x.shape)})")
+    if any(s == 0 for s in x.shape[1:]):
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    if not x.dtype.is_floating_point:
+        x = x.to(torch.float32)
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n_bad = int(bad.reshape(x.shape[0], -1).any(1).sum())
+        kind = "NaN" if bool(torch.isnan(x).any()) else "infinite values"
+        raise ValueError(f"{name} contains {kind} in {n_bad} of its {x.shape[0]} samples; clean or impute them first")
+    return x
+
+
+def as_labels(value: Any, name: str, num_samples: int | None = None) -> Tensor:
+    """1-D int64 class indices >= 0; integral floats (1.0) and bools are accepted, 0.5 is not."""
+    y = _to_tensor(value, name)
+    if y.dim() != 1:
+        hint = " (one-hot labels? pass y.argmax(1))" if y.dim() == 2 and y.shape[1] > 1 else ""
+        raise ValueError(f"{name} must be 1-D class indices, got shape {tuple(y.shape)}{hint}")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no labels")
+    if num_samples is not None and y.shape[0] != num_samples:
+        raise ValueError(f"{name} has {y.shape[0]} labels for {num_samples} samples")
+    if y.dtype == torch.bool:
+        y = y.to(torch.int64)
+    elif y.dtype.is_floating_point:
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{name} contains NaN or infinite labels")
+        if not bool((y == y.round()).all()):
+            bad = y[y != y.round()][:3].tolist()
+            raise ValueError(f"{name} must be integer class indices, got non-integer values such as {bad}")
+        y = y.to(torch.int64)
+    elif y.dtype.is_complex:
+        raise TypeError(f"{name} must be integer class indices, got {y.dtype}")
+    else:
+        y = y.to(torch.int64)
+    if bool((y < 0).any()):
+        raise ValueError(f"{name} must be class indices >= 0, got minimum {int(y.min())}")
+    return y
+
+
+def check_label_range(y: Tensor, num_classes: int, name: str) -> None:
+    top = int(y.max())
+    if top >= num_classes:
+        raise ValueError(
+            f"{name} has label {top}, out of range for {num_classes} classes (labels must be 0..{num_classes - 1})"
+        )
+
+
+def as_labeled(data: Any, name: str) -> tuple[Tensor, Tensor] | DataLoader:
+    """(X, y) pair, converted and checked, or a DataLoader passed through."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, dict) or not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{name} must be a pair (X, y) or a DataLoader yielding (x, y) batches, got "
+                        f"{type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    x = as_features(data[0], f"{name}[0] (X)")
+    y = as_labels(data[1], f"{name}[1] (y)", num_samples=x.shape[0])
+    return x, y
+
+
+def as_unlabeled(data: Any, name: str) -> Tensor | DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, tuple) and len(data) == 2 and _looks_like_pair(data):
+        raise TypeError(f"{name} must be unlabelled features X (an array), not a pair (X, y); pass X only")
+    return as_features(data, name)
+
+
+def _looks_like_pair(data: tuple[Any, Any]) -> bool:
+    """(X, y) with X at least 2-D and y 1-D of the same length."""
+    try:
+        x, y = np.shape(data[0]), np.shape(data[1])
+    except ValueError:  # ragged
+        return False
+    return len(x) >= 2 and len(y) == 1 and x[0] == y[0]
+
+
+def split_batch(batch: Any, labeled: bool, name: str) -> tuple[Tensor, Tensor | None]:
+    """A DataLoader batch as (x, y) (y None for unlabelled data)."""
+    if isinstance(batch, Tensor):
+        if labeled:
+            raise TypeError(f"{name} must yield (x, y) batches, got a single tensor")
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        if labeled:
+            if len(batch) < 2 or not isinstance(batch[1], Tensor):
+                raise TypeError(f"{name} must yield (x, y) batches, got a sequence of length {len(batch)}")
+            return batch[0], batch[1]
+        return batch[0], None
+    if isinstance(batch, dict):
+        raise TypeError(f"{name} yields dicts; wrap it so that it yields (x, y) tuples")
+    raise TypeError(f"{name} must yield tensors or (x, y) tuples of tensors, got {type(batch).__name__}")
+
+
+def first_batch(loader: DataLoader, labeled: bool, name: str) -> tuple[Tensor, Tensor | None]:
+    it: Iterator = iter(loader)
+    try:
+        batch = next(it)
+    except StopIteration:
+        raise ValueError(f"{name} is empty: the DataLoader yields no batches") from None
+    return split_batch(batch, labeled, name)
+
+
+def sample_shape(data: Tensor | tuple[Tensor, Tensor] | DataLoader, labeled: bool, name: str) -> tuple[int, ...]:
+    if isinstance(data, DataLoader):
+        x, _ = first_batch(data, labeled, name)
+        return tuple(x.shape[1:])
+    x = data[0] if isinstance(data, tuple) else data
+    return tuple(x.shape[1:])
+
+
+def num_samples(data: Tensor | tuple[Tensor, Tensor] | DataLoader) -> int | None:
+    if isinstance(data, DataLoader):
+        try:
+            return len(data.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return int((data[0] if isinstance(data, tuple) else data).shape[0])
+
+
+def check_batch(x: Tensor, y: Tensor | None, num_classes: int, shape: tuple[int, ...], name: str) -> tuple[Tensor, Tensor | None]:
+    """Per-batch checks for DataLoader input (arrays are checked once, up front)."""
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"{name} yielded a batch of shape {tuple(x.shape)}; expected samples of shape {shape}")
+    if not x.dtype.is_floating_point:
+        x = x.to(torch.float32)
+    if y is not None:
+        y = as_labels(y, f"labels from {name}")
+        check_label_range(y, num_classes, f"labels from {name}")
+    return x, y
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    return str(shape[0]) if len(shape) == 1 else "×".join(str(s) for s in shape)
+
+
+def prod(shape: tuple[int, ...]) -> int:
+    return int(math.prod(shape))

@@ -1,0 +1,49 @@
+"""A dependency-free progress bar for training epochs (one line, redrawn on a terminal).
+
+On a terminal the line is redrawn in place; in a log file (not a TTY) a line is written about every
+10% of the epochs, so that CI logs stay short.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None, width: int = 20) -> None:
+        self.total = max(int(total), 0)
+        self.desc = desc
+        self.enabled = enabled and self.total > 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.n = 0
+        self.start = time.perf_counter()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_logged = -1
+
+    def update(self, n: int = 1, **postfix: float) -> None:
+        if not self.enabled:
+            return
+        self.n = min(self.total, self.n + n)
+        info = "  ".join(f"{k} {v:.4g}" for k, v in postfix.items())
+        elapsed = time.perf_counter() - self.start
+        if self._tty:
+            filled = int(self.width * self.n / self.total)
+            bar = "#" * filled + "." * (self.width - filled)
+            self.stream.write(f"\r{self.desc} {self.n}/{self.total} [{bar}] {elapsed:.1f}s  {info}\033[K")
+            if self.n == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
+        decile = (10 * self.n) // self.total
+        if decile != self._last_logged or self.n == self.total:
+            self._last_logged = decile
+            self.stream.write(f"{self.desc} {self.n}/{self.total} {elapsed:.1f}s  {info}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._tty and 0 < self.n < self.total:
+            self.stream.write("\n")
+            self.stream.flush()

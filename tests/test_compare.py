@@ -1,0 +1,177 @@
+"""pytl.compare: the strategies, the report, the negative-transfer rule, and the demo's claim."""
+
+import numpy as np
+import pytest
+import torch
+
+from pytl.compare import STRATEGIES, ComparisonReport, EnsembleModel, compare_strategies, summarize
+from pytl.data import make_domain_shift
+from pytl.models import default_model
+
+TINY = dict(align_epochs=2, finetune_epochs=2, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def shift():
+    return make_domain_shift(0, n_source=200, n_target_unlabeled=200, n_target_test=300)
+
+
+def fake_report(**acc):
+    return ComparisonReport(accuracy=acc, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={},
+                            config={}, seed=0)
+
+
+def test_all_strategies_run_and_the_ensemble_averages_probabilities(shift):
+    r = compare_strategies(**shift.as_dict(), seed=0, **TINY)
+    assert list(r.accuracy) == list(STRATEGIES)
+    assert all(0.0 <= a <= 1.0 for a in r.accuracy.values())
+    xt, yt = shift.target_test
+    p_mmd, p_scratch, p_ens = (r.predict_proba(s, xt) for s in ("mmd", "scratch", "ensemble"))
+    assert torch.allclose(p_ens, (p_mmd + p_scratch) / 2, atol=1e-6)
+    assert r.accuracy["ensemble"] == pytest.approx(float((p_ens.argmax(1).numpy() == yt).mean()))
+    assert r.accuracy["mmd"] == pytest.approx(float((p_mmd.argmax(1).numpy() == yt).mean()))
+    assert set(r.embedding_mmd2) == set(STRATEGIES) - {"ensemble"}
+    # naive/mmd keep their stage-1 history and add the fine-tuning one
+    assert len(r.histories["mmd"]["align"]) == 2 and len(r.histories["mmd"]["finetune"]) == 2
+    assert len(r.histories["scratch"]["finetune"]) == 2  # scratch_epochs defaults to finetune_epochs
+    assert "target labels only, 2 epochs from random weights" in r.table()
+
+
+def test_zero_budgets_leave_every_strategy_at_the_same_initial_model(shift):
+    r = compare_strategies(**shift.as_dict(), seed=3, align_epochs=0, finetune_epochs=0, num_threads=1)
+    assert len(set(r.accuracy.values())) == 1  # identical initial weights for every strategy
+    for s in ("source_only", "mmd", "scratch"):
+        for a, b in zip(r.models[s].parameters(), r.models["naive"].parameters()):
+            assert torch.equal(a, b)
+
+
+def test_same_seed_same_report_and_the_seed_matters(shift):
+    a = compare_strategies(**shift.as_dict(), seed=1, **TINY)
+    b = compare_strategies(**shift.as_dict(), seed=1, **TINY)
+    c = compare_strategies(**shift.as_dict(), seed=2, **TINY)
+    assert a.accuracy == b.accuracy and a.embedding_mmd2 == b.embedding_mmd2
+    assert a.embedding_mmd2 != c.embedding_mmd2
+
+
+def test_without_target_labels_only_unsupervised_strategies_run(shift):
+    d = shift.as_dict()
+    d.pop("target_labeled")
+    r = compare_strategies(**d, **TINY)
+    assert list(r.accuracy) == ["source_only", "mmd_only"]
+    assert set(r.skipped) == {"scratch", "naive", "mmd", "ensemble"}
+    assert r.negative_transfer is None
+    assert "scratch: skipped, no target labels" in r.table()
+
+
+def test_strategy_subset_and_a_given_model(shift):
+    torch.manual_seed(0)
+    model = default_model(2, 2, hidden_sizes=(8,))
+    r = compare_strategies(**shift.as_dict(), strategies=["naive", "scratch"], model=model, scratch_epochs=5, **TINY)
+    assert list(r.accuracy) == ["scratch", "naive"]
+    assert len(r.histories["scratch"]["finetune"]) == 5
+    assert r.models["naive"].encoder.blocks[0][0].out_features == 8
+    assert model.encoder.blocks[0][0].weight.grad is None  # the given model is copied, never trained
+
+
+@pytest.mark.parametrize("acc, expected", [
+    (dict(scratch=0.9, naive=0.8, mmd=0.85), True),
+    (dict(scratch=0.9, naive=0.95, mmd=0.85), False),
+    (dict(scratch=0.9, naive=0.8, mmd=0.9), False),  # equal is not below
+    (dict(scratch=0.9, mmd=0.89), True),
+    (dict(naive=0.8, mmd=0.85), None),
+    (dict(scratch=0.9, source_only=0.5), None),
+])
+def test_negative_transfer_rule(acc, expected):
+    assert fake_report(**acc).negative_transfer is expected
+
+
+def test_table_and_summary():
+    r1 = fake_report(source_only=0.5, scratch=0.8, naive=0.7, mmd=0.9)
+    r2 = fake_report(source_only=0.6, scratch=0.9, naive=0.7, mmd=0.7)
+    text = r1.table()
+    for s in ("source_only", "scratch", "naive", "mmd"):
+        assert s in text
+    assert "90.0%" in text and "negative transfer: no (best transfer: mmd 90.0% vs scratch 80.0%)" in text
+    s = summarize([r1, r2])
+    assert s.mean == pytest.approx(dict(source_only=0.55, scratch=0.85, naive=0.7, mmd=0.8))
+    assert s.std["scratch"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert s.negative_transfer is True  # best mean transfer 0.8 < scratch 0.85
+    assert "85.0% ± 7.1" in s.table()
+    with pytest.raises(TypeError):
+        summarize([])
+
+
+def test_any_feature_shape(shift):
+    g = torch.Generator().manual_seed(0)
+
+    def domain(n, offset):
+        y = torch.arange(n) % 3
+        x = torch.randn(n, 1, 2, 3, generator=g) + y.view(-1, 1, 1, 1) * 2.0 + offset
+        return x, y
+
+    src, tst, lab = domain(60, 0.0), domain(30, 1.0), domain(9, 1.0)
+    r = compare_strategies(src, domain(40, 1.0)[0], tst, lab, **TINY)
+    assert r.models["mmd"].encoder.in_features == 6 and r.models["mmd"].num_classes == 3
+
+
+def test_ensemble_model_averages_probabilities():
+    class Const(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor(logits)
+
+        def forward(self, x):
+            return self.logits.expand(x.shape[0], -1)
+
+    ens = EnsembleModel([Const([0.0, 0.0]), Const([0.0, float(np.log(3.0))])])
+    probs = torch.softmax(ens(torch.zeros(2, 1)), dim=1)
+    assert torch.allclose(probs, torch.tensor([[0.375, 0.625]] * 2))
+
+
+BAD = [
+    ("unknown option", dict(epochs=3), TypeError, "unknown option"),
+    ("model without embed", dict(model=torch.nn.Sequential(torch.nn.Linear(2, 2))), TypeError, "embed"),
+    ("model with too few classes", dict(model=default_model(2, 2), num_classes=3), ValueError, "outputs 2 classes"),
+    ("feature mismatch", dict(target_test=(np.zeros((5, 3)), np.zeros(5, dtype=int))), ValueError,
+     "target_test has samples of shape 3 but source has 2"),
+    ("test label out of range", dict(num_classes=2, target_test=(np.zeros((5, 2)), np.array([0, 1, 2, 0, 1]))),
+     ValueError, "target_test"),
+    ("too few labels", dict(target_labeled=(np.zeros((1, 2)), np.array([1]))), ValueError, "fewer than the 2 classes"),
+    ("nan", dict(target_unlabeled=np.full((5, 2), np.nan)), ValueError, "NaN"),
+    ("bad strategy", dict(strategies=["mmd", "dann"]), ValueError, "unknown strategy"),
+    ("bad epochs", dict(align_epochs=-1), ValueError, "align_epochs"),
+    ("bad scratch epochs", dict(scratch_epochs=2.5), ValueError, "scratch_epochs"),
+    ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),
+    ("dataloader", dict(target_unlabeled=torch.utils.data.DataLoader(torch.zeros(4, 2))), TypeError, "DataLoader"),
+]
+
+
+@pytest.mark.parametrize("case, change, exc, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_rejected_before_training(shift, monkeypatch, case, change, exc, words):
+    import pytl.compare as cmp
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(cmp.TwoStageTrainer, "align", no_training)
+    monkeypatch.setattr(cmp.TwoStageTrainer, "finetune", no_training)
+    args = {**shift.as_dict(), **TINY, **change}
+    with pytest.raises(exc, match=words):
+        compare_strategies(**args)
+
+
+def test_demo_default_mmd_beats_scratch_and_matches_naive_over_seeds():
+    """The issue's acceptance test, on the demo's exact default (the tutorial's recipe).
+
+    Averaged over seeds 0-3 (10 seeds give mmd 88.3%, scratch 85.2%, naive 84.6%: docs/python_layer.md);
+    margins well inside what those seeds show (+3.7 and +2.8 points), so that a change that loses the
+    benefit of alignment fails here."""
+    reports = []
+    for seed in range(4):
+        data = make_domain_shift(seed)
+        reports.append(compare_strategies(**data.as_dict(), seed=seed, strategies=["scratch", "naive", "mmd"],
+                                          num_threads=1))
+    mean = summarize(reports).mean
+    assert mean["mmd"] - mean["scratch"] >= 0.015, mean
+    assert mean["mmd"] - mean["naive"] >= 0.005, mean
+    assert summarize(reports).negative_transfer is False

@@ -1,0 +1,208 @@
+"""pytl.models: the MLP encoder, the head, Standardize and the head swap of any backbone."""
+
+import pytest
+import torch
+from torch import nn
+
+from pytl.models import ClassifierHead, MLPEncoder, Standardize, TransferModel, default_model, default_width
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread beats two, by far on a busy machine (OpenMP sync costs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_mlp_encoder_structure_and_shapes():
+    enc = MLPEncoder(5, (16, 8), activation="tanh", dropout=0.25, batch_norm=True)
+    assert enc.out_features == 8 and len(enc.blocks) == 2
+    kinds = [type(m) for m in enc.blocks[0]]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout]
+    assert enc.blocks[0][0].bias is None  # BatchNorm makes the bias redundant
+    assert enc.blocks[0][3].p == 0.25
+    assert enc(torch.randn(7, 5)).shape == (7, 8)
+    # images are flattened: (N, 1, 2, 3) has 6 features
+    assert MLPEncoder(6, (4,))(torch.randn(3, 1, 2, 3)).shape == (3, 4)
+    plain = MLPEncoder(5, (16,))
+    assert [type(m) for m in plain.blocks[0]] == [nn.Linear, nn.ReLU]
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(in_features=0), ValueError, "in_features"),
+    (dict(in_features=3, hidden_sizes=()), ValueError, "hidden_sizes"),
+    (dict(in_features=3, hidden_sizes=(4, -1)), ValueError, "hidden_sizes"),
+    (dict(in_features=3, hidden_sizes=4), TypeError, "hidden_sizes"),
+    (dict(in_features=3, activation="swish!"), ValueError, "activation"),
+    (dict(in_features=3, dropout=1.0), ValueError, "dropout"),
+    (dict(in_features=3, batch_norm="yes"), TypeError, "batch_norm"),
+])
+def test_mlp_encoder_rejects_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        MLPEncoder(**kwargs)
+
+
+def test_standardize_matches_hand_computation():
+    a = torch.tensor([[1.0, 10.0], [3.0, 10.0]])
+    b = torch.tensor([[5.0, 10.0]])
+    st = Standardize.fit(a, b)
+    # pooled column 0: 1, 3, 5 -> mean 3, population std sqrt(8/3); column 1 is constant -> std 1
+    assert torch.allclose(st.mean, torch.tensor([3.0, 10.0]))
+    assert torch.allclose(st.std, torch.tensor([(8 / 3) ** 0.5, 1.0]))
+    out = st(torch.tensor([[3.0 + (8 / 3) ** 0.5, 12.0]]))
+    assert torch.allclose(out, torch.tensor([[1.0, 2.0]]))
+    assert [n for n, _ in st.named_parameters()] == []  # statistics are buffers: never trained, never frozen
+    with pytest.raises(ValueError, match="finite"):
+        Standardize(torch.tensor([float("nan")]), torch.tensor([1.0]))
+
+
+def test_classifier_head_and_transfer_model():
+    enc = MLPEncoder(4, (8,))
+    head = ClassifierHead(8, 3, hidden_sizes=(5,))
+    model = TransferModel(enc, head)
+    x = torch.randn(6, 4)
+    z = model.embed(x)
+    assert z.shape == (6, 8)
+    assert torch.equal(model(x), head(z))
+    assert model.num_classes == 3
+    with pytest.raises(TypeError, match="encoder"):
+        TransferModel("not a module", head)
+
+
+def test_default_model_sizes_itself_from_the_data():
+    assert default_width(2) == 64 and default_width(100) == 128 and default_width(10_000) == 256
+    m = default_model(100, 4)
+    assert [b[0].out_features for b in m.encoder.blocks] == [128, 128]
+    assert m(torch.randn(2, 100)).shape == (2, 4)
+    st = Standardize.fit(torch.randn(10, 3) * 5 + 7)
+    m = default_model(3, 2, hidden_sizes=(4,), standardize=st)
+    assert m.encoder.standardize is st
+    with pytest.raises(ValueError, match="features"):
+        default_model(5, 2, standardize=st)
+
+
+# ----------------------------------------------------------------------------- head swap
+
+
+class TinyResNet(nn.Module):
+    """torchvision-ResNet-shaped: stem, a stage, global pooling, flatten, `fc` (registered last)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class TinyVGG(nn.Module):
+    """torchvision-VGG-shaped: `features`, then a `classifier` Sequential ending in a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1000))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_from_backbone_resnet_like_replaces_fc_and_keeps_features():
+    torch.manual_seed(0)
+    backbone = TinyResNet().eval()
+    model = TransferModel.from_backbone(backbone, num_classes=3).eval()
+    x = torch.randn(5, 3, 6, 6)
+    assert isinstance(model.encoder.fc, nn.Identity)
+    assert isinstance(model.head, nn.Linear) and (model.head.in_features, model.head.out_features) == (12, 3)
+    assert model(x).shape == (5, 3)
+    # the embedding is exactly what fed the old fc
+    fed = {}
+    backbone.fc.register_forward_hook(lambda m, i, o: fed.setdefault("z", i[0]))
+    backbone(x)
+    assert torch.equal(model.embed(x), fed["z"])
+    # the backbone itself is untouched (deep copy) and shares no parameter with the new model
+    assert isinstance(backbone.fc, nn.Linear) and backbone.fc.out_features == 10
+    assert not {id(p) for p in backbone.parameters()} & {id(p) for p in model.parameters()}
+
+
+def test_from_backbone_vgg_like_replaces_classifier_last():
+    model = TransferModel.from_backbone(TinyVGG(), num_classes=7)
+    assert isinstance(model.encoder.classifier[3], nn.Identity)
+    assert isinstance(model.encoder.classifier[0], nn.Linear)  # earlier Linears are kept
+    assert model.head.in_features == 32
+    assert model.embed(torch.randn(2, 3, 8, 8)).shape == (2, 32)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 7)
+
+
+def test_from_backbone_sequential_drops_trailing_softmax():
+    backbone = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 5), nn.Softmax(dim=1))
+    model = TransferModel.from_backbone(backbone, num_classes=2)
+    assert isinstance(model.encoder[2], nn.Identity) and isinstance(model.encoder[3], nn.Identity)
+    x = torch.randn(3, 4)
+    assert torch.equal(model.embed(x), torch.relu(backbone[0](x)))
+    logits = model(x)
+    assert logits.shape == (3, 2) and not torch.allclose(logits.exp().sum(1), torch.ones(3))
+
+
+def test_from_backbone_in_place_when_asked():
+    backbone = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 5))
+    model = TransferModel.from_backbone(backbone, 3, copy_backbone=False)
+    assert model.encoder is backbone and isinstance(backbone[2], nn.Identity)
+
+
+def test_from_backbone_of_a_transfer_model_swaps_its_head():
+    old = default_model(3, 5, hidden_sizes=(6,))
+    new = TransferModel.from_backbone(old, 2)
+    assert new.head.in_features == 6 and new.head.out_features == 2
+    x = torch.randn(4, 3)
+    assert torch.equal(new.embed(x), old.embed(x))
+
+
+class HeadRegisteredFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 5)
+        self.proj = nn.Linear(4, 8)  # registered last, but not the output layer
+
+    def forward(self, x):
+        return self.head(torch.relu(self.proj(x)))
+
+
+@pytest.mark.parametrize("backbone, words", [
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "no nn.Linear"),
+    (nn.Sequential(nn.Linear(4, 9), nn.Linear(9, 5), nn.BatchNorm1d(5)), "has parameters"),
+    (nn.Linear(4, 2), "single nn.Linear"),
+    (nn.Sequential(nn.Linear(4, 9), nn.LazyLinear(3)), "LazyLinear"),
+])
+def test_from_backbone_errors(backbone, words):
+    with pytest.raises(ValueError, match=words):
+        TransferModel.from_backbone(backbone, 3)
+
+
+def test_from_backbone_example_input_catches_a_linear_that_is_not_the_output():
+    with pytest.raises(ValueError, match="does not look like the classifier head"):
+        TransferModel.from_backbone(HeadRegisteredFirst(), 3, example_input=torch.randn(2, 4))
+    ok = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 5))
+    assert TransferModel.from_backbone(ok, 3, example_input=torch.randn(2, 4))(torch.randn(2, 4)).shape == (2, 3)
+
+
+def test_from_backbone_argument_checks():
+    with pytest.raises(TypeError, match="backbone"):
+        TransferModel.from_backbone("resnet", 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        TransferModel.from_backbone(TinyVGG(), 0)
+
+
+def test_from_backbone_torchvision_resnet18():
+    tv = pytest.importorskip("torchvision")
+    model = TransferModel.from_backbone(tv.models.resnet18(weights=None), num_classes=4)
+    assert model.head.in_features == 512
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)

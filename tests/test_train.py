@@ -1,0 +1,348 @@
+"""pytl.train.TwoStageTrainer: both stages, inputs of every kind, seeds, history, λ schedules, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import pytl.train as train_mod
+from pytl.data import make_domain_shift
+from pytl.models import default_model
+from pytl.train import TwoStageTrainer, lambda_factor
+
+SMALL = dict(align_epochs=3, finetune_epochs=3, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread beats two, by far on a busy machine (OpenMP sync costs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shift():
+    return make_domain_shift(0, n_source=200, n_target_unlabeled=200, n_target_test=200)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------- lambda
+
+
+def test_lambda_schedules():
+    assert lambda_factor("constant", 0.3) == 1.0
+    assert lambda_factor("linear", 0.3) == pytest.approx(0.3)
+    assert lambda_factor("dann", 0.0) == 0.0
+    assert lambda_factor("dann", 1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert lambda_factor(lambda p: 1 - p, 0.25) == 0.75
+    with pytest.raises(ValueError, match="lambda_schedule"):
+        lambda_factor("cosine", 0.5)
+
+
+def test_history_records_the_ramped_lambda(shift):
+    tr = TwoStageTrainer(lambda_mmd=2.0, lambda_schedule="linear", batch_size=50, seed=1, **SMALL)
+    tr.align(shift.source, shift.target_unlabeled)
+    steps = 4  # 200 source samples / 50 per batch
+    total = 3 * steps
+    # the record holds the lambda of the epoch's last step: 2 * (step / total)
+    assert [r["lambda"] for r in tr.history["align"]] == pytest.approx([2 * (steps * (e + 1) - 1) / total for e in range(3)])
+
+
+# ------------------------------------------------------------------------------ reproducibility
+
+
+def test_same_seed_same_weights_bit_for_bit_and_user_rng_untouched(shift):
+    def run(seed):
+        torch.manual_seed(123)  # the user's own RNG state must not matter, nor be changed
+        model = default_model(2, 2, dropout=0.2)  # dropout uses the (forked, seeded) global RNG
+        model.load_state_dict(init)
+        tr = TwoStageTrainer(model, seed=seed, **SMALL)
+        before = torch.random.get_rng_state()
+        tr.fit(shift.source, shift.target_unlabeled, shift.target_labeled)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return state(tr.model), tr.history
+
+    torch.manual_seed(0)
+    init = default_model(2, 2, dropout=0.2).state_dict()
+    a, ha = run(7)
+    b, hb = run(7)
+    c, _ = run(8)
+    assert same_state(a, b) and ha == hb
+    assert not same_state(a, c)
+
+
+def test_default_model_is_built_from_the_seed(shift):
+    a = TwoStageTrainer(seed=3, **SMALL).fit(shift.source, shift.target_unlabeled).model
+    b = TwoStageTrainer(seed=3, **SMALL).fit(shift.source, shift.target_unlabeled).model
+    assert same_state(state(a), state(b))
+    assert a.encoder.blocks[0][0].in_features == 2 and a.num_classes == 2
+
+
+def test_numpy_and_tensor_inputs_give_identical_models(shift):
+    xs, ys = shift.source
+    as_np = TwoStageTrainer(seed=0, **SMALL).fit((xs, ys), shift.target_unlabeled, shift.target_labeled)
+    as_t = TwoStageTrainer(seed=0, **SMALL).fit((torch.from_numpy(xs), torch.from_numpy(ys)),
+                                               torch.from_numpy(shift.target_unlabeled),
+                                               tuple(torch.from_numpy(a) for a in shift.target_labeled))
+    lists = TwoStageTrainer(seed=0, **SMALL).fit((xs.tolist(), ys.tolist()), shift.target_unlabeled.tolist(),
+                                                (shift.target_labeled[0].tolist(), shift.target_labeled[1].tolist()))
+    assert same_state(state(as_np.model), state(as_t.model))
+    assert same_state(state(as_np.model), state(lists.model))
+
+
+# ---------------------------------------------------------------------------- what stage 1 does
+
+
+def test_mmd_term_uses_the_fused_op_with_each_domains_batch_size(shift, monkeypatch):
+    seen = []
+    real = train_mod.mmd2
+
+    def spy(x, y, *args, **kwargs):
+        seen.append((x.shape[0], y.shape[0], x.requires_grad))
+        return real(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "mmd2", spy)
+    TwoStageTrainer(batch_size=40, target_batch_size=25, align_epochs=1, progress=False).align(
+        shift.source, shift.target_unlabeled)
+    assert seen == [(40, 25, True)] * 5
+
+
+def test_alignment_lowers_the_embedding_mmd(shift):
+    kw = dict(align_epochs=15, progress=False, seed=0)
+    plain = TwoStageTrainer(lambda_mmd=0.0, **kw)
+    plain.align(shift.source)
+    aligned = TwoStageTrainer(lambda_mmd=1.0, **kw)
+    aligned.align(shift.source, shift.target_unlabeled)
+    xs = shift.source[0]
+    before, after = plain.embedding_mmd2(xs, shift.target_unlabeled), aligned.embedding_mmd2(xs, shift.target_unlabeled)
+    assert after < 0.5 * before
+    assert aligned.history["align"][-1]["mmd2"] < aligned.history["align"][0]["mmd2"]
+
+
+def test_history_and_evaluation(shift):
+    tr = TwoStageTrainer(seed=0, **SMALL)
+    tr.fit(shift.source, shift.target_unlabeled, shift.target_labeled,
+           eval_data={"test": shift.target_test, "src": shift.source})
+    align, ft = tr.history["align"], tr.history["finetune"]
+    assert len(align) == 3 and len(ft) == 3
+    assert {"stage", "epoch", "loss", "ce", "mmd2", "lambda", "train_acc", "test_acc", "test_loss", "src_acc"} <= set(align[0])
+    assert align[0]["mmd2"] > 0 and ft[0]["mmd2"] is None
+    assert align[0]["loss"] == pytest.approx(align[0]["ce"] + 0.5 * align[0]["mmd2"], rel=1e-5)
+    # the last record's accuracy is the final model's accuracy, computed independently by score()
+    assert ft[-1]["test_acc"] == pytest.approx(tr.score(*shift.target_test))
+    xt, yt = shift.target_test
+    proba = tr.predict_proba(xt)
+    assert proba.shape == (200, 2) and torch.allclose(proba.sum(1), torch.ones(200))
+    assert tr.score(xt, yt) == pytest.approx(float((proba.argmax(1).numpy() == yt).mean()))
+
+
+def test_dataloaders_work_like_arrays(shift):
+    xs, ys = (torch.from_numpy(a) for a in shift.source)
+    xu = torch.from_numpy(shift.target_unlabeled)
+    xl, yl = (torch.from_numpy(a) for a in shift.target_labeled)
+    tr = TwoStageTrainer(seed=0, **SMALL)
+    tr.fit(DataLoader(TensorDataset(xs, ys), batch_size=32, shuffle=True),
+           DataLoader(TensorDataset(xu), batch_size=16, shuffle=True),  # yields 1-tuples
+           DataLoader(TensorDataset(xl, yl), batch_size=10),
+           eval_data=DataLoader(TensorDataset(*(torch.from_numpy(a) for a in shift.target_test)), batch_size=64))
+    assert len(tr.history["align"]) == 3 and len(tr.history["finetune"]) == 3
+    assert tr.history["finetune"][-1]["target_acc"] == pytest.approx(tr.score(*shift.target_test))
+    # a plain-tensor target loader is fine too
+    TwoStageTrainer(seed=0, **SMALL).align(DataLoader(TensorDataset(xs, ys), batch_size=32), DataLoader(xu, batch_size=32))
+
+
+def test_bad_labels_in_a_dataloader_are_named():
+    x = torch.randn(20, 2)
+    y = torch.tensor([0, 1] * 9 + [0, 5])
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    with pytest.raises(ValueError, match="labels from source.*5"):
+        TwoStageTrainer(num_classes=2, lambda_mmd=0.0, **SMALL).align(loader)
+
+
+def test_plain_module_fine_tunes_but_cannot_align(shift):
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    tr = TwoStageTrainer(net, **SMALL)
+    tr.finetune(shift.target_labeled)
+    TwoStageTrainer(net, lambda_mmd=0.0, **SMALL).align(shift.source)
+    with pytest.raises(TypeError, match="embed"):
+        TwoStageTrainer(net, **SMALL).align(shift.source, shift.target_unlabeled)
+
+
+def test_num_classes_is_inferred_and_a_missing_target_class_warns():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=g)
+    y = torch.arange(60) % 3
+    tr = TwoStageTrainer(lambda_mmd=0.0, **SMALL)
+    tr.align((x, y))
+    assert tr.model.num_classes == 3
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\]"):
+        tr.finetune((x[:6], torch.tensor([0, 1, 0, 1, 0, 1])))
+
+
+def test_progress_bar_can_be_turned_off(shift, capsys):
+    TwoStageTrainer(align_epochs=2, finetune_epochs=1, progress=True).fit(
+        shift.source, shift.target_unlabeled, shift.target_labeled)
+    err = capsys.readouterr().err
+    assert "align 2/2" in err and "finetune 1/1" in err and "mmd2" in err
+    TwoStageTrainer(align_epochs=2, finetune_epochs=1, progress=False).fit(
+        shift.source, shift.target_unlabeled, shift.target_labeled)
+    assert capsys.readouterr().err == ""
+
+
+def test_num_threads_holds_during_training_only(shift, monkeypatch):
+    seen = []
+    real = train_mod.mmd2
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "mmd2", spy)
+    torch.set_num_threads(2)
+    TwoStageTrainer(num_threads=1, align_epochs=1, progress=False).align(shift.source, shift.target_unlabeled)
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="num_threads"):
+        TwoStageTrainer(num_threads=0)
+
+
+def test_a_diverging_loss_stops_with_a_clear_error(shift):
+    tr = TwoStageTrainer(optimizer="sgd", finetune_lr=1e30, finetune_epochs=5, progress=False)
+    with pytest.raises(FloatingPointError, match=r"finetune epoch [1-4]: the loss became (nan|inf); lower finetune_lr"):
+        tr.finetune(shift.target_labeled)
+
+
+def test_optimizers_and_a_custom_factory(shift):
+    for opt in ("adamw", "sgd", lambda groups: torch.optim.RMSprop(groups)):
+        TwoStageTrainer(optimizer=opt, **SMALL).fit(shift.source, shift.target_unlabeled, shift.target_labeled)
+    with pytest.raises(TypeError, match="Optimizer"):
+        TwoStageTrainer(optimizer=lambda groups: "sgd", **SMALL).align(shift.source, shift.target_unlabeled)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_training_matches_cpu_quality(shift):
+    cpu = TwoStageTrainer(seed=0, align_epochs=20, finetune_epochs=10, progress=False, device="cpu")
+    gpu = TwoStageTrainer(seed=0, align_epochs=20, finetune_epochs=10, progress=False, device="cuda")
+    for tr in (cpu, gpu):
+        tr.fit(shift.source, shift.target_unlabeled, shift.target_labeled)
+    assert next(gpu.model.parameters()).is_cuda
+    assert abs(cpu.score(*shift.target_test) - gpu.score(*shift.target_test)) < 0.1
+
+
+# --------------------------------------------------------------------- bad input, before training
+
+
+def _good(shift):
+    xs, ys = shift.source
+    return dict(source=(xs, ys), target_unlabeled=shift.target_unlabeled, target_labeled=shift.target_labeled)
+
+
+def _with(shift, **changes):
+    args = _good(shift)
+    args.update(changes)
+    return args
+
+
+BAD_INPUTS = [
+    ("feature size mismatch", lambda s: dict(target_unlabeled=np.zeros((10, 3), np.float32)), ValueError,
+     r"feature size mismatch: target_unlabeled has samples of shape 3 but source has 2"),
+    ("labels out of range", lambda s: dict(target_labeled=(s.target_labeled[0], np.r_[s.target_labeled[1][:-1], 2])),
+     ValueError, r"target_labeled\[1\] \(y\) has label 2, out of range for 2 classes"),
+    ("negative labels", lambda s: dict(source=(s.source[0], np.r_[s.source[1][:-1], -1])), ValueError, ">= 0"),
+    ("non-integer labels", lambda s: dict(source=(s.source[0], s.source[1] * 0.5)), ValueError, "non-integer"),
+    ("string labels", lambda s: dict(source=(s.source[0], s.source[1].astype(str))), TypeError, "numbers"),
+    ("one-hot labels", lambda s: dict(source=(s.source[0], np.eye(2)[s.source[1]])), ValueError, "one-hot"),
+    ("label count", lambda s: dict(source=(s.source[0], s.source[1][:-1])), ValueError, "labels for"),
+    ("empty source", lambda s: dict(source=(np.zeros((0, 2)), np.zeros(0))), ValueError, "empty"),
+    ("empty target", lambda s: dict(target_unlabeled=np.zeros((0, 2))), ValueError, "target_unlabeled is empty"),
+    ("nan", lambda s: dict(source=(np.r_[s.source[0][:-1], [[np.nan, 0]]], s.source[1])), ValueError,
+     r"source\[0\] \(X\) contains NaN in 1 of its 200 samples"),
+    ("inf", lambda s: dict(target_unlabeled=np.r_[s.target_unlabeled[:-1], [[np.inf, 0]]]), ValueError, "infinite"),
+    ("1-D features", lambda s: dict(target_unlabeled=s.target_unlabeled[:, 0]), ValueError, "reshape"),
+    ("too few target labels", lambda s: dict(target_labeled=(s.target_labeled[0][:1], s.target_labeled[1][:1])),
+     ValueError, "fewer than the 2 classes"),
+    ("no target for MMD", lambda s: dict(target_unlabeled=None), ValueError, "target_unlabeled is required"),
+    ("pair as unlabelled", lambda s: dict(target_unlabeled=s.target_test), TypeError, "X only"),
+    ("not a pair", lambda s: dict(source=s.source[0]), TypeError, r"pair \(X, y\)"),
+]
+
+
+@pytest.mark.parametrize("case, change, exc, words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_rejected_before_training(shift, case, change, exc, words):
+    torch.manual_seed(0)
+    model = default_model(2, 2)
+    before = state(model)
+    tr = TwoStageTrainer(model, **SMALL)
+    with pytest.raises(exc, match=words):
+        tr.fit(**_with(shift, **change(shift)))
+    assert same_state(before, state(model)) and tr.history == {"align": [], "finetune": []}
+
+
+def test_a_failed_fit_leaves_the_trainer_untouched(shift):
+    tr = TwoStageTrainer(**SMALL)
+    with pytest.raises(ValueError, match="fewer than the 2 classes"):
+        tr.fit(**_with(shift, target_labeled=(shift.target_labeled[0][:1], shift.target_labeled[1][:1])))
+    assert tr.model is None and tr.num_classes is None
+    tr.fit(**_good(shift))  # and it still works with good data
+    assert tr.model.num_classes == 2
+
+
+def test_eval_dataloader_counts_every_sample(shift):
+    xt, yt = (torch.from_numpy(a[:101]) for a in shift.target_test)  # batches of 50, 50 and 1
+    tr = TwoStageTrainer(**SMALL).fit(**_good(shift), eval_data=DataLoader(TensorDataset(xt, yt), batch_size=50))
+    assert tr.history["finetune"][-1]["target_acc"] == pytest.approx(tr.score(xt, yt))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(lr=0), "lr"), (dict(batch_size=0), "batch_size"), (dict(lambda_mmd=-1), "lambda_mmd"),
+    (dict(lambda_mmd=float("nan")), "lambda_mmd"), (dict(align_epochs=1.5), "align_epochs"),
+    (dict(lambda_schedule="cosine"), "lambda_schedule"), (dict(optimizer="rmsprop"), "optimizer"),
+    (dict(mmd_estimator="fast"), "mmd_estimator"), (dict(num_classes=1), "num_classes"),
+    (dict(device="tpu"), "device"), (dict(seed=-1), "seed"), (dict(target_batch_size=0), "target_batch_size"),
+])
+def test_bad_settings(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        TwoStageTrainer(**kwargs)
+
+
+def test_bad_setting_types():
+    with pytest.raises(TypeError, match="model"):
+        TwoStageTrainer("resnet")
+    with pytest.raises(TypeError, match="finetune_policy"):
+        TwoStageTrainer(finetune_policy="freeze")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_request_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="cuda.*is_available"):
+        TwoStageTrainer(device="cuda")
+
+
+def test_model_that_rejects_the_features_is_reported(shift):
+    model = default_model(5, 2)
+    with pytest.raises(ValueError, match="cannot take samples of shape 2"):
+        TwoStageTrainer(model, **SMALL).fit(**_good(shift))
+    model3 = default_model(2, 3)
+    with pytest.warns(UserWarning, match="no sample of class"):
+        TwoStageTrainer(model3, **SMALL).fit(**_good(shift))  # labels 0..1 fit a 3-class head
+    with pytest.raises(ValueError, match="num_classes=2 but the model outputs 3"):
+        TwoStageTrainer(model3, num_classes=2, **SMALL).fit(**_good(shift))
+
+
+def test_predict_on_other_features_is_refused(shift):
+    tr = TwoStageTrainer(**SMALL).fit(**_good(shift))
+    with pytest.raises(ValueError, match="trained on"):
+        tr.predict(np.zeros((3, 4)))
+    with pytest.raises(RuntimeError, match="no model"):
+        TwoStageTrainer().predict(np.zeros((3, 2)))
