@@ -122,7 +122,7 @@ def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int
         value = fn(a, b)
         if backward:
             value.backward()
-        return float(value)
+        return float(value.detach())
 
     fn(x[:64], y[:64])  # load libraries / compile formulas outside the measurement
     _reset_peak_rss()

@@ -31,7 +31,16 @@ namespace {
 
 constexpr int kRB = 6;              // rows per register block
 constexpr int64_t kRowTile = 96;    // rows per work item; a multiple of kRB and of every column chunk
-constexpr int64_t kColBlock = 384;  // columns per L2 block (a multiple of kRowTile)
+constexpr int64_t kMaxColBlock = 384;     // columns per L2 block (a multiple of kRowTile)...
+constexpr int64_t kL2BlockBytes = 1 << 20;  // ...at most: what a block's columns keep in L2
+
+// A column block's B^T slice, B rows and column-gradient rows (3 x dp values per column) must
+// stay in L2 while the tile's row blocks sweep it: fewer columns for wide features.
+template <typename T>
+int64_t column_block(int64_t dp) {
+  const int64_t fit = kL2BlockBytes / (3 * dp * static_cast<int64_t>(sizeof(T)));
+  return std::max<int64_t>(kRowTile, std::min<int64_t>(kMaxColBlock, fit / kRowTile * kRowTile));
+}
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define PYTL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -107,9 +116,10 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
     const Side<T>& B = *pass.B;
     DV sums[kMaxBandwidths], sig_sums[kMaxBandwidths];
     for (int k = 0; k < K; ++k) sums[k] = sig_sums[k] = DV{};
-    const int64_t jb_start = pass.upper ? i0 / kColBlock * kColBlock : 0;
-    for (int64_t jb = jb_start; jb < B.n; jb += kColBlock) {
-      const int64_t jb_end = std::min(B.n, jb + kColBlock);
+    const int64_t col_block = column_block<T>(dp);
+    const int64_t jb_start = pass.upper ? i0 / col_block * col_block : 0;
+    for (int64_t jb = jb_start; jb < B.n; jb += col_block) {
+      const int64_t jb_end = std::min(B.n, jb + col_block);
       for (int64_t i = i0; i < i1; i += kRB) {
         const T* a = A.rows + i * dp;
         for (int64_t j0 = jb; j0 < jb_end; j0 += CB) {
