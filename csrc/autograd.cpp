@@ -116,8 +116,9 @@ at::Tensor mmd2_terms_autograd(const at::Tensor& x, const at::Tensor& y, const a
 TORCH_LIBRARY_IMPL(pytl, Autograd, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_autograd);
   m.impl("mmd2", &pytl::mmd2_autograd);
-  // The gradient ops are not differentiable: differentiating through them raises a clear error
-  // instead of silently returning no gradient.
+  // The gradient ops and the kernel-matrix product are not differentiable: differentiating
+  // through them raises a clear error instead of silently returning no gradient.
   m.impl("mmd2_terms_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("mmd2_terms_and_grad", torch::autograd::autogradNotImplementedFallback());
+  m.impl("rbf_kernel_matmul", torch::autograd::autogradNotImplementedFallback());
 }

@@ -35,6 +35,12 @@ at::Tensor mmd2_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor&
   return at::empty({}, x.options());
 }
 
+at::Tensor rbf_kernel_matmul_meta(const at::Tensor& z, const at::Tensor& s, const at::Tensor& sigmas,
+                                  const at::Tensor& weights) {
+  check_kernel_matmul_inputs(z, s, sigmas, weights, /*check_values=*/false);
+  return at::empty({z.size(0), s.size(1)}, z.options());
+}
+
 }  // namespace
 }  // namespace pytl
 
@@ -43,4 +49,5 @@ TORCH_LIBRARY_IMPL(pytl, Meta, m) {
   m.impl("mmd2_terms_backward", &pytl::mmd2_terms_backward_meta);
   m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_meta);
   m.impl("mmd2", &pytl::mmd2_meta);
+  m.impl("rbf_kernel_matmul", &pytl::rbf_kernel_matmul_meta);
 }

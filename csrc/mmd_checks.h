@@ -98,4 +98,44 @@ inline void check_weights(const at::Tensor& weights, const at::Tensor& sigmas, b
   }
 }
 
+// pytl.rbf_kernel_matmul(z, s, sigmas, weights): argument checks (every backend) and, with
+// check_values, the value checks on sigmas and weights (they read the data).
+inline void check_kernel_matmul_inputs(const at::Tensor& z, const at::Tensor& s, const at::Tensor& sigmas,
+                                       const at::Tensor& weights, bool check_values) {
+  constexpr const char* op = "pytl.rbf_kernel_matmul: ";
+  TORCH_CHECK(z.dim() == 2, op, "z must be a 2-D tensor (N, d), got ", z.dim(), " dimensions");
+  TORCH_CHECK(s.dim() == 2, op, "s must be a 2-D tensor (N, P), got ", s.dim(), " dimensions");
+  TORCH_CHECK(s.size(0) == z.size(0), op, "s must have one row per row of z (N = ", z.size(0), "), got s: ",
+              s.sizes());
+  TORCH_CHECK(z.size(1) >= 1, op, "z must have at least one feature column");
+  TORCH_CHECK(at::isFloatingType(z.scalar_type()), op, "z must be a floating-point tensor, got ", z.scalar_type());
+  TORCH_CHECK(s.scalar_type() == z.scalar_type(), op, "s must have the dtype of z (", z.scalar_type(), "), got ",
+              s.scalar_type());
+  TORCH_CHECK(s.device() == z.device(), op, "z and s must be on the same device, got ", z.device(), " and ",
+              s.device());
+  TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) >= 1, op,
+              "sigmas must be a 1-D tensor of K >= 1 bandwidths, got shape ", sigmas.sizes());
+  TORCH_CHECK(sigmas.size(0) <= kMaxBandwidths, op, "at most ", kMaxBandwidths, " bandwidths are supported, got ",
+              sigmas.size(0));
+  TORCH_CHECK(at::isFloatingType(sigmas.scalar_type()), op, "sigmas must be a floating-point tensor, got ",
+              sigmas.scalar_type());
+  TORCH_CHECK(sigmas.device() == z.device(), op, "sigmas must be on the same device as z (", z.device(), "), got ",
+              sigmas.device());
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == sigmas.size(0), op,
+              "weights must be a 1-D tensor with one entry per bandwidth (", sigmas.size(0), "), got shape ",
+              weights.sizes());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), op, "weights must be floating point, got ",
+              weights.scalar_type());
+  TORCH_CHECK(weights.device() == z.device(), op, "weights must be on the same device as z (", z.device(),
+              "), got ", weights.device());
+  if (!check_values) return;
+  const std::vector<double> sv = host_doubles(sigmas), wv = host_doubles(weights);
+  for (size_t k = 0; k < sv.size(); ++k) {
+    TORCH_CHECK(std::isfinite(sv[k]) && sv[k] > 0.0, op,
+                "every bandwidth in sigmas must be positive and finite, got sigmas[", k, "] = ", sv[k]);
+    TORCH_CHECK(std::isfinite(wv[k]) && wv[k] >= 0.0, op, "weights must be non-negative and finite, got weights[",
+                k, "] = ", wv[k]);
+  }
+}
+
 }  // namespace pytl

@@ -18,4 +18,7 @@ TORCH_LIBRARY(pytl, m) {
   // MMD^2 = sum_k weights[k] T_k (0-dim, dtype of x). Its autograd computes the gradients in
   // the forward sweep when an input needs them, so the backward is a multiply.
   m.def("mmd2(Tensor x, Tensor y, Tensor sigmas, Tensor weights, bool unbiased) -> Tensor");
+  // K(z, z) @ s for z (N, d), s (N, P), K(a, b) = sum_k weights[k] exp(-||a-b||^2 / (2 sigmas[k]^2)),
+  // diagonal included, without building the N x N matrix. (N, P) in z's dtype; no gradient.
+  m.def("rbf_kernel_matmul(Tensor z, Tensor s, Tensor sigmas, Tensor weights) -> Tensor");
 }

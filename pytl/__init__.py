@@ -10,7 +10,16 @@ from pytl import ops
 from pytl.ops import MMDLoss, bandwidth_ladder, median_heuristic, mmd2
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
+from pytl import diagnostics  # noqa: E402
 from pytl.compare import ComparisonReport, compare_strategies, summarize
+from pytl.diagnostics import (
+    DivergenceReport,
+    MMDTestResult,
+    domain_divergence,
+    mmd_test,
+    proxy_a_distance,
+    rbf_kernel_matmul,
+)
 from pytl.data import make_domain_shift
 from pytl.models import ClassifierHead, MLPEncoder, TransferModel
 from pytl.train import TwoStageTrainer
@@ -20,6 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierHead",
     "ComparisonReport",
+    "DivergenceReport",
+    "MMDTestResult",
     "MLPEncoder",
     "MMDLoss",
     "TransferModel",
@@ -27,12 +38,17 @@ __all__ = [
     "bandwidth_ladder",
     "compare_strategies",
     "data",
+    "diagnostics",
+    "domain_divergence",
     "freezing",
     "make_domain_shift",
     "median_heuristic",
     "mmd2",
+    "mmd_test",
     "models",
     "ops",
+    "proxy_a_distance",
+    "rbf_kernel_matmul",
     "summarize",
     "__version__",
 ]
