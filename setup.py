@@ -121,15 +121,10 @@ else:
     if reason:
         _log(f"building the CPU kernels only: {reason}. PYTL_WITH_CUDA=1 makes this an error.")
 
-if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-    gpu_visible = False
-    try:
-        gpu_visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
-    except Exception:  # pragma: no cover - broken driver setups
-        gpu_visible = False
-    if not gpu_visible:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-        _log("no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for TORCH_CUDA_ARCH_LIST=8.0;9.0")
+if WITH_CUDA:
+    note = toolchain.ensure_cuda_arch_list()
+    if note:
+        _log(note)
 
 if not os.environ.get("MAX_JOBS"):
     try:

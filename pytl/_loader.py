@@ -58,6 +58,9 @@ def _jit_sources() -> tuple[list[str], bool]:
     with_cuda = cuda_home is not None
     if with_cuda:
         sources += [str(p) for p in sorted((csrc / "cuda").glob("*.cu"))]
+        note = _toolchain.ensure_cuda_arch_list()
+        if note:
+            print(f"pytl: {note}", file=sys.stderr)
     return sources, with_cuda
 
 

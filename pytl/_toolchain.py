@@ -68,6 +68,23 @@ def resolve_cuda_home() -> tuple[str | None, str | None]:
     return None, None
 
 
+def ensure_cuda_arch_list(default: str = "8.0;9.0") -> str | None:
+    """With no GPU visible, torch cannot detect an architecture to compile for: set
+    TORCH_CUDA_ARCH_LIST (when unset) to the Ampere and Hopper default. Returns a note, or None."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return None
+    import torch
+
+    try:
+        gpu_visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    except Exception:  # broken driver setups count as no GPU
+        gpu_visible = False
+    if gpu_visible:
+        return None
+    os.environ["TORCH_CUDA_ARCH_LIST"] = default
+    return f"no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for TORCH_CUDA_ARCH_LIST={default}"
+
+
 def openmp_flags() -> list[str]:
     """-fopenmp when torch's ATen parallel backend is OpenMP (the flag is for compiling and linking)."""
     import torch
