@@ -139,33 +139,45 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
           }
           // Epilogue, three rows (six vectors) at a time, bandwidth-major: the per-bandwidth sums
           // stay in registers within the group instead of chaining through memory.
+          // Blocks away from the diagonal and the padded edges need no mask at all; elsewhere the
+          // masked lanes are zeroed once (squaring keeps them zero) or after each exp.
+          const bool interior = j0 + CB <= B.n && i + kRB <= A.n &&
+                                (!pass.self || (pass.upper ? j0 > i + kRB - 1 : (j0 >= i + kRB || j0 + CB <= i)));
           for (int r0 = 0; r0 < kRB; r0 += 3) {
             V D[6], E[6], C[6];
             IV valid[6];
             for (int v = 0; v < 6; ++v) {
               const int r = r0 + v / 2, h = v % 2;
-              const I row = static_cast<I>(i + r);
-              const IV col = lane + static_cast<I>(j0 + h * W);
-              valid[v] = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
-              if (pass.self) valid[v] &= pass.upper ? (col > row) : (col != row);
               const V dist = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
               D[v] = dist < T(0) ? S::splat(T(0)) : dist;
               E[v] = exp_nonpositive<T>(bw.neg_gamma[0] * D[v]);
               C[v] = S::splat(T(0));
+              if (!interior) {
+                const I row = static_cast<I>(i + r);
+                const IV col = lane + static_cast<I>(j0 + h * W);
+                valid[v] = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
+                if (pass.self) valid[v] &= pass.upper ? (col > row) : (col != row);
+                E[v] = valid[v] ? E[v] : S::splat(T(0));
+              }
             }
             for (int k = 0; k < K; ++k) {
               if (k > 0) {
-                for (int v = 0; v < 6; ++v)
-                  E[v] = bw.ladder ? E[v] * E[v] : exp_nonpositive<T>(bw.neg_gamma[k] * D[v]);
+                for (int v = 0; v < 6; ++v) {
+                  if (bw.ladder) {
+                    E[v] = E[v] * E[v];
+                  } else {
+                    E[v] = exp_nonpositive<T>(bw.neg_gamma[k] * D[v]);
+                    if (!interior) E[v] = valid[v] ? E[v] : S::splat(T(0));
+                  }
+                }
               }
               V part = S::splat(T(0)), sig_part = S::splat(T(0));
               const T coef = pass.coef[k];
               for (int v = 0; v < 6; ++v) {
-                const V em = valid[v] ? E[v] : S::splat(T(0));
-                part += em;
+                part += E[v];
                 if (kGrad) {
-                  C[v] += coef * em;
-                  sig_part += em * D[v];
+                  C[v] += coef * E[v];
+                  sig_part += E[v] * D[v];
                 }
               }
               sums[k] += S::widen(part);  // widened to double once per group
