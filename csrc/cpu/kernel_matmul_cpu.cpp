@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../mmd_checks.h"
+#include "bandwidths.h"
 #include "simd.h"
 
 namespace pytl {
@@ -229,22 +230,12 @@ at::Tensor rbf_kernel_matmul_cpu(const at::Tensor& z, const at::Tensor& s, const
     a.s = sp.data_ptr<T>();
     a.out = out.data_ptr<T>();
     // bandwidths by ascending gamma; a ladder (gamma_{k+1} = 2 gamma_k) needs one exp per pair
-    std::vector<int> order(K);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int p, int q) { return sig[p] > sig[q]; });
-    a.K = K;
-    a.ladder = true;
-    const double tol = sizeof(T) == 4 ? 1e-6 : 1e-13;
-    for (int q = 0; q < K; ++q) {
-      const double gamma = 0.5 / (sig[order[q]] * sig[order[q]]);
-      // clamped so that a tiny sigma cannot make -gamma * 0 a NaN on the diagonal
-      a.neg_gamma[q] = static_cast<T>(-std::min(gamma, static_cast<double>(std::numeric_limits<T>::max())));
-      a.weight[q] = static_cast<T>(wts[order[q]]);
-      if (q > 0) {
-        const double prev = 0.5 / (sig[order[q - 1]] * sig[order[q - 1]]);
-        a.ladder = a.ladder && std::abs(gamma - 2.0 * prev) <= tol * gamma;
-      }
-    }
+    std::vector<int> order;
+    const Bandwidths<T> bw = compute_order<T>(sig, order);
+    a.K = bw.K;
+    a.ladder = bw.ladder;
+    a.neg_gamma = bw.neg_gamma;
+    for (int q = 0; q < K; ++q) a.weight[q] = static_cast<T>(wts[order[q]]);
     const int64_t tiles = (n + kRowTile - 1) / kRowTile;
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) km_tile(a, t);
