@@ -135,6 +135,38 @@ class ComparisonReport:
         with torch.no_grad(), _eval_mode(model):
             return F.softmax(model(x.to(p.device, p.dtype)), dim=1).cpu()
 
+    def explain(self) -> str:
+        """One paragraph for a report: the from-scratch baseline, the best transfer strategy, the gap,
+        and, when transfer does not clearly pay, the remedies in order of cost."""
+        acc, mmd = self.accuracy, self.embedding_mmd2
+        transfers = [s for s in ("naive", "mmd") if s in acc]
+        if "scratch" not in acc or not transfers:
+            missing = "target labels (scratch, naive and mmd need them)" if "scratch" not in acc else "naive/mmd"
+            return (f"No negative-transfer check was possible: it compares transfer with a from-scratch baseline "
+                    f"on the target labels, and this comparison lacks {missing}.")
+        best = max(transfers, key=lambda s: acc[s])
+        gap = 100 * (acc[best] - acc["scratch"])
+        text = (f"Trained from scratch on the target labels alone, the model reaches {100 * acc['scratch']:.1f}% "
+                f"target accuracy; the best transfer strategy, {best}, reaches {100 * acc[best]:.1f}% "
+                f"({gap:+.1f} points).")
+        if best in mmd and math.isfinite(mmd[best]):
+            text += (f" Its source-target embedding MMD² is {mmd[best]:.3f} (below 0.1 looks transferable, "
+                     f"above 0.5 does not).")
+        if "ensemble" in acc:
+            text += f" The ensemble of mmd and scratch reaches {100 * acc['ensemble']:.1f}%."
+        if self.negative_transfer:
+            text += (" This is negative transfer: the borrowed knowledge hurts. Remedies, cheapest first: transfer "
+                     "fewer layers (freeze less of the backbone or re-initialise its top blocks, "
+                     "pytl.freezing.FreezeFirst with a smaller k); regularise fine-tuning toward the pretrained "
+                     "weights (pytl.freezing.L2SP); change the source domain; or ship the ensemble with the "
+                     "from-scratch model as a safety net.")
+        elif gap < 1.0:
+            text += (" Transfer barely pays here (less than a point): before relying on it, try transferring "
+                     "fewer layers or L2-SP regularisation, and keep the ensemble as a safety net.")
+        else:
+            text += " Transfer pays here: no sign of negative transfer on this seed."
+        return text
+
     def table(self) -> str:
         return _format_table({s: (a, None) for s, a in self.accuracy.items()}, self.embedding_mmd2,
                              self.negative_transfer, self.skipped, title=f"seed {self.seed}", config=self.config)

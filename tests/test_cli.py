@@ -81,3 +81,28 @@ def test_python_dash_m_pytl_runs_as_a_module():
     assert done.stdout.startswith("pytl ")
     done = subprocess.run([sys.executable, "-m", "pytl"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 2 and "demo" in done.stdout
+
+
+def test_divergence_on_user_arrays(tmp_path, capsys):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "src.npy", g.normal(size=(300, 4)))
+    np.savetxt(tmp_path / "tgt.csv", g.normal(size=(250, 4)) + 2.0, delimiter=",")
+    assert main(["divergence", str(tmp_path / "src.npy"), str(tmp_path / "tgt.csv"), "--permutations", "99"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: high" in out and "p-value 0.0100" in out  # (0 + 1) / (99 + 1): no permutation beats a shift of 2
+
+
+def test_divergence_npz_and_bad_files(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "two.npz", a=np.zeros((10, 2)), b=np.ones((10, 2)))
+    np.save(tmp_path / "ok.npy", np.zeros((10, 2)))
+    assert main(["divergence", str(tmp_path / "two.npz"), str(tmp_path / "ok.npy")]) == 2
+    assert "choose one with --key" in capsys.readouterr().err
+    assert main(["divergence", str(tmp_path / "missing.npy"), str(tmp_path / "ok.npy")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", np.zeros((10, 3)))
+    assert main(["divergence", str(tmp_path / "wide.npy"), str(tmp_path / "ok.npy")]) == 2
+    assert "pytl divergence:" in capsys.readouterr().err

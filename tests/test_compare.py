@@ -175,3 +175,25 @@ def test_demo_default_mmd_beats_scratch_and_matches_naive_over_seeds():
     assert mean["mmd"] - mean["scratch"] >= 0.015, mean
     assert mean["mmd"] - mean["naive"] >= 0.005, mean
     assert summarize(reports).negative_transfer is False
+
+
+def test_explain_names_the_baseline_the_gap_and_no_remedies_when_transfer_pays():
+    report = fake_report(scratch=0.80, naive=0.84, mmd=0.90, ensemble=0.88)
+    text = report.explain()
+    assert "80.0%" in text and "mmd, reaches 90.0%" in text and "+10.0 points" in text
+    assert "ensemble of mmd and scratch reaches 88.0%" in text
+    assert "Transfer pays" in text and "Remedies" not in text
+
+
+def test_explain_lists_the_remedies_cheapest_first_on_negative_transfer():
+    report = fake_report(scratch=0.90, naive=0.70, mmd=0.85)
+    assert report.negative_transfer
+    text = report.explain()
+    assert "-5.0 points" in text and "negative transfer" in text
+    order = [text.index(w) for w in ("fewer layers", "L2SP", "change the source", "ensemble")]
+    assert order == sorted(order)
+
+
+def test_explain_without_target_labels_says_why_it_cannot_judge():
+    text = fake_report(source_only=0.6, mmd_only=0.8).explain()
+    assert "No negative-transfer check" in text and "target labels" in text
