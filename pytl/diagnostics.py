@@ -46,13 +46,8 @@ def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: Weights
     included (K(z_i, z_i) = sum_k w_k). Returns (N, P) in z's dtype (half/bfloat16 computed in float32).
     Deterministic (bitwise, for any thread count). Not differentiable.
     """
-    for name, t in (("z", z), ("s", s)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(t.shape)}")
+    ops._check_matrix("z", z, "(N, d)")
+    ops._check_matrix("s", s, "(N, P)")
     if s.dtype != z.dtype:
         raise TypeError(f"s must have the dtype of z ({z.dtype}), got {s.dtype}")
     if s.device != z.device:
@@ -212,13 +207,8 @@ def mmd_test(
 
 
 def _check_domains(xs: Tensor, xt: Tensor) -> None:
-    for name, t in (("xs", xs), ("xt", xt)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D tensor (samples, features), got shape {tuple(t.shape)}")
+    ops._check_matrix("xs", xs)
+    ops._check_matrix("xt", xt)
     if xs.shape[1] != xt.shape[1]:
         raise ValueError(
             f"xs and xt must have the same number of features, got {tuple(xs.shape)} and {tuple(xt.shape)}"

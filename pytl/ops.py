@@ -35,14 +35,19 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _check_matrix(name: str, t: Tensor, layout: str = "(samples, features)") -> None:
+    """The argument checks every matrix input shares: a floating-point 2-D torch.Tensor."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor {layout}, got shape {tuple(t.shape)}")
+
+
 def _check_samples(x: Tensor, y: Tensor, estimator: str) -> None:
     for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D tensor (samples, features), got shape {tuple(t.shape)}")
+        _check_matrix(name, t)
         if t.shape[0] == 0:
             raise ValueError(f"{name} is empty: it needs at least one sample (row)")
     if x.dtype != y.dtype:
