@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with an NVIDIA GPU and its own torch (no package registry needed):
-# builds pytl there against that torch, runs the CUDA tests, then benchmarks/gpu_timing.py if present.
+# builds pytl there against that torch, runs the CUDA tests, benchmarks/gpu_timing.py, then compute-sanitizer
+# (memcheck, racecheck) on benchmarks/gpu_sanitize.py.
 #
 #   bash benchmarks/gpu_check.sh            # from the repo root; OUT=/some/dir to keep the logs
 #
 # Expects python (>= 3.10) with torch (CUDA build), nvcc, ninja, pytest and pytest-benchmark installed.
-# Each step has its own timeout; the whole script stays under 8 minutes. Exit status: non-zero when the
+# Each step has its own timeout; the whole script stays under 8 minutes (about 7 without the CMake step). Exit status: non-zero when the
 # build or the CUDA tests fail (a missing gpu_timing.py is not a failure).
 # Knobs: PYTHON, MAX_JOBS (16), TORCH_CUDA_ARCH_LIST (default: the visible GPU's), PYTL_GPU_CMAKE=1 (also
 # build and run the CMake C++ test with CUDA when cmake is installed and time is left).
@@ -13,7 +14,7 @@ set -uo pipefail
 exec </dev/null
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 export MAX_JOBS="${MAX_JOBS:-16}"
 export PYTHONUNBUFFERED=1
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/pytl-gpu.XXXXXX")"
@@ -24,8 +25,8 @@ section() { printf '\n===== %s (t=%ss) =====\n' "$*" "$((SECONDS - T0))"; }
 
 save_logs() {
   if [[ -n "${OUT:-}" ]]; then
-    mkdir -p "$OUT" && cp -f "$LOG_DIR"/*.log "$OUT"/ 2>/dev/null || true
-    [[ -f benchmarks/RESULTS.gpu.md ]] && cp -f benchmarks/RESULTS.gpu.md "$OUT"/ || true
+    # one archive: the device tool brings back at most 8 files
+    mkdir -p "$OUT" && tar -czf "$OUT/gpu_check_logs.tgz" -C "$LOG_DIR" . 2>/dev/null || true
   fi
 }
 trap save_logs EXIT
@@ -99,16 +100,30 @@ elif [[ $rc -ne 0 ]]; then
   STATUS=1
 fi
 
-if [[ -f benchmarks/gpu_timing.py ]]; then
-  section "benchmarks/gpu_timing.py"
-  remaining=$((450 - (SECONDS - T0)))
-  if [[ $remaining -gt 30 ]]; then
-    step gpu_timing "$remaining" "$PYTHON" benchmarks/gpu_timing.py || echo "!! gpu_timing.py failed (not counted)"
-  else
-    echo "!! skipped: not enough time left"
-  fi
+section "benchmarks/gpu_timing.py"
+remaining=$((330 - (SECONDS - T0)))
+if [[ $remaining -gt 30 ]]; then
+  step gpu_timing "$remaining" "$PYTHON" benchmarks/gpu_timing.py || echo "!! gpu_timing.py failed (not counted)"
 else
-  echo "(no benchmarks/gpu_timing.py: skipping timings)"
+  echo "!! skipped: not enough time left"
+fi
+
+# compute-sanitizer on small cases that hit every tiling edge (benchmarks/gpu_sanitize.py also checks the
+# numbers against the CPU kernels). memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory
+# hazards between threads of a CTA (a missing __syncthreads).
+if command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck; do
+    section "compute-sanitizer --tool $tool"
+    remaining=$((420 - (SECONDS - T0)))
+    if [[ $remaining -gt 20 ]]; then
+      step "sanitizer_$tool" "$remaining" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+        "$PYTHON" benchmarks/gpu_sanitize.py || STATUS=1
+    else
+      echo "!! skipped: not enough time left"
+    fi
+  done
+else
+  echo "(no compute-sanitizer on PATH: skipped)"
 fi
 
 if [[ "${PYTL_GPU_CMAKE:-0}" == "1" ]] && command -v cmake >/dev/null; then
