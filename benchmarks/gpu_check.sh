@@ -91,7 +91,7 @@ print("mmd2 on", x.device, "=", float(pytl.mmd2(x, y)))
 ' || STATUS=1
 
 section "CUDA tests (pytest -k cuda)"
-step pytest_cuda 240 "$PYTHON" -m pytest tests -q -k cuda -p no:cacheprovider
+step pytest_cuda 240 "$PYTHON" -m pytest tests -q -rs -k cuda -p no:cacheprovider
 rc=$?
 if [[ $rc -eq 5 ]]; then
   echo "!! pytest selected no test with -k cuda" | tee -a "$LOG_DIR/summary.log"
@@ -101,11 +101,24 @@ elif [[ $rc -ne 0 ]]; then
 fi
 
 section "benchmarks/gpu_timing.py"
-remaining=$((330 - (SECONDS - T0)))
+remaining=$((250 - (SECONDS - T0)))
 if [[ $remaining -gt 30 ]]; then
   step gpu_timing "$remaining" "$PYTHON" benchmarks/gpu_timing.py || echo "!! gpu_timing.py failed (not counted)"
 else
   echo "!! skipped: not enough time left"
+fi
+
+# Nsight Compute on one forward and one gradient sweep (clocks left as they are: --clock-control none)
+if command -v ncu >/dev/null; then
+  section "ncu: forward and gradient sweep at n = m = 8192, d = 64"
+  remaining=$((300 - (SECONDS - T0)))
+  if [[ $remaining -gt 30 ]]; then
+    step ncu "$remaining" ncu --clock-control none -k regex:'mmd_(forward|sweep)_kernel' -c 2 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section Occupancy "$PYTHON" benchmarks/gpu_profile.py || echo "!! ncu failed (not counted)"
+  else
+    echo "!! skipped: not enough time left"
+  fi
 fi
 
 # compute-sanitizer on small cases that hit every tiling edge (benchmarks/gpu_sanitize.py also checks the
@@ -114,7 +127,7 @@ fi
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     section "compute-sanitizer --tool $tool"
-    remaining=$((420 - (SECONDS - T0)))
+    remaining=$((400 - (SECONDS - T0)))
     if [[ $remaining -gt 20 ]]; then
       step "sanitizer_$tool" "$remaining" compute-sanitizer --tool "$tool" --error-exitcode 3 \
         "$PYTHON" benchmarks/gpu_sanitize.py || STATUS=1

@@ -7,9 +7,10 @@ autograd through them) and "cdist" = the torch.cdist formulation of the popular 
 
 Limits printed beside each pytl time (rates from the card's SM count and max SM clock):
   exp limit = pairs x K / (16 exps/clock/SM x SMs x clock), pairs = those the kernels visit
-              (forward: two self triangles + the cross block; backward: every ordered pair once per side)
-  FMA limit = pairs x (FP32 ops per pair) / (128 lanes/clock/SM x SMs x clock), the arithmetic the
-              direct-difference kernels do: 2d per pair for a distance, 2d more per backward pair
+              (forward: the two self triangles + the cross block; forward+backward: the gradient sweep,
+              every ordered pair of the pooled sample once); K exps per pair, as if there were no ladder
+  FMA limit = pairs x FMAs per pair / (128 FP32 lanes/clock/SM x SMs x clock): d per pair for the dot
+              product, d more in the sweep for the gradient product W.b
 Also times pytl.diagnostics.mmd_test (n = m = 2048, d = 32, 1000 permutations) against the usual
 approach (materialise the kernel matrix, index it with each permutation in a loop) on the GPU.
 
@@ -109,10 +110,11 @@ def mmd_case(n: int, d: int, backward: bool, rates: dict, dev) -> dict:
     with torch.no_grad():
         v_pytl = float(pytl.mmd2(x, y, sig))
         v_ref = float(pytl.ops.mmd2_reference(x.double(), y.double(), sig.double())) if n <= 16384 else None
-    fwd_pairs = n * (n - 1) + n * n
-    bwd_pairs = 4 * n * n
-    exps = (fwd_pairs + (bwd_pairs if backward else 0)) * len(LADDER)
-    fma_ops = fwd_pairs * 2 * d + (bwd_pairs * 4 * d if backward else 0)
+    # forward: each unordered self pair once + the cross block, d FMAs per pair (the dot product);
+    # forward+backward: one gradient sweep over all (2n)^2 ordered pairs, 2d FMAs per pair (dot + W.b)
+    pairs = 4 * n * n if backward else n * (n - 1) + n * n
+    exps = pairs * len(LADDER)
+    fma_ops = pairs * (2 * d if backward else d)
     return {
         "n": n, "d": d, "backward": backward, "pytl_s": t_pytl, "pytl_MiB": mb_pytl,
         "naive_s": t_naive, "naive_MiB": mb_naive, "cdist_s": t_cdist, "cdist_MiB": mb_cdist,

@@ -1,5 +1,5 @@
 // Kernels built from the other ops, for every backend that has no fused kernel of its own
-// (the CPU registers a one-sweep mmd2_terms_and_grad; CUDA uses these).
+// (CPU and CUDA register a one-sweep mmd2_terms_and_grad of their own; other backends use these).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
