@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
+from pytl import distributed as _dist
 from pytl._loader import load_ops
 
 load_ops()
@@ -173,6 +174,7 @@ def mmd2(
     weights: WeightsLike = None,
     *,
     estimator: str = "biased",
+    group: Any = None,
 ) -> Tensor:
     """Squared MMD between samples x (n, d) and y (m, d) under a multi-bandwidth RBF kernel.
 
@@ -181,7 +183,18 @@ def mmd2(
     weights (default 1/K). estimator: "biased" (V-statistic, >= 0) or "unbiased" (U-statistic,
     needs n, m >= 2; can be slightly negative when the distributions agree). Returns a 0-dim
     tensor of x's dtype. Fused kernels: no n x m matrix is built, forward or backward.
+
+    group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks) when
+    x and y are this rank's shards of a global batch: the statistic (median heuristic included) is
+    that of the concatenated batch, the same on every rank, and the gradient to this rank's rows
+    equals the single-process gradient (one all-gather per call; see pytl.distributed).
     """
+    if group is not None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        _check_matrix("x", x)
+        _check_matrix("y", y)
+        x, y = _dist.gather_samples(x, y, group, min_rows=2 if estimator == "unbiased" else 1)
     _check_samples(x, y, estimator)
     sig, w = resolve_bandwidths(x, y, sigmas, weights)
     return torch.ops.pytl.mmd2.default(x, y, sig, w, estimator == "unbiased")
@@ -190,22 +203,39 @@ def mmd2(
 class MMDLoss(nn.Module):
     """nn.Module twin of :func:`mmd2`: ``MMDLoss(sigmas, weights, estimator)(x, y)``.
 
-    Pass an nn.Parameter as sigmas or weights to learn them."""
+    Pass an nn.Parameter as sigmas or weights to learn them. ``distributed=True``: x and y are this
+    rank's shards and the loss is the MMD² of the global batch, gathered over ``group`` (default:
+    all ranks); it needs an initialised torch.distributed process group at call time."""
 
-    def __init__(self, sigmas: SigmasLike = None, weights: WeightsLike = None, estimator: str = "biased") -> None:
+    def __init__(self, sigmas: SigmasLike = None, weights: WeightsLike = None, estimator: str = "biased", *,
+                 distributed: bool = False, group: Any = None) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+        if group is not None and not distributed:
+            raise ValueError("group is only used with distributed=True")
         self.sigmas = sigmas
         self.weights = weights
         self.estimator = estimator
+        self.distributed = distributed
+        self.group = group
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator)
+        group = None
+        if self.distributed:
+            if not _dist.is_initialized():
+                raise ValueError("MMDLoss(distributed=True) needs an initialised torch.distributed process group "
+                                 "(run under torchrun and call torch.distributed.init_process_group, or "
+                                 "pytl.distributed.init_from_env()); use distributed=False in a single process")
+            group = self.group if self.group is not None else torch.distributed.group.WORLD
+        return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, group=group)
 
     def extra_repr(self) -> str:
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
-        return f"sigmas={sig}, estimator={self.estimator!r}"
+        dist = ", distributed=True" if self.distributed else ""
+        return f"sigmas={sig}, estimator={self.estimator!r}{dist}"
 
 
 def mmd2_reference(
