@@ -13,7 +13,9 @@ TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?= -q
 CMAKE_ARGS  ?=
 BUILD_CMAKE ?= build-cmake
-DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark pybind11 ninja setuptools wheel
+# matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); installed here so that the
+# plotting tests run instead of skipping.
+DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark pybind11 ninja setuptools wheel matplotlib
 
 PY    := $(VENV)/bin/python
 # The venv's tools first: torch's extension builder and the JIT loader look for `ninja` on PATH, and the

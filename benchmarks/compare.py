@@ -20,6 +20,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from peak_memory import reset_peak_rss, status_bytes  # benchmarks/peak_memory.py (the script's folder)
+
 # Run from a checkout without installing: the repo root makes `import pytl` work (JIT build).
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,20 +68,6 @@ def available_bytes() -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Worker: one implementation, one case, in its own process.
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current one."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _cdist_mmd2(x, y, sigmas, weights):
@@ -138,14 +126,14 @@ def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int
         return float(value.detach())
 
     fn(x[:64], y[:64])  # load libraries / compile formulas outside the measurement
-    _reset_peak_rss()
-    rss0 = _status_bytes("VmRSS")
+    reset_peak_rss()
+    rss0 = status_bytes("VmRSS")
     times, value = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
         value = run()
         times.append(time.perf_counter() - t0)
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     times.sort()
     return {"seconds": times[len(times) // 2], "peak_growth_mb": max(0, peak - rss0) / 2**20, "value": value}
 

@@ -6,12 +6,14 @@ torch ops (torch.ops.pytl.*) that never build a pairwise matrix. On top: models 
 comparison (pytl.compare), the tutorial's synthetic data (pytl.data) and ``python -m pytl demo``.
 """
 
-from pytl import ops
+from pytl import distributed, ops
 from pytl.ops import MMDLoss, bandwidth_ladder, median_heuristic, mmd2
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
 from pytl import diagnostics  # noqa: E402
 from pytl.compare import ComparisonReport, compare_strategies, summarize
+from pytl import curves, plot  # noqa: E402  (plot imports matplotlib only when it draws)
+from pytl.curves import CurveTable, DivergenceSweep, data_efficiency_curve, divergence_sweep, layer_transferability
 from pytl.diagnostics import (
     DivergenceReport,
     MMDTestResult,
@@ -29,7 +31,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierHead",
     "ComparisonReport",
+    "CurveTable",
     "DivergenceReport",
+    "DivergenceSweep",
     "MMDTestResult",
     "MLPEncoder",
     "MMDLoss",
@@ -37,16 +41,22 @@ __all__ = [
     "TwoStageTrainer",
     "bandwidth_ladder",
     "compare_strategies",
+    "curves",
     "data",
+    "data_efficiency_curve",
     "diagnostics",
+    "distributed",
+    "divergence_sweep",
     "domain_divergence",
     "freezing",
+    "layer_transferability",
     "make_domain_shift",
     "median_heuristic",
     "mmd2",
     "mmd_test",
     "models",
     "ops",
+    "plot",
     "proxy_a_distance",
     "rbf_kernel_matmul",
     "summarize",

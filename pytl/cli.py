@@ -4,6 +4,10 @@ Two classes in 2-D, a target domain rotated and shifted; every strategy of ``com
 is trained with the tutorial's recipe (λ = 0.5, 100 alignment epochs, 50 fine-tuning epochs, 50
 target labels) and the comparison table is printed. ``--plot FILE.png`` draws both domains and each
 strategy's decision boundary (needs matplotlib).
+
+``python -m pytl divergence SRC TGT`` reports how far apart two feature sets are;
+``python -m pytl curve {data-efficiency,layers,divergence} --out FILE.png`` runs a curve of
+``pytl.curves``, prints its table and draws it with ``pytl.plot``.
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", metavar="FILE.png", default=None,
                       help="save a figure of both domains and each strategy's decision boundary (needs matplotlib)")
     demo.add_argument("--progress", action="store_true", help="show a progress bar per training run")
+    demo.add_argument("--distributed", type=_positive_int, default=None, metavar="N",
+                      help="train every strategy with DistributedDataParallel on N local processes (starts "
+                           "torchrun --standalone --nproc_per_node=N -m pytl demo ...; gloo on CPU, NCCL on CUDA): "
+                           "each rank trains its part of every batch, the MMD² is that of the global batch")
     div = sub.add_parser(
         "divergence",
         help="how far apart are two feature sets? MMD test, proxy A-distance and a verdict",
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     div.add_argument("--key", default=None, help="array name inside .npz files with several arrays")
     div.add_argument("--permutations", type=_positive_int, default=500, help="permutations of the MMD test (default 500)")
     div.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the test and the classifier split")
+    _add_curve_parser(sub)
     return parser
 
 
@@ -198,7 +207,54 @@ def plot_report(report: Any, data: Any, path: str) -> None:
     plt.close(fig)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """The demo, in one process, or under torchrun: every rank runs it, only rank 0 prints and plots."""
+    import os
+
+    if args.distributed is not None and "RANK" not in os.environ:
+        return _start_torchrun(args.distributed, list(sys.argv[1:] if argv is None else argv))
+    import contextlib
+    import io
+
+    import torch.distributed as dist
+
+    from pytl import distributed as pd
+
+    if not pd.init_from_env(device="cuda" if str(args.device).startswith("cuda") else "cpu"):
+        return _run_demo(args)
+    try:
+        if pd.rank() == 0:
+            print(f"torch.distributed: {pd.world_size()} processes, {dist.get_backend()}; each trains its part of "
+                  "every batch (DDP), MMD² of the global batch; rank 0 prints", flush=True)
+            return _run_demo(args)
+        args = argparse.Namespace(**{**vars(args), "plot": None})
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _run_demo(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _start_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run ``python -m pytl ARGV`` (without --distributed) on nproc local processes with torchrun."""
+    import os
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--distributed":
+            skip = True
+        elif not a.startswith("--distributed="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pytl", *rest]
+    print(f"pytl: torchrun --standalone --nproc_per_node={nproc} -m pytl {' '.join(rest)}", file=sys.stderr, flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # torchrun's default, unannounced
+    return subprocess.call(cmd, env=env)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     from pytl.compare import compare_strategies, summarize
     from pytl.data import make_domain_shift
     from pytl.train import resolve_device
@@ -246,6 +302,159 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ python -m pytl curve KIND (pytl.curves)
+
+CURVE_KINDS = ("data-efficiency", "layers", "divergence")
+CURVE_DEFAULT_SEEDS = {"data-efficiency": 5, "layers": 5, "divergence": 3}
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _int_list(minimum: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= {minimum} (e.g. 10,50,100), got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"the values must be distinct, got {text!r}")
+        return values
+
+    return parse
+
+
+def _angle_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated angles in degrees (e.g. 0,45,90), got {text!r}") from None
+    if not values or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite angles in degrees, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"the angles must be distinct, got {text!r}")
+    return values
+
+
+def _add_curve_parser(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", metavar="FILE.png", default=None,
+                        help="save the figure (.png, .pdf, .svg or .jpg; needs matplotlib)")
+    common.add_argument("--csv", metavar="FILE.csv", default=None, help="also write the table as CSV")
+    common.add_argument("--json", metavar="FILE.json", default=None, help="also write the table as JSON")
+    common.add_argument("--seeds", type=_positive_int, default=None,
+                        help="number of seeds (seed, seed+1, ...); default 5 (divergence: 3)")
+    common.add_argument("--seed", type=_non_negative_int, default=0, help="first seed (default 0)")
+    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    common.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads while training (default 1)")
+    common.add_argument("--quiet", action="store_true", help="no progress line per run on stderr")
+    curve = sub.add_parser(
+        "curve",
+        help="transfer curves: data efficiency, layer transferability, divergence sweep",
+        description="Train many small models on the tutorial's synthetic domain shift (two moons) and print a "
+                    "curve's table (mean ± std over seeds); --out FILE.png draws it.",
+    )
+    kinds = curve.add_subparsers(dest="kind", metavar="{" + ",".join(CURVE_KINDS) + "}", required=True)
+    de = kinds.add_parser(
+        "data-efficiency", parents=[common], help="target accuracy vs number of target labels",
+        description="Target accuracy vs the number of target labels for scratch, naive and mmd transfer "
+                    "(pytl.curves.data_efficiency_curve). Default: about a minute on a 2-core CPU.")
+    de.add_argument("--labels", type=_int_list(1), default=[10, 20, 50, 100, 200, 500, 1000],
+                    help="comma-separated target label counts (default 10,20,50,100,200,500,1000)")
+    layers = kinds.add_parser(
+        "layers", parents=[common], help="Yosinski et al.: copy k layers, frozen vs fine-tuned",
+        description="For k = 0..L copy the first k layers of a source-trained MLP, train the rest on the target "
+                    "labels with the copied layers frozen and fine-tuned (pytl.curves.layer_transferability).")
+    layers.add_argument("--layers", type=_int_list(0), default=None, help="comma-separated values of k, layers copied (default 0..depth)")
+    layers.add_argument("--depth", type=_positive_int, default=4, help="hidden layers L of the MLP (default 4)")
+    layers.add_argument("--width", type=_positive_int, default=64, help="units per hidden layer (default 64)")
+    layers.add_argument("--labels", type=_positive_int, default=50, help="labelled target samples (default 50)")
+    layers.add_argument("--source-epochs", type=_non_negative_int, default=100, help="source training epochs (100)")
+    layers.add_argument("--target-epochs", type=_positive_int, default=50, help="target training epochs (50)")
+    div = kinds.add_parser(
+        "divergence", parents=[common], help="transfer vs scratch as the target rotates away; the crossover",
+        description="Transfer vs scratch accuracy as the target domain is rotated further from the source, the "
+                    "input MMD² at each angle and the crossover where transfer stops paying "
+                    "(pytl.curves.divergence_sweep). Default: about two minutes on a 2-core CPU.")
+    div.add_argument("--angles", type=_angle_list, default=[0, 30, 60, 90, 120, 150, 180],
+                     help="comma-separated rotation angles in degrees (default 0,30,60,90,120,150,180)")
+    div.add_argument("--labels", type=_positive_int, default=50, help="labelled target samples (default 50)")
+    for p, rotation, shift in ((de, 30.0, (3.0, 3.0)), (layers, 30.0, (3.0, 3.0)), (div, None, (0.0, 0.0))):
+        if rotation is not None:
+            p.add_argument("--rotation", type=float, default=rotation, help=f"target rotation in degrees ({rotation:g})")
+        p.add_argument("--shift", type=float, nargs=2, default=shift, metavar=("DX", "DY"),
+                       help=f"target translation (default {shift[0]:g} {shift[1]:g})")
+    for p in (de, div):
+        p.add_argument("--lambda", dest="lambda_mmd", type=_non_negative_float, default=0.5,
+                       help="weight λ of the MMD² term (default 0.5)")
+        p.add_argument("--align-epochs", type=_non_negative_int, default=100, help="stage-1 epochs (default 100)")
+        p.add_argument("--finetune-epochs", type=_non_negative_int, default=50, help="stage-2 epochs (default 50)")
+
+
+def run_curve(args: argparse.Namespace) -> int:
+    from pytl import curves
+    from pytl.data import make_domain_shift
+    from pytl.train import resolve_device
+
+    def fail(message: str) -> int:
+        print(f"pytl curve {args.kind}: {message}", file=sys.stderr)
+        return 2
+
+    if args.out is not None:
+        if not args.out.lower().endswith(FIGURE_SUFFIXES):
+            return fail(f"--out expects a .png, .pdf, .svg or .jpg file name, got {args.out!r}")
+        if _import_pyplot() is None:
+            return fail("--out needs matplotlib: pip install matplotlib (or pip install 'pytl[plot]')")
+    for flag in ("out", "csv", "json"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).absolute().parent.is_dir():
+            return fail(f"--{flag}: the folder of {path!r} does not exist")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        return fail(f"--device: {e}")
+    seeds = list(range(args.seed, args.seed + (args.seeds or CURVE_DEFAULT_SEEDS[args.kind])))
+    verbose = not args.quiet
+    shift = tuple(args.shift)
+    start = time.perf_counter()
+    try:
+        if args.kind == "data-efficiency":
+            n_max = max(args.labels)
+            table = curves.data_efficiency_curve(
+                args.labels, seeds, verbose=verbose,
+                data=lambda s: make_domain_shift(s, n_target_labeled=n_max, rotation=args.rotation, shift=shift),
+                lambda_mmd=args.lambda_mmd, align_epochs=args.align_epochs, finetune_epochs=args.finetune_epochs,
+                device=device, num_threads=args.threads)
+        elif args.kind == "layers":
+            table = curves.layer_transferability(
+                args.layers, seeds, verbose=verbose, hidden_sizes=(args.width,) * args.depth,
+                data=lambda s: make_domain_shift(s, n_target_labeled=args.labels, rotation=args.rotation, shift=shift),
+                source_epochs=args.source_epochs, target_epochs=args.target_epochs, device=device,
+                num_threads=args.threads)
+        else:
+            table = curves.divergence_sweep(
+                args.angles, seeds, verbose=verbose, n_target_labeled=args.labels, shift=shift,
+                lambda_mmd=args.lambda_mmd, align_epochs=args.align_epochs, finetune_epochs=args.finetune_epochs,
+                device=device, num_threads=args.threads)
+    except (ValueError, TypeError) as exc:
+        return fail(str(exc))
+    print(table.table())
+    print(f"\n{len(seeds)} seed(s) in {time.perf_counter() - start:.1f}s")
+    if args.csv is not None:
+        table.to_csv(args.csv)
+        print(f"table written to {args.csv}")
+    if args.json is not None:
+        table.to_json(args.json)
+        print(f"table written to {args.json}")
+    if args.out is not None:
+        from pytl.plot import plot_curve
+
+        plot_curve(table, args.out)
+        print(f"figure written to {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,8 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pytl {pytl.__version__}")
         return 0
     if args.command == "demo":
-        return run_demo(args)
+        return run_demo(args, argv)
     if args.command == "divergence":
         return run_divergence(args)
+    if args.command == "curve":
+        return run_curve(args)
     parser.print_help()
     return 2
