@@ -32,6 +32,10 @@ namespace {
 
 constexpr int kRB = 6;              // rows per register block
 constexpr int64_t kRowTile = 96;    // rows per work item; a multiple of kRB and of every column chunk
+// Columns per panel of the transposed copy: (d, kPanel) contiguous, so the distance loop streams one
+// contiguous panel instead of d rows n apart (one page each). A multiple of every clone's column chunk.
+constexpr int64_t kPanel = 32;
+static_assert(kRowTile % kPanel == 0, "the padded rows fill whole panels");
 constexpr int64_t kMaxColBlock = 384;     // columns per L2 block (a multiple of kRowTile)...
 constexpr int64_t kL2BlockBytes = 1 << 20;  // ...at most: what a block's columns keep in L2
 
@@ -57,9 +61,9 @@ struct Side {
   int64_t n = 0;   // real rows
   int64_t d = 0;   // features
   int64_t dp = 0;  // row stride: d rounded up to the vector width
-  int64_t np = 0;  // padded rows (multiple of kRowTile): stride of the transposed copy
+  int64_t np = 0;  // padded rows (multiple of kRowTile)
   const T* rows = nullptr;  // (np, dp) row-major
-  const T* cols = nullptr;  // (d, np) transposed
+  const T* cols = nullptr;  // (np / kPanel, d, kPanel): the transposed copy in column panels
   const T* sq = nullptr;    // (np) squared norms of the centred rows
 };
 
@@ -92,6 +96,7 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
   using I = typename S::I;
   constexpr int W = S::W;
   constexpr int CB = 2 * W;  // columns per register block
+  static_assert(kPanel % CB == 0, "a register block lies inside one column panel");
   const int K = bw.K;
   const int64_t d = A.d, dp = A.dp;
   const IV lane = S::iota();
@@ -120,10 +125,10 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
           // distances: acc[r][h] = a_{i+r} . b_{j0 + h W + lanes}
           V acc[kRB][2];
           for (int r = 0; r < kRB; ++r) acc[r][0] = acc[r][1] = S::splat(T(0));
-          const T* bt = B.cols + j0;
+          const T* bt = B.cols + (j0 / kPanel) * (d * kPanel) + j0 % kPanel;
           for (int64_t t = 0; t < d; ++t) {
-            const V b0 = S::load(bt + t * B.np);
-            const V b1 = S::load(bt + t * B.np + W);
+            const V b0 = S::load(bt + t * kPanel);
+            const V b1 = S::load(bt + t * kPanel + W);
             for (int r = 0; r < kRB; ++r) {
               const T ar = a[r * dp + t];
               acc[r][0] += ar * b0;
@@ -265,8 +270,7 @@ struct PreparedSide {
     const at::Tensor c = s.to(opts.dtype()) - center;
     rows = at::zeros({np, dp}, opts);
     rows.narrow(0, 0, n).narrow(1, 0, d).copy_(c);
-    cols = at::zeros({d, np}, opts);
-    cols.narrow(1, 0, n).copy_(c.t());
+    cols = rows.narrow(1, 0, d).reshape({np / kPanel, kPanel, d}).transpose(1, 2).contiguous();
     sq = at::zeros({np}, opts);
     sq.narrow(0, 0, n).copy_(at::sum(c * c, {1}, false, at::kDouble));
     side = Side<T>{n, d, dp, np, rows.data_ptr<T>(), cols.data_ptr<T>(), sq.data_ptr<T>()};
