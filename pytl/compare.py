@@ -78,6 +78,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "finetune_policy": None,       # None: fine-tune every layer (a pytl.freezing policy otherwise)
     "mmd_sigmas": None,
     "mmd_estimator": "biased",
+    "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
     "device": "cpu",
     "progress": False,
     "num_threads": None,           # torch CPU threads while training (None: torch's setting)
@@ -295,7 +296,7 @@ def compare_strategies(
 
     common = {k: cfg[k] for k in ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size",
                                   "finetune_batch_size", "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator",
-                                  "progress", "num_threads")}
+                                  "mmd_scope", "progress", "num_threads")}
     common.update(num_classes=num_classes, device=device, seed=seed)
     # The trainer's checks of the settings, once, before anything trains (bad epochs, lr, ...).
     probe = TwoStageTrainer(None, lambda_mmd=cfg["lambda_mmd"], align_epochs=cfg["align_epochs"],

@@ -53,6 +53,14 @@ def test_same_seed_same_report_and_the_seed_matters(shift):
     assert a.embedding_mmd2 != c.embedding_mmd2
 
 
+def test_mmd_scope_reaches_the_trainers_and_is_moot_in_one_process(shift):
+    # one process: the global batch is the rank's batch, so both scopes train the same model
+    g = compare_strategies(**shift.as_dict(), seed=4, strategies=["mmd"], **TINY)
+    p = compare_strategies(**shift.as_dict(), seed=4, strategies=["mmd"], mmd_scope="per_rank", **TINY)
+    assert g.config["mmd_scope"] == "global" and p.config["mmd_scope"] == "per_rank"
+    assert g.accuracy == p.accuracy and g.embedding_mmd2 == p.embedding_mmd2
+
+
 def test_without_target_labels_only_unsupervised_strategies_run(shift):
     d = shift.as_dict()
     d.pop("target_labeled")
@@ -143,6 +151,7 @@ BAD = [
     ("bad scratch epochs", dict(scratch_epochs=2.5), ValueError, "scratch_epochs"),
     ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),
     ("dataloader", dict(target_unlabeled=torch.utils.data.DataLoader(torch.zeros(4, 2))), TypeError, "DataLoader"),
+    ("bad mmd_scope", dict(mmd_scope="local"), ValueError, "mmd_scope"),
 ]
 
 
