@@ -564,7 +564,7 @@ class TwoStageTrainer:
             bar = Progress(self.align_epochs - first, f"{self.label}align", self.progress and self._rank == 0)
             step_fn: nn.Module | None = None
             epoch = first
-            try:
+            with self._stage_guard("align", model, policy, flags, bar, lambda: epoch):
                 for epoch in range(first, self.align_epochs):
                     unfrozen = policy.on_epoch_start(model, epoch, opt)
                     if step_fn is None or unfrozen:
@@ -597,21 +597,10 @@ class TwoStageTrainer:
                                  correct=(logits.argmax(1) == ys).sum())
                     rec: dict[str, Any] = {"stage": "align", "epoch": epoch, **self._means(sums), "lambda": lam}
                     _check_finite(rec, "lower lr or lambda_mmd")
-                    if unfrozen:
-                        rec["unfrozen"] = unfrozen
-                    rec.update(self._evaluate(ev))
-                    records.append(rec)
+                    self._end_epoch(rec, unfrozen, ev, records)
                     bar.update(1, **{k: rec[k] for k in ("loss", "mmd2") if rec.get(k) is not None})
                     self._save_checkpoint("align", epoch + 1, model, start_state, opt, gen, records, step=step,
                                           lam=lam, target=None if target is None else target.state())
-            except Exception as e:
-                self._raise_if_collective(e, "align", epoch)
-                raise
-            finally:
-                bar.close()
-                policy.release(model)
-                for p, flag in flags:  # the policy holds for its stage only
-                    p.requires_grad_(flag)
         model.eval()
         self.history["align"].extend(records)
         return records
@@ -628,7 +617,7 @@ class TwoStageTrainer:
             bar = Progress(self.finetune_epochs - first, f"{self.label}finetune", self.progress and self._rank == 0)
             step_fn: nn.Module | None = None
             epoch = first
-            try:
+            with self._stage_guard("finetune", model, policy, flags, bar, lambda: epoch):
                 for epoch in range(first, self.finetune_epochs):
                     unfrozen = policy.on_epoch_start(model, epoch, opt)
                     if step_fn is None or unfrozen:
@@ -648,23 +637,36 @@ class TwoStageTrainer:
                         sums.add(x.shape[0], loss=loss, ce=ce, penalty=pen, correct=(logits.argmax(1) == y).sum())
                     rec: dict[str, Any] = {"stage": "finetune", "epoch": epoch, **self._means(sums)}
                     _check_finite(rec, "lower finetune_lr")
-                    if unfrozen:
-                        rec["unfrozen"] = unfrozen
-                    rec.update(self._evaluate(ev))
-                    records.append(rec)
+                    self._end_epoch(rec, unfrozen, ev, records)
                     bar.update(1, loss=rec["loss"])
                     self._save_checkpoint("finetune", epoch + 1, model, start_state, opt, gen, records)
-            except Exception as e:
-                self._raise_if_collective(e, "finetune", epoch)
-                raise
-            finally:
-                bar.close()
-                policy.release(model)
-                for p, flag in flags:  # the policy holds for its stage only
-                    p.requires_grad_(flag)
         model.eval()
         self.history["finetune"].extend(records)
         return records
+
+    @contextlib.contextmanager
+    def _stage_guard(self, stage: str, model: nn.Module, policy: FreezingPolicy, flags: list[tuple[Tensor, bool]],
+                     bar: Progress, epoch: Callable[[], int]) -> Iterator[None]:
+        """A stage's epoch loop: a failed collective becomes a CollectiveError (at the epoch ``epoch()``
+        returns); afterwards, whatever happened, the bar closes and the policy's freezing is undone."""
+        try:
+            yield
+        except Exception as e:
+            self._raise_if_collective(e, stage, epoch())
+            raise
+        finally:
+            bar.close()
+            policy.release(model)
+            for p, flag in flags:  # the policy holds for its stage only
+                p.requires_grad_(flag)
+
+    def _end_epoch(self, rec: dict[str, Any], unfrozen: Any, ev: dict[str, Any],
+                   records: list[dict[str, Any]]) -> None:
+        """Completes an epoch's record (what the policy unfroze, the eval metrics) and keeps it."""
+        if unfrozen:
+            rec["unfrozen"] = unfrozen
+        rec.update(self._evaluate(ev))
+        records.append(rec)
 
     # ------------------------------------------------------------------------------------ ranks and checkpoints
 
