@@ -21,3 +21,13 @@ def make_pair(n, m, d, dtype=torch.float64, device="cpu", shift=0.3, seed=0):
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.randn(m, d, generator=g, dtype=torch.float64) * 1.1 + shift
     return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+
+
+def cli_exit_code(argv):
+    """``python -m pytl ARGV``'s exit status, in process (argparse errors exit with status 2)."""
+    from pytl.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli_exit_code
 from pytl.cli import main
 
 ROOT = Path(__file__).absolute().parent.parent
@@ -53,11 +54,7 @@ def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_pat
     (["demo", "--plot", "figure.txt"], ".png"),
 ])
 def test_demo_argument_errors(argv, words, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse errors exit with status 2
-        code = e.code
-    assert code == 2
+    assert cli_exit_code(argv) == 2
     assert words in capsys.readouterr().err
 
 

@@ -10,6 +10,7 @@ import torch
 
 import pytl
 from pytl import curves as cv
+from conftest import cli_exit_code
 from pytl.cli import main
 from pytl.compare import compare_strategies
 from pytl.data import make_domain_shift
@@ -280,11 +281,7 @@ def test_cli_layers_and_data_efficiency_curves(capsys):
     (["curve", "divergence", "--csv", "/no/such/folder/t.csv"], "does not exist"),
 ])
 def test_cli_curve_argument_errors_exit_2_before_training(no_training, argv, words, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse errors exit with status 2
-        code = e.code
-    assert code == 2
+    assert cli_exit_code(argv) == 2
     assert words in capsys.readouterr().err
 
 
