@@ -77,10 +77,80 @@ struct Pass {
   double* sigma_sums = nullptr;   // (K) += sum of exp(-gamma_k D) D, or null (gradient only)
   std::array<T, kMaxBandwidths> coef{};  // gradient pair weight per bandwidth (scale folded in)
   // Gradient only: the column side's share, sum_i C_ij (b_j - a_i) = col_weight_j b_j - col_grad_j,
-  // accumulated into buffers of B's rows ((np_B, dp) and (np_B)) that the caller owns and reduces.
+  // accumulated into buffers that the caller owns and reduces: col_grad in B.cols' panel layout
+  // (np_B / kPanel, d, kPanel), col_weight (np_B).
   T* col_grad = nullptr;
   T* col_weight = nullptr;
 };
+
+// Offset of column j's first feature in the panel layout (n / kPanel, d, kPanel) of B.cols and of
+// the column-gradient buffers.
+inline int64_t panel_offset(int64_t j, int64_t d) { return (j / kPanel) * (d * kPanel) + j % kPanel; }
+
+// The pair weights of one register block: kRB rows x (2 vectors) columns.
+template <typename T>
+using BlockWeights = T[kRB][2 * Simd<T>::W];
+
+// g[r][tv .. tv + NV W) += sum_j C[r][j] b_j[tv ..]: NV vectors of each of the kRB rows stay in
+// registers over the block's columns (one load of b per kRB FMAs instead of a load and a store of g).
+template <typename T, int NV>
+__attribute__((always_inline)) inline void row_side_chunk(const BlockWeights<T>& C, const T* brows, int64_t dp,
+                                                          T* g, int64_t tv) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  V acc[kRB][NV];
+  for (int r = 0; r < kRB; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = S::load(g + r * dp + tv + v * W);
+  for (int j = 0; j < 2 * W; ++j) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = S::load(brows + j * dp + tv + v * W);
+    for (int r = 0; r < kRB; ++r) {
+      const T c = C[r][j];
+      for (int v = 0; v < NV; ++v) acc[r][v] += c * b[v];
+    }
+  }
+  for (int r = 0; r < kRB; ++r)
+    for (int v = 0; v < NV; ++v) S::store(g + r * dp + tv + v * W, acc[r][v]);
+}
+
+// The row side of the gradient: G (kRB rows, dp) += C (kRB x CB) . B rows [j0, j0 + CB) (CB x dp).
+template <typename T>
+__attribute__((always_inline)) inline void row_side_product(const BlockWeights<T>& C, const T* brows, int64_t dp,
+                                                            T* g) {
+  constexpr int W = Simd<T>::W;
+  int64_t tv = 0;
+  for (; tv + 4 * W <= dp; tv += 4 * W) row_side_chunk<T, 4>(C, brows, dp, g, tv);
+  switch ((dp - tv) / W) {
+    case 3: row_side_chunk<T, 3>(C, brows, dp, g, tv); break;
+    case 2: row_side_chunk<T, 2>(C, brows, dp, g, tv); break;
+    case 1: row_side_chunk<T, 1>(C, brows, dp, g, tv); break;
+    default: break;
+  }
+}
+
+// The column side, in the transposed panel layout: colT[t][j] += sum_r a_r[t] C[r][j]. The weights
+// stay in registers and the loop has the distance loop's shape (a broadcast per row, two column
+// vectors per feature): one load and one store per kRB FMAs.
+template <typename T>
+__attribute__((always_inline)) inline void column_side_product(const BlockWeights<T>& C, const T* a, int64_t dp,
+                                                               int64_t d, T* colT) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  V c[kRB][2];
+  for (int r = 0; r < kRB; ++r) c[r][0] = S::load(C[r]), c[r][1] = S::load(C[r] + W);
+  for (int64_t t = 0; t < d; ++t) {
+    V g0 = S::load(colT + t * kPanel), g1 = S::load(colT + t * kPanel + W);
+    for (int r = 0; r < kRB; ++r) {
+      const T ar = a[r * dp + t];
+      g0 += ar * c[r][0];
+      g1 += ar * c[r][1];
+    }
+    S::store(colT + t * kPanel, g0);
+    S::store(colT + t * kPanel + W, g1);
+  }
+}
 
 // Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) are set to the row side's
 // sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij), and the
@@ -107,7 +177,7 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
     G.assign(kRowTile * dp, T(0));
     row_weight.assign(kRowTile * W, T(0));
   }
-  alignas(64) T Cbuf[kRB][CB];
+  alignas(64) BlockWeights<T> Cbuf;
 
   for (int pi = 0; pi < num_passes; ++pi) {
     const Pass<T>& pass = passes[pi];
@@ -118,14 +188,16 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
     const int64_t jb_start = pass.upper ? i0 / col_block * col_block : 0;
     for (int64_t jb = jb_start; jb < B.n; jb += col_block) {
       const int64_t jb_end = std::min(B.n, jb + col_block);
-      for (int64_t i = i0; i < i1; i += kRB) {
-        const T* a = A.rows + i * dp;
-        for (int64_t j0 = jb; j0 < jb_end; j0 += CB) {
-          if (pass.upper && j0 + CB - 1 <= i) continue;  // no column above the diagonal
+      // Columns outer, rows inner: a register block's columns (B panel, B rows, their gradient
+      // panel) stay in L1 while the tile's rows pass over them.
+      for (int64_t j0 = jb; j0 < jb_end; j0 += CB) {
+        for (int64_t i = i0; i < i1; i += kRB) {
+          if (pass.upper && j0 + CB - 1 <= i) break;  // no column above the diagonal from here on
+          const T* a = A.rows + i * dp;
           // distances: acc[r][h] = a_{i+r} . b_{j0 + h W + lanes}
           V acc[kRB][2];
           for (int r = 0; r < kRB; ++r) acc[r][0] = acc[r][1] = S::splat(T(0));
-          const T* bt = B.cols + (j0 / kPanel) * (d * kPanel) + j0 % kPanel;
+          const T* bt = B.cols + panel_offset(j0, d);
           for (int64_t t = 0; t < d; ++t) {
             const V b0 = S::load(bt + t * kPanel);
             const V b1 = S::load(bt + t * kPanel + W);
@@ -195,30 +267,9 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
               }
             }
           }
-          if (kGrad) {  // G[rows] += Cbuf (kRB x CB) . B.rows[j0 .. j0 + CB) (CB x dp)
-            const T* brows = B.rows + j0 * dp;
-            T* g = G.data() + (i - i0) * dp;
-            for (int64_t tv = 0; tv < dp; tv += W) {
-              V gacc[kRB];
-              for (int r = 0; r < kRB; ++r) gacc[r] = S::load(g + r * dp + tv);
-              for (int j = 0; j < CB; ++j) {
-                const V b = S::load(brows + j * dp + tv);
-                for (int r = 0; r < kRB; ++r) gacc[r] += Cbuf[r][j] * b;
-              }
-              for (int r = 0; r < kRB; ++r) S::store(g + r * dp + tv, gacc[r]);
-            }
-          }
-          if (kGrad && pass.col_grad) {  // col_grad[j0 .. j0 + CB) += Cbuf^T (CB x kRB) . A.rows[i ..] (kRB x dp)
-            T* gc = pass.col_grad + j0 * dp;
-            for (int64_t tv = 0; tv < dp; tv += W) {
-              V arow[kRB];
-              for (int r = 0; r < kRB; ++r) arow[r] = S::load(a + r * dp + tv);
-              for (int j = 0; j < CB; ++j) {
-                V cacc = S::load(gc + j * dp + tv);
-                for (int r = 0; r < kRB; ++r) cacc += Cbuf[r][j] * arow[r];
-                S::store(gc + j * dp + tv, cacc);
-              }
-            }
+          if (kGrad) {
+            row_side_product<T>(Cbuf, B.rows + j0 * dp, dp, G.data() + (i - i0) * dp);
+            if (pass.col_grad) column_side_product<T>(Cbuf, a, dp, d, pass.col_grad + panel_offset(j0, d));
           }
         }
       }
@@ -396,9 +447,9 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tens
             for (int64_t sl = 0; sl < slots; ++sl) {
               const T* buf = col_buffers.data() + sl * buffer_elems;
               const T weight = buf[weight_offset + r];
-              const T* g = buf + grad_offset + r * B.dp;
+              const T* g = buf + grad_offset + panel_offset(r, d);  // panel layout
               const T* b = B.rows + r * B.dp;
-              for (int64_t t = 0; t < d; ++t) out[t] += weight * b[t] - g[t];
+              for (int64_t t = 0; t < d; ++t) out[t] += weight * b[t] - g[t * kPanel];
             }
           }
         });
