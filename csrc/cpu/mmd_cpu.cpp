@@ -152,6 +152,87 @@ __attribute__((always_inline)) inline void column_side_product(const BlockWeight
   }
 }
 
+// The epilogue of one register block: squared distances from the dot products, the kernel values
+// of every bandwidth and their sums; with kGrad also the pair weights C (into Cw), their row and
+// column sums and the sigma sums. kMasked: lanes outside the samples, and on or below the diagonal
+// of a self block, are zeroed once (squaring keeps zeros) or after each exp.
+// Straight-line code: the twelve first exps are independent chains for the out-of-order core, and
+// the sums are short trees, widened to double once per block.
+template <typename T, bool kGrad, bool kMasked>
+__attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>::V (&acc)[kRB][2], const Side<T>& A,
+                                                          const Pass<T>& pass, int64_t i, int64_t j0,
+                                                          const Bandwidths<T>& bw, typename Simd<T>::DV* sums,
+                                                          typename Simd<T>::DV* sig_sums, BlockWeights<T>& Cw,
+                                                          T* row_weight) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using IV = typename S::IV;
+  using I = typename S::I;
+  constexpr int W = S::W;
+  constexpr int NV = 2 * kRB;  // vectors in the block
+  const Side<T>& B = *pass.B;
+  const int K = bw.K;
+  V D[NV], E[NV];
+  IV valid[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int r = v / 2, h = v % 2;
+    const V dist = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
+    D[v] = dist < T(0) ? S::splat(T(0)) : dist;
+    E[v] = exp_nonpositive<T>(bw.neg_gamma[0] * D[v]);
+    if constexpr (kMasked) {
+      const I row = static_cast<I>(i + r);
+      const IV col = S::iota() + static_cast<I>(j0 + h * W);
+      valid[v] = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
+      if (pass.self) valid[v] &= pass.upper ? (col > row) : (col != row);
+      E[v] = valid[v] ? E[v] : S::splat(T(0));
+    }
+  }
+  V part[kMaxBandwidths], sig_part[kMaxBandwidths];  // this block's sums, in float
+  for (int g = 0; g < NV; g += 6) {  // three rows (six vectors) at a time, bandwidth-major
+    V* Eg = E + g;
+    const V* Dg = D + g;
+    V C[6];
+    for (int k = 0; k < K; ++k) {
+      if (k > 0) {
+        for (int v = 0; v < 6; ++v) {
+          if (bw.ladder) {
+            Eg[v] = Eg[v] * Eg[v];
+          } else {
+            Eg[v] = exp_nonpositive<T>(bw.neg_gamma[k] * Dg[v]);
+            if constexpr (kMasked) Eg[v] = valid[g + v] ? Eg[v] : S::splat(T(0));
+          }
+        }
+      }
+      const V p = ((Eg[0] + Eg[1]) + (Eg[2] + Eg[3])) + (Eg[4] + Eg[5]);
+      part[k] = g == 0 ? p : part[k] + p;
+      if (kGrad) {
+        const T coef = pass.coef[k];
+        for (int v = 0; v < 6; ++v) C[v] = k == 0 ? coef * Eg[v] : C[v] + coef * Eg[v];
+        const V q = (Eg[0] * Dg[0] + Eg[2] * Dg[2] + Eg[4] * Dg[4]) + (Eg[1] * Dg[1] + Eg[3] * Dg[3] + Eg[5] * Dg[5]);
+        sig_part[k] = g == 0 ? q : sig_part[k] + q;
+      }
+    }
+    if (kGrad) {
+      const int r0 = g / 2;
+      for (int v = 0; v < 6; ++v) S::store(&Cw[r0 + v / 2][(v % 2) * W], C[v]);
+      for (int r = r0; r < r0 + 3; ++r) {
+        T* rw = row_weight + r * W;
+        S::store(rw, S::load(rw) + (C[2 * (r - r0)] + C[2 * (r - r0) + 1]));
+      }
+      if (pass.col_weight) {
+        for (int h = 0; h < 2; ++h) {
+          T* cw = pass.col_weight + j0 + h * W;
+          S::store(cw, S::load(cw) + (C[h] + C[2 + h] + C[4 + h]));
+        }
+      }
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    sums[k] += S::widen(part[k]);
+    if (kGrad) sig_sums[k] += S::widen(sig_part[k]);
+  }
+}
+
 // Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) are set to the row side's
 // sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij), and the
 // column side's share goes to the passes' column buffers.
@@ -169,7 +250,6 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
   static_assert(kPanel % CB == 0, "a register block lies inside one column panel");
   const int K = bw.K;
   const int64_t d = A.d, dp = A.dp;
-  const IV lane = S::iota();
 
   std::vector<T> G;  // gradient products for the tile's rows, (kRowTile, dp)
   std::vector<T> row_weight;  // per-row lanes of sum_j C_ij, (kRowTile, W)
@@ -207,66 +287,14 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
               acc[r][1] += ar * b1;
             }
           }
-          // Epilogue, three rows (six vectors) at a time, bandwidth-major: the per-bandwidth sums
-          // stay in registers within the group instead of chaining through memory.
-          // Blocks away from the diagonal and the padded edges need no mask at all; elsewhere the
-          // masked lanes are zeroed once (squaring keeps them zero) or after each exp.
+          // Blocks away from the diagonal and the padded edges need no mask at all.
           const bool interior = j0 + CB <= B.n && i + kRB <= A.n &&
                                 (!pass.self || (pass.upper ? j0 > i + kRB - 1 : (j0 >= i + kRB || j0 + CB <= i)));
-          for (int r0 = 0; r0 < kRB; r0 += 3) {
-            V D[6], E[6], C[6];
-            IV valid[6];
-            for (int v = 0; v < 6; ++v) {
-              const int r = r0 + v / 2, h = v % 2;
-              const V dist = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
-              D[v] = dist < T(0) ? S::splat(T(0)) : dist;
-              E[v] = exp_nonpositive<T>(bw.neg_gamma[0] * D[v]);
-              C[v] = S::splat(T(0));
-              if (!interior) {
-                const I row = static_cast<I>(i + r);
-                const IV col = lane + static_cast<I>(j0 + h * W);
-                valid[v] = (col < static_cast<I>(B.n)) & (row < static_cast<I>(A.n));
-                if (pass.self) valid[v] &= pass.upper ? (col > row) : (col != row);
-                E[v] = valid[v] ? E[v] : S::splat(T(0));
-              }
-            }
-            for (int k = 0; k < K; ++k) {
-              if (k > 0) {
-                for (int v = 0; v < 6; ++v) {
-                  if (bw.ladder) {
-                    E[v] = E[v] * E[v];
-                  } else {
-                    E[v] = exp_nonpositive<T>(bw.neg_gamma[k] * D[v]);
-                    if (!interior) E[v] = valid[v] ? E[v] : S::splat(T(0));
-                  }
-                }
-              }
-              V part = S::splat(T(0)), sig_part = S::splat(T(0));
-              const T coef = pass.coef[k];
-              for (int v = 0; v < 6; ++v) {
-                part += E[v];
-                if (kGrad) {
-                  C[v] += coef * E[v];
-                  sig_part += E[v] * D[v];
-                }
-              }
-              sums[k] += S::widen(part);  // widened to double once per group
-              if (kGrad) sig_sums[k] += S::widen(sig_part);
-            }
-            if (kGrad) {
-              for (int v = 0; v < 6; ++v) S::store(&Cbuf[r0 + v / 2][(v % 2) * W], C[v]);
-              for (int r = r0; r < r0 + 3; ++r) {
-                T* rw = row_weight.data() + (i - i0 + r) * W;
-                S::store(rw, S::load(rw) + C[2 * (r - r0)] + C[2 * (r - r0) + 1]);
-              }
-              if (pass.col_weight) {
-                for (int h = 0; h < 2; ++h) {
-                  T* cw = pass.col_weight + j0 + h * W;
-                  S::store(cw, S::load(cw) + (C[h] + C[2 + h] + C[4 + h]));
-                }
-              }
-            }
-          }
+          T* rw = kGrad ? row_weight.data() + (i - i0) * W : nullptr;
+          if (interior)
+            block_epilogue<T, kGrad, false>(acc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, rw);
+          else
+            block_epilogue<T, kGrad, true>(acc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, rw);
           if (kGrad) {
             row_side_product<T>(Cbuf, B.rows + j0 * dp, dp, G.data() + (i - i0) * dp);
             if (pass.col_grad) column_side_product<T>(Cbuf, a, dp, d, pass.col_grad + panel_offset(j0, d));
