@@ -174,6 +174,9 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
   const int K = bw.K;
   V D[NV], E[NV];
   IV valid[NV];
+  // The unroll pragmas: GCC keeps these loops rolled (the exp body is large), which sends D and E
+  // through stack arrays; unrolled, the forward runs ~10% faster (in-process A/B, 2048/64).
+#pragma GCC unroll 12
   for (int v = 0; v < NV; ++v) {
     const int r = v / 2, h = v % 2;
     const V dist = (A.sq[i + r] + S::load(B.sq + j0 + h * W)) - T(2) * acc[r][h];
@@ -188,12 +191,14 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
     }
   }
   V part[kMaxBandwidths], sig_part[kMaxBandwidths];  // this block's sums, in float
+#pragma GCC unroll 2
   for (int g = 0; g < NV; g += 6) {  // three rows (six vectors) at a time, bandwidth-major
     V* Eg = E + g;
     const V* Dg = D + g;
     V C[6];
     for (int k = 0; k < K; ++k) {
       if (k > 0) {
+#pragma GCC unroll 6
         for (int v = 0; v < 6; ++v) {
           if (bw.ladder) {
             Eg[v] = Eg[v] * Eg[v];
@@ -207,6 +212,7 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
       part[k] = g == 0 ? p : part[k] + p;
       if (kGrad) {
         const T coef = pass.coef[k];
+#pragma GCC unroll 6
         for (int v = 0; v < 6; ++v) C[v] = k == 0 ? coef * Eg[v] : C[v] + coef * Eg[v];
         const V q = (Eg[0] * Dg[0] + Eg[2] * Dg[2] + Eg[4] * Dg[4]) + (Eg[1] * Dg[1] + Eg[3] * Dg[3] + Eg[5] * Dg[5]);
         sig_part[k] = g == 0 ? q : sig_part[k] + q;
