@@ -100,13 +100,12 @@ def _keops_mmd2(x, y, sigmas, weights):
     return block_mean(x, x) + block_mean(y, y) - 2 * block_mean(x, y)
 
 
-def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int) -> dict:
+def make_runner(impl: str, n: int, d: int, backward: bool):
+    """(run, warm_up): run() computes the statistic (and its gradients when backward) once."""
     import torch
 
     import pytl
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     y = torch.randn(n, d, generator=g) * 1.1 + 0.2
@@ -128,7 +127,19 @@ def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int
             value.backward()
         return float(value.detach())
 
-    fn(x[:64], y[:64])  # load libraries / compile formulas outside the measurement
+    def warm_up():  # load libraries / compile formulas outside the measurement
+        fn(x[:64], y[:64])
+
+    return run, warm_up
+
+
+def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int) -> dict:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    run, warm_up = make_runner(impl, n, d, backward)
+    warm_up()
     reset_peak_rss()
     rss0 = status_bytes("VmRSS")
     times, value = [], None
@@ -144,6 +155,30 @@ def worker(impl: str, n: int, d: int, backward: bool, repeats: int, threads: int
 
 # ----------------------------------------------------------------------------------------------
 # Driver.
+
+
+def paired(case: Case, others: list[str], rounds: int, pytl_repeats: int) -> list[dict]:
+    """Ratios measured side by side in one process: each round times pytl (the median of
+    pytl_repeats runs, a fraction of a second in all) right before one run of each other
+    implementation, so that both see the same state of a shared machine. Returns per-round times;
+    time only, no memory."""
+    runners = {impl: make_runner(impl, case.n, case.d, case.backward) for impl in ["pytl", *others]}
+    for _, warm_up in runners.values():
+        warm_up()
+
+    def timed(run) -> float:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+
+    results = []
+    for _ in range(rounds):
+        pytl_times = sorted(timed(runners["pytl"][0]) for _ in range(pytl_repeats))
+        row = {"pytl": pytl_times[len(pytl_times) // 2]}
+        for impl in others:
+            row[impl] = timed(runners[impl][0])
+        results.append(row)
+    return results
 
 
 def measure(impl: str, case: Case, repeats: int, timeout: float, threads: int = 0) -> dict | None:
@@ -201,6 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; the best is reported")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     parser.add_argument("--scaling", action="store_true", help="also time pytl with 1 thread vs all threads")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="also measure the first case's ratios side by side in one process, ROUNDS rounds")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -259,6 +296,17 @@ def main(argv=None) -> int:
         if "seconds" in one and "seconds" in every:
             print(f"thread scaling, {case.label.strip()}: 1 thread {one['seconds']:.4f} s, "
                   f"{rates['threads']} threads {every['seconds']:.4f} s: {one['seconds'] / every['seconds']:.2f}x")
+    if args.paired > 0:
+        case = QUICK_CASES[0] if args.quick else MAIN_CASES[0]
+        others = [i for i in impls if i != "pytl"]
+        rows = paired(case, others, args.paired, pytl_repeats=5)
+        print(f"paired, {case.label.strip()}, {args.paired} rounds (pytl median of 5, then one run of each other):")
+        for r in rows:
+            print("  " + "  ".join(f"{k} {v:.4f} s" for k, v in r.items()) + "   "
+                  + "  ".join(f"{k[:2]}/pytl {r[k] / r['pytl']:.0f}x" for k in others))
+        for k in others:
+            ratios = sorted(r[k] / r["pytl"] for r in rows)
+            print(f"  {k} / pytl: median {ratios[len(ratios) // 2]:.1f}x, range {ratios[0]:.1f}-{ratios[-1]:.1f}x")
     return 1 if failures else 0
 
 
