@@ -194,27 +194,39 @@ def measure(impl: str, case: Case, repeats: int, timeout: float, threads: int = 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine_rates() -> dict:
-    """The two rates the roofline needs, measured once on one thread and scaled by the thread count
-    (the machine's limit assumes perfect scaling): sgemm, and a vectorised exp on cache-resident data."""
+def machine_rates(trials: int = 5) -> dict:
+    """The two rates the roofline needs, measured on one thread and scaled by the thread count (the
+    machine's limit assumes perfect scaling): sgemm, and a vectorised exp on cache-resident data. Each is
+    the best of `trials` measurements: the roofline is what the machine can do, and on a shared VM other
+    tenants only ever slow a measurement down (a single slow one once put pytl above 100% of it)."""
     import torch
+
+    def best_rate(work: float, run) -> float:
+        best = float("inf")
+        for _ in range(trials):
+            t0 = time.process_time()
+            run()
+            best = min(best, time.process_time() - t0)
+        return work / best
+
+    def gemms():
+        for _ in range(10):
+            torch.mm(a, a)
+
+    def exps():
+        for _ in range(1000):
+            torch.exp(v, out=out)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         a = torch.randn(1024, 1024)
         torch.mm(a, a)
-        t0 = time.process_time()
-        for _ in range(10):
-            torch.mm(a, a)
-        sgemm = 10 * 2 * 1024**3 / (time.process_time() - t0)
+        sgemm = best_rate(10 * 2 * 1024**3, gemms)
         v = -torch.rand(1 << 16)  # 256 KB: stays in cache, so this is the exp unit's rate, not memory's
         out = torch.empty_like(v)
         torch.exp(v, out=out)
-        t0 = time.process_time()
-        for _ in range(1000):
-            torch.exp(v, out=out)
-        exp_rate = 1000 * v.numel() / (time.process_time() - t0)
+        exp_rate = best_rate(1000 * v.numel(), exps)
     finally:
         torch.set_num_threads(threads)
     return {"sgemm_flops": sgemm * threads, "exp_per_s": exp_rate * threads, "threads": threads}
