@@ -7,7 +7,7 @@
 //                distances D = |a|^2 + |b|^2 - 2 a.b on centred data, clamped at 0, D_ii forced to 0
 //                (so K_ii = sum_k w_k exactly), then sum_k w_k exp(-gamma_k D) with the vector exp
 //                (one exp and squarings for a geometric ladder with gamma ratio 2);
-//   product      O (kRowTile x P) += Kt . s[block rows], a register-blocked micro-GEMM of 6 rows x 4 vectors
+//   product      O (kRowTile x P) += Kt . s[block rows], register_gemm of 6 rows x 4 vectors
 //                of s columns with AVX-512 (32 registers), 6 x 2 elsewhere.
 // Memory: O(tile) per thread plus padded copies of z and s. Determinism: each tile owns its output rows
 // and computes them in a fixed order, so the result is bitwise the same for any thread count.
@@ -24,6 +24,7 @@
 
 #include "../mmd_checks.h"
 #include "bandwidths.h"
+#include "register_gemm.h"
 #include "simd.h"
 
 namespace pytl {
@@ -50,38 +51,6 @@ struct KMArgs {
   std::array<T, kMaxBandwidths> neg_gamma{};  // ascending gamma
   std::array<T, kMaxBandwidths> weight{};     // in the same order
 };
-
-// O[r0 .. r0 + kRB) x [pv, pv + NV W) += Kt[r0 ..][0 .. jn) . s[jb .. jb + jn)[pv ..]
-template <typename T, int NV>
-__attribute__((always_inline)) inline void micro_gemm(const T* kt, const T* s, int64_t pp, int64_t jn, T* o,
-                                                      int64_t pv) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  constexpr int W = S::W;
-  V acc[kRB][NV];
-  for (int r = 0; r < kRB; ++r)
-    for (int h = 0; h < NV; ++h) acc[r][h] = S::load(o + r * pp + pv + h * W);
-  for (int64_t j = 0; j < jn; ++j) {
-    V b[NV];
-    for (int h = 0; h < NV; ++h) b[h] = S::load(s + j * pp + pv + h * W);
-    for (int r = 0; r < kRB; ++r) {
-      const T kv = kt[r * kColBlock + j];
-      for (int h = 0; h < NV; ++h) acc[r][h] += kv * b[h];
-    }
-  }
-  for (int r = 0; r < kRB; ++r)
-    for (int h = 0; h < NV; ++h) S::store(o + r * pp + pv + h * W, acc[r][h]);
-}
-
-// O[r0 ..][pv ..] += Kt . s for nv (< NV) vectors of columns: the tail of a row of s.
-template <typename T, int NV>
-__attribute__((always_inline)) inline void micro_gemm_tail(int nv, const T* kt, const T* s, int64_t pp, int64_t jn,
-                                                           T* o, int64_t pv) {
-  if constexpr (NV > 1) {
-    if (nv == NV - 1) return micro_gemm<T, NV - 1>(kt, s, pp, jn, o, pv);
-    return micro_gemm_tail<T, NV - 1>(nv, kt, s, pp, jn, o, pv);
-  }
-}
 
 // One row tile. NV: vectors of s columns per register block of the product (4 with AVX-512's 32
 // registers, 2 elsewhere).
@@ -151,9 +120,9 @@ __attribute__((always_inline)) inline void km_tile_impl(const KMArgs<T>& a, int6
         const T* kt = Kt.data() + r0 * kColBlock;
         T* o = O.data() + r0 * pp;
         if (nv == NV)
-          micro_gemm<T, NV>(kt, sb, pp, jn, o, pv);
+          register_gemm<T, kRB, NV>(kt, kColBlock, sb + pv, pp, jn, o + pv, pp);
         else
-          micro_gemm_tail<T, NV>(nv, kt, sb, pp, jn, o, pv);
+          register_gemm_tail<T, kRB, NV>(nv, kt, kColBlock, sb + pv, pp, jn, o + pv, pp);
       }
     }
   }

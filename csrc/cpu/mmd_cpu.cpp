@@ -25,6 +25,7 @@
 
 #include "../mmd_checks.h"
 #include "bandwidths.h"
+#include "register_gemm.h"
 #include "simd.h"
 
 namespace pytl {
@@ -91,42 +92,16 @@ inline int64_t panel_offset(int64_t j, int64_t d) { return (j / kPanel) * (d * k
 template <typename T>
 using BlockWeights = T[kRB][2 * Simd<T>::W];
 
-// g[r][tv .. tv + NV W) += sum_j C[r][j] b_j[tv ..]: NV vectors of each of the kRB rows stay in
-// registers over the block's columns (one load of b per kRB FMAs instead of a load and a store of g).
-template <typename T, int NV>
-__attribute__((always_inline)) inline void row_side_chunk(const BlockWeights<T>& C, const T* brows, int64_t dp,
-                                                          T* g, int64_t tv) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  constexpr int W = S::W;
-  V acc[kRB][NV];
-  for (int r = 0; r < kRB; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = S::load(g + r * dp + tv + v * W);
-  for (int j = 0; j < 2 * W; ++j) {
-    V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = S::load(brows + j * dp + tv + v * W);
-    for (int r = 0; r < kRB; ++r) {
-      const T c = C[r][j];
-      for (int v = 0; v < NV; ++v) acc[r][v] += c * b[v];
-    }
-  }
-  for (int r = 0; r < kRB; ++r)
-    for (int v = 0; v < NV; ++v) S::store(g + r * dp + tv + v * W, acc[r][v]);
-}
-
-// The row side of the gradient: G (kRB rows, dp) += C (kRB x CB) . B rows [j0, j0 + CB) (CB x dp).
+// The row side of the gradient: G (kRB rows, dp) += C (kRB x CB) . B rows [j0, j0 + CB) (CB x dp), four
+// vectors of each row at a time in registers over the block's columns (one load of b per kRB FMAs
+// instead of a load and a store of g).
 template <typename T>
 __attribute__((always_inline)) inline void row_side_product(const BlockWeights<T>& C, const T* brows, int64_t dp,
                                                             T* g) {
-  constexpr int W = Simd<T>::W;
+  constexpr int W = Simd<T>::W, CB = 2 * W;
   int64_t tv = 0;
-  for (; tv + 4 * W <= dp; tv += 4 * W) row_side_chunk<T, 4>(C, brows, dp, g, tv);
-  switch ((dp - tv) / W) {
-    case 3: row_side_chunk<T, 3>(C, brows, dp, g, tv); break;
-    case 2: row_side_chunk<T, 2>(C, brows, dp, g, tv); break;
-    case 1: row_side_chunk<T, 1>(C, brows, dp, g, tv); break;
-    default: break;
-  }
+  for (; tv + 4 * W <= dp; tv += 4 * W) register_gemm<T, kRB, 4>(C[0], CB, brows + tv, dp, CB, g + tv, dp);
+  register_gemm_tail<T, kRB, 4>(static_cast<int>((dp - tv) / W), C[0], CB, brows + tv, dp, CB, g + tv, dp);
 }
 
 // The column side, in the transposed panel layout: colT[t][j] += sum_r a_r[t] C[r][j]. The weights
