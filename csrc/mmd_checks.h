@@ -72,13 +72,15 @@ inline bool has_readable_data(const at::Tensor& t) {
   return !t.is_meta() && !t.key_set().has_any(traced);
 }
 
-// Bandwidths must be positive and finite. Reads the values: on CUDA this costs one sync.
-inline void check_sigma_values(const at::Tensor& sigmas) {
-  const std::vector<double> s = host_doubles(sigmas);
+// Bandwidths must be positive and finite. Reads the values (on CUDA this costs one sync) and returns
+// them, so that the caller need not read them again.
+inline std::vector<double> check_sigma_values(const at::Tensor& sigmas) {
+  std::vector<double> s = host_doubles(sigmas);
   for (size_t k = 0; k < s.size(); ++k) {
     TORCH_CHECK(std::isfinite(s[k]) && s[k] > 0.0,
                 "pytl.mmd2: every bandwidth in sigmas must be positive and finite, got sigmas[", k, "] = ", s[k]);
   }
+  return s;
 }
 
 // Weights of the bandwidths: one per bandwidth; with check_values, non-negative and finite.

@@ -629,8 +629,8 @@ struct DeviceBandwidths {
   bool ladder = false;
 };
 
-DeviceBandwidths device_bandwidths(const at::Tensor& sigmas, at::ScalarType acc) {
-  const std::vector<double> s = host_doubles(sigmas);  // also checked positive and finite by the caller
+// s: the bandwidths' values, read once (and checked) by check_sigma_values.
+DeviceBandwidths device_bandwidths(const std::vector<double>& s, const at::Device& device, at::ScalarType acc) {
   std::vector<int> order;
   DeviceBandwidths bw;
   bw.ladder = acc == at::kFloat ? compute_order<float>(s, order).ladder : compute_order<double>(s, order).ladder;
@@ -644,7 +644,7 @@ DeviceBandwidths device_bandwidths(const at::Tensor& sigmas, at::ScalarType acc)
     ord[q] = order[q];
     inv[order[q]] = static_cast<int64_t>(q);
   }
-  const auto dev = at::TensorOptions().device(sigmas.device());
+  const auto dev = at::TensorOptions().device(device);
   bw.neg_gamma_log2e = at::tensor(ng, at::TensorOptions().dtype(at::kDouble)).to(dev.dtype(acc));
   bw.order = at::tensor(ord, at::TensorOptions().dtype(at::kLong)).to(dev);
   bw.inverse = at::tensor(inv, at::TensorOptions().dtype(at::kLong)).to(dev);
@@ -662,12 +662,12 @@ at::Tensor terms_from_sums(const at::Tensor& Sxx, const at::Tensor& Syy, const a
 at::Tensor mmd2_terms_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& sigmas,
                            bool unbiased) {
   check_mmd_inputs(x_in, y_in, sigmas, unbiased);
-  check_sigma_values(sigmas);
+  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, used twice
   c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = acc_dtype(x_in);
   const Centred c = centre(x_in, y_in, acc);
-  const DeviceBandwidths bw = device_bandwidths(sigmas, acc);
+  const DeviceBandwidths bw = device_bandwidths(sigma_values, sigmas.device(), acc);
 
   ForwardPlan plan;
   const int64_t Tx = ceil_div(n, kTile), Ty = ceil_div(m, kTile);
@@ -702,13 +702,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
                                                                                     const at::Tensor& sigmas,
                                                                                     bool unbiased) {
   check_mmd_backward_inputs(grad_terms, x_in, y_in, sigmas, unbiased);
-  check_sigma_values(sigmas);
+  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, used twice
   c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = acc_dtype(x_in);
   const size_t acc_bytes = acc == at::kDouble ? sizeof(double) : sizeof(float);
   const Centred c = centre(x_in, y_in, acc);
-  const DeviceBandwidths bw = device_bandwidths(sigmas, acc);
+  const DeviceBandwidths bw = device_bandwidths(sigma_values, sigmas.device(), acc);
 
   // per-bandwidth constants in compute order
   const at::Tensor sig_c = sigmas.detach().to(at::kDouble).index_select(0, bw.order);
