@@ -22,7 +22,7 @@ from pytl import _inputs as inp
 from pytl.freezing import FreezingPolicy
 from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
-from pytl.train import TwoStageTrainer, _eval_mode, resolve_device
+from pytl.train import TwoStageTrainer, eval_mode, resolve_device
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -133,7 +133,7 @@ class ComparisonReport:
         model = self.models[strategy]
         x = inp.as_features(X, "X")
         p = next(model.parameters())
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             return F.softmax(model(x.to(p.device, p.dtype)), dim=1).cpu()
 
     def explain(self) -> str:
@@ -319,7 +319,7 @@ def compare_strategies(
     base = base.to(device)
     # ...and its checks of the model against the data (classes, feature shape, embed/head for MMD).
     probe.model = copy.deepcopy(base)
-    probe._prepare((xs, ys), xu, labeled, {"target_test": (xt, yt)}, stage="fit")
+    probe.check_inputs((xs, ys), xu, labeled, eval_data={"target_test": (xt, yt)})
 
     models: dict[str, nn.Module] = {}
     histories: dict[str, dict[str, list]] = {}
@@ -366,7 +366,7 @@ def compare_strategies(
     dtype = next(base.parameters()).dtype
     n_mmd = min(1024, xs.shape[0], xu.shape[0])
     for s, m in models.items():
-        with torch.no_grad(), _eval_mode(m):
+        with torch.no_grad(), eval_mode(m):
             logits = torch.cat([m(b.to(device, dtype)).cpu() for b in xt.split(4096)])
             accuracy[s] = float((logits.argmax(1) == yt).double().mean())
             if hasattr(m, "embed"):

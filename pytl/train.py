@@ -36,7 +36,7 @@ from pytl.freezing import BatchNormPolicy, FreezingPolicy, param_groups, summary
 from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
 
-__all__ = ["LAMBDA_SCHEDULES", "TwoStageTrainer", "lambda_factor"]
+__all__ = ["LAMBDA_SCHEDULES", "TwoStageTrainer", "eval_mode", "lambda_factor", "resolve_device"]
 
 LAMBDA_SCHEDULES = ("constant", "linear", "dann")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -277,12 +277,19 @@ class TwoStageTrainer:
             ckpt = None
         return self._finetune(tl, ev, ckpt)
 
+    def check_inputs(self, source: Any, target_unlabeled: Any = None, target_labeled: Any = None, *,
+                     eval_data: EvalData = None) -> None:
+        """Every check ``fit`` makes before its first step (data, labels, shapes, the model against the
+        data), without training; builds the default model when there is none. For callers such as
+        ``compare_strategies`` that train several trainers and want every error before the first."""
+        self._prepare(source, target_unlabeled, target_labeled, eval_data, stage="fit")
+
     @torch.no_grad()
     def predict_proba(self, X: Any, batch_size: int = 4096) -> Tensor:
         """Class probabilities (N, C) on the CPU, computed in eval mode."""
         model = self._require_model()
         x = self._features(X, "X")
-        with _eval_mode(model):
+        with eval_mode(model):
             out = [F.softmax(model(xb.to(self.device)).float(), dim=1).cpu() for xb in x.split(batch_size)]
         return torch.cat(out)
 
@@ -457,7 +464,7 @@ class TwoStageTrainer:
         p = next(model.parameters(), None)
         probe = probe.to(device=self.device, dtype=p.dtype if p is not None and p.dtype.is_floating_point else None)
         try:
-            with torch.no_grad(), _eval_mode(model):
+            with torch.no_grad(), eval_mode(model):
                 out = model(probe)
         except Exception as e:
             raise ValueError(f"the model cannot take samples of shape {inp.format_shape(shape)}: "
@@ -838,7 +845,7 @@ class TwoStageTrainer:
             return out
         model = self._require_model()
         gen = torch.Generator().manual_seed(0)
-        with _eval_mode(model):
+        with eval_mode(model):
             for name, data in ev.items():
                 correct, loss, n = 0, 0.0, 0
                 if isinstance(data, DataLoader):
@@ -865,7 +872,7 @@ class TwoStageTrainer:
     @torch.no_grad()
     def _embed_all(self, x: Tensor) -> Tensor:
         model = self._require_model()
-        with _eval_mode(model):
+        with eval_mode(model):
             return torch.cat([model.embed(xb.to(self.device)).flatten(1) for xb in x.split(4096)])
 
     def __repr__(self) -> str:
@@ -960,7 +967,7 @@ class _TargetBatches:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode inside, each submodule's own mode restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

@@ -1,0 +1,97 @@
+"""The library's one set of argument checks for the settings the Python layer owns.
+
+One convention everywhere: a value of the wrong *type* (a float or a bool where an int is expected,
+text where a number is) raises TypeError; a value of the right type outside its range, a non-finite
+number or an unknown choice raises ValueError. Every message names the argument, says what was
+expected and shows what was given. Op arguments (tensors, bandwidths, weights) are checked once, in
+C++ (csrc/common/checks.h); data (arrays, labels, DataLoaders) in pytl._inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_int_sequence", "check_optional_int"]
+
+
+def _is_int(value: Any) -> bool:
+    # numbers.Integral covers int and numpy's integer types; bool is an int subclass but never a count
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum] (either bound optional)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int{_range(minimum, maximum, '>=', '<=')}, got {value!r} "
+                        f"({type(value).__name__})")
+    v = int(value)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise ValueError(f"{name} must be an int{_range(minimum, maximum, '>=', '<=')}, got {value!r}")
+    return v
+
+
+def check_optional_int(value: Any, name: str, minimum: int | None = None) -> int | None:
+    """None, or ``check_int(value, name, minimum)``."""
+    return None if value is None else check_int(value, name, minimum)
+
+
+def check_float(value: Any, name: str, minimum: float | None = None, maximum: float | None = None, *,
+                strict_min: bool = False, strict_max: bool = False) -> float:
+    """``value`` as a finite float within the bounds (``strict_*``: the bound itself is excluded)."""
+    lo, hi = (">" if strict_min else ">="), ("<" if strict_max else "<=")
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a finite number{_range(minimum, maximum, lo, hi)}, got {value!r} "
+                        f"({type(value).__name__})")
+    v = float(value)
+    ok = math.isfinite(v)
+    if ok and minimum is not None:
+        ok = v > minimum if strict_min else v >= minimum
+    if ok and maximum is not None:
+        ok = v < maximum if strict_max else v <= maximum
+    if not ok:
+        raise ValueError(f"{name} must be a finite number{_range(minimum, maximum, lo, hi)}, got {value!r}")
+    return v
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any], extra: str = "") -> Any:
+    """``value`` if it is one of ``choices`` (``extra`` adds to the message, e.g. "or a callable")."""
+    try:
+        known = value in choices
+    except TypeError:  # unhashable values against a set
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be one of {tuple(choices)}{' ' + extra if extra else ''}, got {value!r}")
+    return value
+
+
+def check_int_sequence(values: Any, name: str, minimum: int | None = None, *, unique: bool = True,
+                       sort: bool = True) -> tuple[int, ...]:
+    """A non-empty sequence (or a single int) of ints >= minimum, deduplicated and sorted by default."""
+    if _is_int(values):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {values!r} ({type(values).__name__})")
+    out = [check_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]
+    if not out:
+        raise ValueError(f"{name} is empty")
+    if unique:
+        out = list(dict.fromkeys(out))
+    return tuple(sorted(out) if sort else out)
+
+
+def _range(minimum: Any, maximum: Any, lo: str, hi: str) -> str:
+    parts = ([f"{lo} {minimum}"] if minimum is not None else []) + ([f"{hi} {maximum}"] if maximum is not None else [])
+    return (" " + " and ".join(parts)) if parts else ""
