@@ -28,6 +28,9 @@ from pytl.cli import main
 from pytl.data import make_domain_shift
 from pytl.models import Standardize, default_model
 from pytl.train import TwoStageTrainer
+from pytl.train import loop as train_loop
+from pytl.train import steps as train_steps
+from pytl.train.prepare import prepare
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -266,17 +269,21 @@ def train_model(data):
 def train_fit(data, checkpoint=None, resume_from=None, snapshot=None, **extra):
     """Fit with TRAIN; ``snapshot=(path, stage, epoch)`` copies the checkpoint written after that epoch."""
     tr = TwoStageTrainer(train_model(data), progress=True, checkpoint=checkpoint, **TRAIN, **extra)
+    save = train_loop.save_checkpoint  # the loop's checkpoint writer, wrapped for the snapshot
     if snapshot is not None:
-        save, (path, stage, epoch) = tr._save_checkpoint, snapshot
+        path, stage, epoch = snapshot
 
-        def save_and_copy(st, ep, *args, **kwargs):
-            save(st, ep, *args, **kwargs)
+        def save_and_copy(trainer, st, ep, *args, **kwargs):
+            save(trainer, st, ep, *args, **kwargs)
             if (st, ep) == (stage, epoch) and os.path.isfile(checkpoint):
                 shutil.copyfile(checkpoint, path)
 
-        tr._save_checkpoint = save_and_copy
-    tr.fit(data.source, data.target_unlabeled, data.target_labeled, eval_data={"test": data.target_test},
-           resume_from=resume_from)
+        train_loop.save_checkpoint = save_and_copy
+    try:
+        tr.fit(data.source, data.target_unlabeled, data.target_labeled, eval_data={"test": data.target_test},
+               resume_from=resume_from)
+    finally:
+        train_loop.save_checkpoint = save
     return tr
 
 
@@ -296,7 +303,7 @@ def _scenario_train(rank, world, out):
     lt.align(loader, data.target_unlabeled)
     return {"weights": weights(tr.model), "history": tr.history, "resumed": weights(resumed.model),
             "resumed_history": resumed.history, "loader_weights": weights(lt.model),
-            "loader_batches": len(lt._prepare(loader, data.target_unlabeled, None, None, "align")[0]),
+            "loader_batches": len(prepare(lt, loader, data.target_unlabeled, None, None, "align").source),
             "score": tr.score(*data.target_test)}
 
 
@@ -384,8 +391,8 @@ def _scenario_die(rank, world, out):
     """Rank 1 dies in the middle of stage-1 epoch 2 (after the checkpoint of epoch 1); rank 0 must stop."""
     data = train_data()
     tr = TwoStageTrainer(train_model(data), progress=False, checkpoint=str(out / "ckpt.pt"), **TRAIN)
-    if rank == 1:
-        mmd, calls = tr._mmd2, [0]
+    if rank == 1:  # this process is rank 1 alone: patching stage 1's MMD for the whole process is fine
+        mmd, calls = train_steps.alignment_mmd2, [0]
 
         def dying(*args):
             calls[0] += 1
@@ -393,7 +400,7 @@ def _scenario_die(rank, world, out):
                 os._exit(3)
             return mmd(*args)
 
-        tr._mmd2 = dying
+        train_steps.alignment_mmd2 = dying
     tr.fit(data.source, data.target_unlabeled, data.target_labeled, eval_data={"test": data.target_test})
     return {}
 
@@ -425,25 +432,27 @@ class Interrupted(Exception):
     pass
 
 
-def resumable_trainer(data, checkpoint, stop_after=None):
+def resumable_trainer(data, checkpoint):
     """Dropout, a DANN ramp, gradual unfreezing, L2-SP and target passes out of step with the epochs:
-    everything a resumed run must restore. ``stop_after=(stage, epoch)``: die right after that checkpoint."""
+    everything a resumed run must restore."""
     with torch.random.fork_rng():
         torch.manual_seed(1)
         model = default_model(2, 2, dropout=0.2, standardize=Standardize.fit(torch.as_tensor(data.source[0])))
-    tr = TwoStageTrainer(model, align_epochs=4, finetune_epochs=4, batch_size=50, target_batch_size=30,
-                         finetune_batch_size=8, lambda_schedule="dann", seed=2, progress=False, checkpoint=checkpoint,
-                         finetune_policy=pytl.freezing.GradualUnfreeze(1, every=1) + pytl.freezing.L2SP(0.01))
-    if stop_after is not None:
-        save = tr._save_checkpoint
+    return TwoStageTrainer(model, align_epochs=4, finetune_epochs=4, batch_size=50, target_batch_size=30,
+                           finetune_batch_size=8, lambda_schedule="dann", seed=2, progress=False, checkpoint=checkpoint,
+                           finetune_policy=pytl.freezing.GradualUnfreeze(1, every=1) + pytl.freezing.L2SP(0.01))
 
-        def save_then_die(stage, epoch, *args, **kwargs):
-            save(stage, epoch, *args, **kwargs)
-            if (stage, epoch) == stop_after:
-                raise Interrupted
 
-        tr._save_checkpoint = save_then_die
-    return tr
+def die_after_checkpoint(monkeypatch, stop_after):
+    """Training dies right after the checkpoint of ``stop_after=(stage, epoch)`` is written."""
+    save = train_loop.save_checkpoint
+
+    def save_then_die(trainer, stage, epoch, *args, **kwargs):
+        save(trainer, stage, epoch, *args, **kwargs)
+        if (stage, epoch) == stop_after:
+            raise Interrupted
+
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_die)
 
 
 @pytest.fixture(scope="module")
@@ -454,13 +463,14 @@ def straight_run():
 
 
 @pytest.mark.parametrize("stop_after", [("align", 2), ("finetune", 2), ("align", 4)])
-def test_resume_in_one_process_is_bit_identical(stop_after, straight_run, tmp_path):
+def test_resume_in_one_process_is_bit_identical(stop_after, straight_run, tmp_path, monkeypatch):
     data, straight = straight_run
     args = (data.source, data.target_unlabeled, data.target_labeled)
     ev = {"test": data.target_test}
     ckpt = str(tmp_path / "ckpt.pt")
-    with pytest.raises(Interrupted):
-        resumable_trainer(data, ckpt, stop_after).fit(*args, eval_data=ev)
+    with pytest.raises(Interrupted), monkeypatch.context() as patch:
+        die_after_checkpoint(patch, stop_after)
+        resumable_trainer(data, ckpt).fit(*args, eval_data=ev)
     resumed = resumable_trainer(data, ckpt).fit(*args, eval_data=ev, resume_from=ckpt)
     assert all(torch.equal(v, weights(straight.model)[k]) for k, v in weights(resumed.model).items())
     assert resumed.history == straight.history and resumed.policy_summary == straight.policy_summary

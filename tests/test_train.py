@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import pytl.train as train_mod
+import pytl.train.steps as steps_mod  # where stage 1 calls the MMD op
 from pytl.data import make_domain_shift
 from pytl.models import default_model
 from pytl.train import TwoStageTrainer, lambda_factor
@@ -107,13 +107,13 @@ def test_numpy_and_tensor_inputs_give_identical_models(shift):
 
 def test_mmd_term_uses_the_fused_op_with_each_domains_batch_size(shift, monkeypatch):
     seen = []
-    real = train_mod.mmd2
+    real = steps_mod.mmd2
 
     def spy(x, y, *args, **kwargs):
         seen.append((x.shape[0], y.shape[0], x.requires_grad))
         return real(x, y, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "mmd2", spy)
+    monkeypatch.setattr(steps_mod, "mmd2", spy)
     TwoStageTrainer(batch_size=40, target_batch_size=25, align_epochs=1, progress=False).align(
         shift.source, shift.target_unlabeled)
     assert seen == [(40, 25, True)] * 5
@@ -203,13 +203,13 @@ def test_progress_bar_can_be_turned_off(shift, capsys):
 
 def test_num_threads_holds_during_training_only(shift, monkeypatch):
     seen = []
-    real = train_mod.mmd2
+    real = steps_mod.mmd2
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "mmd2", spy)
+    monkeypatch.setattr(steps_mod, "mmd2", spy)
     torch.set_num_threads(2)
     TwoStageTrainer(num_threads=1, align_epochs=1, progress=False).align(shift.source, shift.target_unlabeled)
     assert set(seen) == {1} and torch.get_num_threads() == 2
@@ -306,13 +306,22 @@ def test_eval_dataloader_counts_every_sample(shift):
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(lr=0), "lr"), (dict(batch_size=0), "batch_size"), (dict(lambda_mmd=-1), "lambda_mmd"),
-    (dict(lambda_mmd=float("nan")), "lambda_mmd"), (dict(align_epochs=1.5), "align_epochs"),
+    (dict(lambda_mmd=float("nan")), "lambda_mmd"),
     (dict(lambda_schedule="cosine"), "lambda_schedule"), (dict(optimizer="rmsprop"), "optimizer"),
     (dict(mmd_estimator="fast"), "mmd_estimator"), (dict(num_classes=1), "num_classes"),
     (dict(device="tpu"), "device"), (dict(seed=-1), "seed"), (dict(target_batch_size=0), "target_batch_size"),
 ])
 def test_bad_settings(kwargs, words):
     with pytest.raises(ValueError, match=words):
+        TwoStageTrainer(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(align_epochs=1.5), "align_epochs must be an int"), (dict(batch_size=True), "batch_size must be an int"),
+    (dict(lr="fast"), "lr must be a finite number"), (dict(num_threads=2.0), "num_threads must be an int"),
+])
+def test_wrong_setting_types_are_type_errors(kwargs, words):
+    with pytest.raises(TypeError, match=words):
         TwoStageTrainer(**kwargs)
 
 

@@ -1,0 +1,117 @@
+"""The engine: one loop that runs either stage, epoch by epoch.
+
+It applies the stage's freezing policy and builds the optimizer, runs the steps the stage describes
+(steps.py), keeps the epoch's record (means, what the policy unfroze, eval metrics), stops on a
+diverged loss and writes checkpoints, the way pytorch/ignite's engine runs a step function with its
+handlers. Whatever happens, the policy's freezing is undone and the progress bar closed at the end.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from pytl._progress import Progress
+from pytl.freezing import BatchNormPolicy, FreezingPolicy, param_groups, summary
+from pytl.train import ddp
+from pytl.train.checkpoint import restore, save_checkpoint
+from pytl.train.evaluate import evaluate
+from pytl.train.metrics import Sums, check_finite
+from pytl.train.steps import AlignStage, FinetuneStage, objective
+
+if TYPE_CHECKING:
+    from pytl.train.trainer import OptimizerLike, TwoStageTrainer
+
+
+def run_stage(t: TwoStageTrainer, stage: AlignStage | FinetuneStage, ev: dict[str, Any],
+              resume: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One stage, epoch by epoch: the policy's schedule, the steps, the epoch's record (means, eval
+    metrics), the divergence stop and the checkpoint. ``stage`` supplies the batches and the loss."""
+    model = t._require_model()
+    policy = with_frozen_batchnorm(stage.policy)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    records: list[dict[str, Any]] = []
+    epoch = 0
+    with t._rng(offset=stage.rng_offset, per_rank=True) as gen:
+        ddp.check_checkpoint_everywhere(t)
+        if resume is not None:  # policies such as L2SP snapshot the weights the stage started from
+            model.load_state_dict(resume["stage_start_model"])
+        start_state = None
+        if t.checkpoint is not None:
+            start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar = None
+        try:
+            policy.apply(model)
+            opt = make_optimizer(t.optimizer, param_groups(model, stage.lr, policy, t.weight_decay))
+            t.policy_summary[stage.name] = f"policy: {policy!r}\n{summary(model, opt)}"
+            if resume is not None:
+                epoch, records = restore(t, stage.name, resume, model, policy, opt, gen)
+            stage.begin(gen, resume, model, policy)
+            bar = Progress(stage.epochs - epoch, f"{t.label}{stage.name}", t.progress and t._rank == 0)
+            step_fn: nn.Module | None = None
+            for epoch in range(epoch, stage.epochs):
+                unfrozen = policy.on_epoch_start(model, epoch, opt)
+                if step_fn is None or unfrozen:
+                    step_fn = ddp.step_module(t, model)
+                model.train()
+                sums = Sums()
+                for x, y, n in stage.batches(epoch):
+                    assert y is not None
+                    out = stage.loss(step_fn, x, y, n)
+                    pen = policy.penalty(model)
+                    loss = out.loss if pen is None else out.loss + pen
+                    opt.zero_grad(set_to_none=True)
+                    objective(t, loss, out, pen).backward()
+                    opt.step()
+                    stage.after_step()
+                    sums.add(x.shape[0], loss=loss, ce=out.ce, mmd2=out.mmd2, penalty=pen,
+                             correct=(out.logits.argmax(1) == y).sum())
+                rec: dict[str, Any] = {"stage": stage.name, "epoch": epoch,
+                                       **sums.means(t.device if t._world > 1 else None), **stage.record()}
+                check_finite(rec, stage.advice)
+                if unfrozen:
+                    rec["unfrozen"] = unfrozen
+                rec.update(evaluate(t, ev))
+                records.append(rec)
+                bar.update(1, **{k: rec[k] for k in stage.bar_keys if rec.get(k) is not None})
+                save_checkpoint(t, stage.name, epoch + 1, model, start_state, opt, gen, records,
+                                **stage.checkpoint_state())
+        except Exception as e:
+            ddp.raise_if_collective(t, e, stage.name, epoch)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            policy.release(model)
+            for p, flag in flags:  # the policy holds for its stage only
+                p.requires_grad_(flag)
+    model.eval()
+    t.history[stage.name].extend(records)
+    return records
+
+
+def make_optimizer(spec: OptimizerLike, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimizer named by ``spec`` ("adam", "adamw", "sgd" with momentum 0.9), or ``spec(groups)``."""
+    if callable(spec):
+        opt = spec(groups)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer callable must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        return opt
+    if spec == "adam":
+        return torch.optim.Adam(groups)
+    if spec == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def with_frozen_batchnorm(policy: FreezingPolicy | None) -> FreezingPolicy:
+    """The stage's policy, plus ``BatchNormPolicy("frozen")`` when it says nothing about BatchNorm, so that
+    frozen BatchNorm layers keep their running statistics."""
+    bn = BatchNormPolicy("frozen")
+    if policy is None:
+        return bn
+    if any(isinstance(p, BatchNormPolicy) for p in policy.policies()):
+        return policy
+    return policy + bn

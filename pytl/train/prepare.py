@@ -1,0 +1,204 @@
+"""Everything checked before a trainer's first step: the inputs (converted to one convention), their
+shapes and labels, the model against the data; the default model built when there is none.
+
+``prepare`` is what ``TwoStageTrainer.fit/align/finetune/check_inputs`` run; ``compare_strategies``
+calls it through ``check_inputs`` so that every error comes before the first of its trainings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from pytl import _inputs as inp
+from pytl.models import Standardize, default_model
+from pytl.train import ddp
+from pytl.train.evaluate import eval_mode
+
+if TYPE_CHECKING:
+    from pytl.train.trainer import TwoStageTrainer
+
+
+class Prepared(NamedTuple):
+    """The checked inputs of a stage, cast to the model's dtype (None where not given)."""
+
+    source: Any
+    target_unlabeled: Any
+    target_labeled: Any
+    eval_sets: dict[str, Any]
+
+
+def resolve_device(device: Any, model: nn.Module | None = None) -> torch.device:
+    """None: where the model lives (CPU for a new model); "auto": CUDA when available."""
+    if device is None:
+        p = next(model.parameters(), None) if model is not None else None
+        return p.device if p is not None else torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or a torch.device, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def param_dtype(model: nn.Module | None) -> torch.dtype:
+    """The model's floating-point dtype (float32 for no model or no floating parameter)."""
+    p = next(model.parameters(), None) if model is not None else None
+    return p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+
+
+def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_labeled: Any, eval_data: Any,
+            stage: str) -> Prepared:
+    """Convert and check every input, build the default model if needed, check labels against it.
+    The model is kept on the trainer only once every check has passed (a failed fit leaves it as it was)."""
+    ddp.setup_ranks(t)
+    needs_target = stage in ("fit", "align") and t.lambda_mmd > 0 and t.align_epochs > 0
+    src = inp.as_labeled(source, "source") if source is not None else None
+    if stage in ("fit", "align") and src is None:
+        raise ValueError("source (X, y) is required for stage 1")
+    if needs_target and target_unlabeled is None:
+        raise ValueError("target_unlabeled is required for MMD alignment (lambda_mmd > 0); "
+                         "pass lambda_mmd=0 to train on the source alone")
+    tu = inp.as_unlabeled(target_unlabeled, "target_unlabeled") if target_unlabeled is not None else None
+    if stage == "finetune" and target_labeled is None:
+        raise ValueError("target_labeled (X, y) is required for fine-tuning")
+    tl = inp.as_labeled(target_labeled, "target_labeled") if target_labeled is not None else None
+    ev = eval_sets(eval_data)
+    ref_shape = _common_shape(t, src, tu, tl, ev, stage)
+
+    model = t.model
+    if model is None:
+        classes = t.num_classes or infer_num_classes(src, tl, ev)
+        stats = Standardize.fit(*[_some_features(d, lab) for d, lab in ((src, True), (tu, False), (tl, True))
+                                  if d is not None])
+        with t._rng(offset=0):
+            model = default_model(inp.prod(ref_shape), classes, standardize=stats)
+    model.to(t.device)
+    num_classes = model_num_classes(model, ref_shape, src if src is not None else tl, t.device)
+    if t.num_classes is not None and t.num_classes != num_classes:
+        raise ValueError(f"num_classes={t.num_classes} but the model outputs {num_classes} classes")
+    if needs_target and not (hasattr(model, "embed") and hasattr(model, "head")):
+        raise TypeError(
+            f"MMD alignment needs a model with embed(x) and head(z), got {type(model).__name__}; "
+            "wrap it with TransferModel(encoder, head) or TransferModel.from_backbone(model, num_classes)"
+        )
+    for name, data in [("source", src), ("target_labeled", tl)] + [(f"eval_data[{k!r}]", v) for k, v in ev.items()]:
+        if isinstance(data, tuple):
+            inp.check_label_range(data[1], num_classes, f"{name}[1] (y)")
+    if tl is not None:
+        check_enough_labels(tl, num_classes)
+    t.model, t.num_classes, t._sample_shape = model, num_classes, ref_shape
+    dtype = param_dtype(model)
+
+    def cast(d: Any) -> Any:
+        if isinstance(d, tuple):
+            return d[0].to(dtype), d[1]
+        return d.to(dtype) if isinstance(d, Tensor) else d
+
+    # eval_data is not sharded: each rank evaluates its part of arrays, a DataLoader as given (evaluate.py)
+    return Prepared(ddp.shard_input(t, None if src is None else cast(src), "source", t.batch_size),
+                    ddp.shard_input(t, None if tu is None else cast(tu), "target_unlabeled", t.target_batch_size),
+                    ddp.shard_input(t, None if tl is None else cast(tl), "target_labeled", t.finetune_batch_size),
+                    {k: cast(v) for k, v in ev.items()})
+
+
+def _common_shape(t: TwoStageTrainer, src: Any, tu: Any, tl: Any, ev: dict[str, Any], stage: str) -> tuple[int, ...]:
+    """The sample shape every input shares (and, when fine-tuning a trained model, the one it was trained on)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if src is not None:
+        shapes["source"] = inp.sample_shape(src, True, "source")
+    if tu is not None:
+        shapes["target_unlabeled"] = inp.sample_shape(tu, False, "target_unlabeled")
+    if tl is not None:
+        shapes["target_labeled"] = inp.sample_shape(tl, True, "target_labeled")
+    for name, data in ev.items():
+        shapes[f"eval_data[{name!r}]"] = inp.sample_shape(data, True, f"eval_data[{name!r}]")
+    ref_name, ref_shape = next(iter(shapes.items()))
+    if t._sample_shape is not None and stage == "finetune":
+        ref_name, ref_shape = "the data the model was trained on", t._sample_shape
+    for name, shape in shapes.items():
+        if shape != ref_shape:
+            raise ValueError(
+                f"feature size mismatch: {name} has samples of shape {inp.format_shape(shape)} but "
+                f"{ref_name} has {inp.format_shape(ref_shape)}; both domains must share a feature space"
+            )
+    return ref_shape
+
+
+def eval_sets(eval_data: Any) -> dict[str, Any]:
+    """``eval_data`` as {name: (X, y) or DataLoader}; a single set is named "target"."""
+    if eval_data is None:
+        return {}
+    if isinstance(eval_data, Mapping):
+        return {str(k): inp.as_labeled(v, f"eval_data[{k!r}]") for k, v in eval_data.items()}
+    return {"target": inp.as_labeled(eval_data, "eval_data")}
+
+
+def _some_features(data: Any, labeled: bool) -> Tensor:
+    """All features of an array input; the first batch of a DataLoader (for input statistics)."""
+    if isinstance(data, DataLoader):
+        return inp.first_batch(data, labeled, "a DataLoader")[0].float()
+    return data[0] if labeled else data
+
+
+def infer_num_classes(*datas: Any) -> int:
+    """1 + the largest label in the labelled inputs (a DataLoader's first batch)."""
+    top = -1
+    for data in datas:
+        items = data.values() if isinstance(data, dict) else [data]
+        for d in items:
+            if isinstance(d, tuple):
+                top = max(top, int(d[1].max()))
+            elif isinstance(d, DataLoader):
+                _, y = inp.first_batch(d, True, "a DataLoader")
+                top = max(top, int(inp.as_labels(y, "labels").max()))
+    if top < 1:
+        raise ValueError(f"the labels hold a single class ({max(top, 0)}); classification needs at least 2 "
+                         "(pass num_classes= if the data simply lacks the others)")
+    return top + 1
+
+
+def model_num_classes(model: nn.Module, shape: tuple[int, ...], data: Any, device: torch.device) -> int:
+    """Run the model once on two samples (eval mode, no grad) to check it accepts the data."""
+    if isinstance(data, tuple):
+        probe = data[0][:2]
+    else:
+        probe, _ = inp.first_batch(data, True, "the labelled data")
+        probe = probe[:2]
+    p = next(model.parameters(), None)
+    probe = probe.to(device=device, dtype=p.dtype if p is not None and p.dtype.is_floating_point else None)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(probe)
+    except Exception as e:
+        raise ValueError(f"the model cannot take samples of shape {inp.format_shape(shape)}: "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != probe.shape[0]:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits of shape (N, num_classes), got {got}")
+    if out.shape[1] < 2:
+        raise ValueError(f"the model outputs {out.shape[1]} logit(s); classification needs at least 2 classes")
+    return int(out.shape[1])
+
+
+def check_enough_labels(tl: Any, num_classes: int) -> None:
+    """At least one target label per class; a warning names the classes the labels lack."""
+    n = inp.num_samples(tl)
+    if n is not None and n < num_classes:
+        raise ValueError(f"target_labeled has {n} samples, fewer than the {num_classes} classes; "
+                         "fine-tuning needs at least one label per class")
+    if isinstance(tl, tuple):
+        missing = sorted(set(range(num_classes)) - set(tl[1].unique().tolist()))
+        if missing:
+            warnings.warn(f"target_labeled has no sample of class(es) {missing}; fine-tuning cannot learn them "
+                          "from the target", stacklevel=4)

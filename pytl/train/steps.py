@@ -1,0 +1,167 @@
+"""The objective of a training step: CE + λ·MMD² (stage 1) or CE (stage 2), plus the policy's penalty.
+
+Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``);
+the trainer's one stage loop (trainer.py) runs either. Also here: the λ schedules and what a rank
+back-propagates under DDP (``objective``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pytl.ops import mmd2
+from pytl.train import ddp
+from pytl.train.batches import TargetBatches, batches, steps_per_epoch
+
+if TYPE_CHECKING:
+    from pytl.train.trainer import TwoStageTrainer
+
+LAMBDA_SCHEDULES = ("constant", "linear", "dann")
+ScheduleLike = Union[str, Callable[[float], float]]
+
+
+def lambda_factor(schedule: ScheduleLike, progress: float) -> float:
+    """Multiplier of λ at training progress p ∈ [0, 1].
+
+    "constant": 1. "linear": p. "dann": 2/(1+exp(−10p)) − 1 (Ganin et al.): MMD starts weak while the
+    features are still random and reaches full strength after about a third of the training. A
+    callable gets p and returns the multiplier."""
+    if callable(schedule):
+        return float(schedule(progress))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return progress
+    if schedule == "dann":
+        return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+    raise ValueError(f"lambda_schedule must be one of {LAMBDA_SCHEDULES} or a callable, got {schedule!r}")
+
+
+@dataclass
+class StepLoss:
+    """One step's loss before the policy's penalty, its parts, and the batch it was computed on."""
+
+    loss: Tensor
+    ce: Tensor
+    mmd2: Tensor | None
+    lam: float
+    logits: Tensor
+    labels: Tensor
+    n_global: int  # the global batch size (== the local one without DDP)
+
+
+def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tensor | None) -> Tensor:
+    """What this rank back-propagates: ``loss`` alone; under DDP, a reweighting of its terms.
+
+    DDP averages parameter gradients over the W ranks. So that the average is the gradient of
+    the single-process loss, CE over the global batch + λ·MMD² + penalty: this rank's CE (a mean
+    over its n_local samples) is weighted by W·n_local/n_global; the global MMD², the same on
+    every rank but with gradients reaching only this rank's rows (pytl.distributed), by W; the
+    penalty, a function of the shared weights, is the same on every rank and stays as it is."""
+    world = trainer._world
+    if world == 1:
+        return loss
+    obj = step.ce * (step.logits.shape[0] * world / step.n_global)
+    if step.mmd2 is not None:
+        obj = obj + (step.lam * world if trainer.mmd_scope == "global" else step.lam) * step.mmd2
+    return obj if pen is None else obj + pen
+
+
+def alignment_mmd2(trainer: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int) -> Tensor:
+    """Stage 1's MMD²: of the global batch (every rank's embeddings, gathered) or of this rank's shard.
+    ns, nt: the global batch sizes, whose split over the ranks every rank knows."""
+    zs, zt = ddp.gather_for_mmd(trainer, zs, zt, ns, nt)
+    sig = trainer.mmd_sigmas(zs.detach(), zt.detach()) if callable(trainer.mmd_sigmas) else trainer.mmd_sigmas
+    return mmd2(zs, zt, sig, estimator=trainer.mmd_estimator)
+
+
+class AlignStage:
+    """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
+    when MMD is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step."""
+
+    name, rng_offset, advice, bar_keys = "align", 1, "lower lr or lambda_mmd", ("loss", "mmd2")
+
+    def __init__(self, trainer: TwoStageTrainer, source: Any, target: Any) -> None:
+        self.t, self.source = trainer, source
+        self.use_mmd = trainer.lambda_mmd > 0 and target is not None
+        self.target_data = target
+        self.policy, self.lr, self.epochs = trainer.align_policy, trainer.lr, trainer.align_epochs
+        self.step, self.lam = 0, 0.0
+        self.target: TargetBatches | None = None
+        self.total = 1
+
+    def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
+        self.gen = gen
+        self.total = max(1, self.epochs * steps_per_epoch(self.source, self.t.batch_size, self.t._world))
+        self.target = TargetBatches(self.t, self.target_data, gen) if self.use_mmd else None
+        if resume is not None:
+            self.step, self.lam = resume["step"], resume["lambda"]
+            if self.target is not None and resume["target"] is not None:
+                self.target.load_state(resume["target"])
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
+        return batches(self.t, self.source, self.t.batch_size, self.gen, labeled=True, name="source", epoch=epoch)
+
+    def loss(self, step_fn: nn.Module, xs: Tensor, ys: Tensor, n: int) -> StepLoss:
+        t = self.t
+        self.lam = t.lambda_mmd * lambda_factor(t.lambda_schedule, self.step / self.total) if self.use_mmd else 0.0
+        if not self.use_mmd:
+            logits, _ = step_fn(xs)
+            ce = F.cross_entropy(logits, ys)
+            return StepLoss(ce, ce, None, 0.0, logits, ys, n)
+        assert self.target is not None
+        xt, nt = self.target.next()
+        logits, z = step_fn(xs, xt)  # one pass: BatchNorm sees both domains
+        zs, zt = z[: xs.shape[0]], z[xs.shape[0]:]
+        ce = F.cross_entropy(logits, ys)
+        m = alignment_mmd2(t, zs, zt, n, nt)
+        return StepLoss(ce + self.lam * m, ce, m, self.lam, logits, ys, n)
+
+    def after_step(self) -> None:
+        self.step += 1
+
+    def record(self) -> dict[str, Any]:
+        return {"lambda": self.lam}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"step": self.step, "lam": self.lam, "target": None if self.target is None else self.target.state()}
+
+
+class FinetuneStage:
+    """Stage 2: passes over the labelled target samples, cross-entropy only."""
+
+    name, rng_offset, advice, bar_keys = "finetune", 2, "lower finetune_lr", ("loss",)
+
+    def __init__(self, trainer: TwoStageTrainer, target_labeled: Any) -> None:
+        self.t, self.data = trainer, target_labeled
+        self.policy, self.lr, self.epochs = trainer.finetune_policy, trainer.finetune_lr, trainer.finetune_epochs
+
+    def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
+        self.gen = gen
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"finetune_policy {policy!r} freezes every parameter; nothing would train")
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
+        return batches(self.t, self.data, self.t.finetune_batch_size, self.gen, labeled=True, name="target_labeled",
+                       epoch=epoch)
+
+    def loss(self, step_fn: nn.Module, x: Tensor, y: Tensor, n: int) -> StepLoss:
+        logits, _ = step_fn(x)
+        ce = F.cross_entropy(logits, y)
+        return StepLoss(ce, ce, None, 0.0, logits, y, n)
+
+    def after_step(self) -> None:
+        pass
+
+    def record(self) -> dict[str, Any]:
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {}
