@@ -16,6 +16,17 @@ def device(request):
     return request.param
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread: their ops are too short to amortise OpenMP
+    synchronisation, which on a busy machine costs more than the work. Modules that train such
+    models use it for every test: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_pair(n, m, d, dtype=torch.float64, device="cpu", shift=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)

@@ -14,15 +14,7 @@ from pytl.models import default_model
 from pytl.train import TwoStageTrainer, lambda_factor
 
 SMALL = dict(align_epochs=3, finetune_epochs=3, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread beats two, by far on a busy machine (OpenMP sync costs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
