@@ -15,18 +15,20 @@ __all__ = ["Pattern", "compile_patterns", "freeze", "freeze_all_but_head", "free
            "unfreeze"]
 
 
-def freeze(module: nn.Module | Iterable[nn.Parameter]) -> None:
-    """requires_grad = False for every parameter of a module (or an iterable of parameters)."""
+def _set_requires_grad(module: nn.Module | Iterable[nn.Parameter], flag: bool) -> None:
     params = module.parameters() if isinstance(module, nn.Module) else module
     for p in params:
-        p.requires_grad_(False)
+        p.requires_grad_(flag)
+
+
+def freeze(module: nn.Module | Iterable[nn.Parameter]) -> None:
+    """requires_grad = False for every parameter of a module (or an iterable of parameters)."""
+    _set_requires_grad(module, False)
 
 
 def unfreeze(module: nn.Module | Iterable[nn.Parameter]) -> None:
     """requires_grad = True for every parameter of a module (or an iterable of parameters)."""
-    params = module.parameters() if isinstance(module, nn.Module) else module
-    for p in params:
-        p.requires_grad_(True)
+    _set_requires_grad(module, True)
 
 
 def _check_k(k: int, n: int) -> int:
