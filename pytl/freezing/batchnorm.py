@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pytl._validation import check_choice
 from pytl.freezing.block import blocks
 from pytl.freezing.policy import FreezingPolicy
 
@@ -28,9 +29,7 @@ class BatchNormPolicy(FreezingPolicy):
     order = 2
 
     def __init__(self, mode: str = "frozen") -> None:
-        if mode not in BN_MODES:
-            raise ValueError(f"mode must be one of {BN_MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice(mode, "mode", BN_MODES)
         self._handles: dict[int, list] = {}
 
     def apply(self, model: nn.Module) -> None:

@@ -9,6 +9,7 @@ from typing import Union
 
 from torch import nn
 
+from pytl._validation import check_int
 from pytl.freezing.block import blocks
 
 __all__ = ["Pattern", "compile_patterns", "freeze", "freeze_all_but_head", "freeze_by_name", "freeze_first",
@@ -31,20 +32,12 @@ def unfreeze(module: nn.Module | Iterable[nn.Parameter]) -> None:
     _set_requires_grad(module, True)
 
 
-def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    if k > n:
-        raise ValueError(f"k={k} but the model has only {n} blocks")
-    return k
-
-
 def freeze_first(model: nn.Module, k: int) -> list[str]:
     """Freeze the first (lowest) ``k`` blocks; returns their names."""
     bs = blocks(model)
-    k = _check_k(k, len(bs))
+    k = check_int(k, "k", minimum=0)
+    if k > len(bs):
+        raise ValueError(f"k={k} but the model has only {len(bs)} blocks")
     for b in bs[:k]:
         freeze(b.params.values())
     return [b.name for b in bs[:k]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from pytl._validation import check_int
 from pytl.freezing.freeze_functions import (
     Pattern,
     compile_patterns,
@@ -20,9 +21,7 @@ class FreezeFirst(FreezingPolicy):
     """Freeze the ``k`` lowest blocks (the general features)."""
 
     def __init__(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be an int >= 0, got {k!r}")
-        self.k = k
+        self.k = check_int(k, "k", minimum=0)
 
     def apply(self, model: nn.Module) -> None:
         freeze_first(model, self.k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pytl._validation import check_float, check_int, check_optional_int
 from pytl.freezing.block import blocks
 from pytl.freezing.freeze_functions import freeze
 from pytl.freezing.policy import FreezingPolicy
@@ -24,13 +25,9 @@ class GradualUnfreeze(FreezingPolicy):
     order = 1
 
     def __init__(self, start: int, every: int | None = None, lr_factor: float = 0.1) -> None:
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ValueError(f"start must be an int >= 0, got {start!r}")
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"every must be None or an int >= 1, got {every!r}")
-        if isinstance(lr_factor, bool) or not isinstance(lr_factor, (int, float)) or not lr_factor > 0:
-            raise ValueError(f"lr_factor must be a positive number, got {lr_factor!r}")
-        self.start, self.every, self.lr_factor = start, every, float(lr_factor)
+        self.start = check_int(start, "start", minimum=0)
+        self.every = check_optional_int(every, "every", minimum=1)
+        self.lr_factor = check_float(lr_factor, "lr_factor", 0.0, strict_min=True)
         self._pending: list[str] = []  # block names to unfreeze, top first
         self._param_names: dict[str, list[str]] = {}
         self._num_frozen_blocks = 0

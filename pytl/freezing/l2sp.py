@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pytl._validation import check_float
 from pytl.freezing.policy import FreezingPolicy
 
 __all__ = ["L2SP"]
+
+
+def _check_globs(new: Any) -> tuple[str, ...]:
+    """``new`` as a tuple of glob strings (one string is one glob)."""
+    if isinstance(new, str):
+        return (new,)
+    try:
+        globs = tuple(new)
+    except TypeError:  # not iterable
+        globs = None
+    if globs is None or not all(isinstance(g, str) for g in globs):
+        raise TypeError(f"new must be a glob string or a sequence of them (names of the new parameters), got {new!r}")
+    return globs
 
 
 class L2SP(FreezingPolicy):
@@ -25,12 +40,9 @@ class L2SP(FreezingPolicy):
     order = 3
 
     def __init__(self, alpha: float = 0.01, beta: float = 0.0, new: Sequence[str] = ("head", "head.*")) -> None:
-        for name, v in (("alpha", alpha), ("beta", beta)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if isinstance(new, str):
-            new = (new,)
-        self.alpha, self.beta, self.new = float(alpha), float(beta), tuple(new)
+        self.alpha = check_float(alpha, "alpha", 0.0)
+        self.beta = check_float(beta, "beta", 0.0)
+        self.new = _check_globs(new)
         self._w0: dict[str, Tensor] | None = None
 
     def is_new(self, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pytl._validation import check_float
 from pytl.freezing.block import Block
 from pytl.freezing.policy import FreezingPolicy
 
@@ -14,9 +15,7 @@ class LayerwiseLR(FreezingPolicy):
     order = 3
 
     def __init__(self, decay: float) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-            raise ValueError(f"decay must be a number in (0, 1], got {decay!r}")
-        self.decay = float(decay)
+        self.decay = check_float(decay, "decay", 0.0, 1.0, strict_min=True)
 
     def lr_scale(self, block_index: int, num_blocks: int, block: Block) -> float:
         return self.decay ** (num_blocks - 1 - block_index)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pytl._validation import check_float
 from pytl.freezing.block import blocks
 
 if TYPE_CHECKING:  # policy.py imports summary from here
@@ -22,8 +23,8 @@ def param_groups(model: nn.Module, lr: float, policy: FreezingPolicy | None = No
     Every parameter is included, frozen or not (torch optimizers skip parameters without a grad), so
     that a schedule can unfreeze a block later. Each group carries ``block`` (its name) and
     ``base_lr`` (its lr before any unfreezing factor)."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lr = check_float(lr, "lr", 0.0, strict_min=True)
+    weight_decay = check_float(weight_decay, "weight_decay", 0.0)
     bs = blocks(model)
     groups = []
     for i, b in enumerate(bs):
