@@ -55,6 +55,18 @@ def _check_dropout(dropout: float) -> float:
     return check_float(dropout, "dropout", 0.0, 1.0, strict_max=True)
 
 
+def _dense_layers(width: int, size: int, act: Callable[[], nn.Module], dropout: float,
+                  batch_norm: bool = False) -> list[nn.Module]:
+    """Linear → [BatchNorm1d] → activation → [Dropout]: one hidden layer of the encoder or the head."""
+    layers: list[nn.Module] = [nn.Linear(width, size, bias=not batch_norm)]  # BatchNorm makes a bias redundant
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(size))
+    layers.append(act())
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
+
+
 class Standardize(nn.Module):
     """(x − mean) / std per input feature, with fixed statistics (buffers, not parameters).
 
@@ -117,13 +129,7 @@ class MLPEncoder(nn.Module):
         blocks = []
         width = in_features
         for size in sizes:
-            layers: list[nn.Module] = [nn.Linear(width, size, bias=not batch_norm)]
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(act())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(nn.Sequential(*_dense_layers(width, size, act, dropout, batch_norm)))
             width = size
         self.in_features = in_features
         self.out_features = width
@@ -154,9 +160,7 @@ class ClassifierHead(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for size in sizes:
-            layers += [nn.Linear(width, size), act()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += _dense_layers(width, size, act, dropout)
             width = size
         if dropout > 0 and not sizes:
             layers.append(nn.Dropout(dropout))
@@ -169,18 +173,20 @@ class ClassifierHead(nn.Module):
         return self.layers(z)
 
 
+def _linears(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Every nn.Linear in ``module`` (itself included) with its name, in registration order."""
+    return [(name, sub) for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+
+
 def _last_linear(module: nn.Module) -> tuple[str, nn.Linear]:
-    found = None
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear):
-            found = (name, sub)
-    if found is None:
+    found = _linears(module)
+    if not found:
         kinds = sorted({type(m).__name__ for m in module.modules() if m is not module}) or ["none"]
         raise ValueError(
             f"from_backbone: {type(module).__name__} has no nn.Linear layer to replace (its layers: "
             f"{', '.join(kinds[:12])}). Build TransferModel(encoder, head) yourself for such a model."
         )
-    return found
+    return found[-1]
 
 
 def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -192,11 +198,8 @@ def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def _num_classes_of(module: nn.Module) -> int | None:
-    last = None
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            last = sub
-    return None if last is None else int(last.out_features)
+    found = _linears(module)
+    return int(found[-1][1].out_features) if found else None
 
 
 class TransferModel(nn.Module):
@@ -281,9 +284,9 @@ class TransferModel(nn.Module):
 
 
 def _infer_head_in(head: nn.Module) -> int:
-    for sub in head.modules():
-        if isinstance(sub, nn.Linear):
-            return int(sub.in_features)
+    found = _linears(head)
+    if found:
+        return int(found[0][1].in_features)
     raise ValueError("from_backbone: the TransferModel's head has no nn.Linear to infer the feature size from")
 
 
