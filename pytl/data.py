@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pytl._validation import check_choice, check_float, check_int
+
 __all__ = ["SHAPES", "DomainShift", "make_domain_shift"]
 
 SHAPES = ("moons", "blobs")
@@ -74,10 +76,17 @@ def _blobs(counts: list[int], noise: float, rng: np.random.Generator) -> tuple[n
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+def _check_shift(shift: Any) -> np.ndarray:
+    """(dx, dy) as a float64 array; text or anything that is not numbers is a TypeError."""
+    if isinstance(shift, (str, bytes)) or not hasattr(shift, "__len__"):
+        raise TypeError(f"shift must be two numbers (dx, dy), got {shift!r} ({type(shift).__name__})")
+    try:
+        shift_arr = np.asarray(shift, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"shift must be two numbers (dx, dy), got {shift!r}") from None
+    if shift_arr.shape != (2,) or not np.isfinite(shift_arr).all():
+        raise ValueError(f"shift must be two finite numbers (dx, dy), got {shift!r}")
+    return shift_arr
 
 
 def make_domain_shift(
@@ -100,26 +109,18 @@ def make_domain_shift(
     "blobs" has one Gaussian per class (``num_classes`` of them). Every split is stratified (class
     counts differ by at most one) and drawn independently; the same seed gives the same arrays.
     """
-    seed = _check_count(seed, "seed", 0)
-    n_source = _check_count(n_source, "n_source", 2)
-    n_target_unlabeled = _check_count(n_target_unlabeled, "n_target_unlabeled", 2)
-    n_target_labeled = _check_count(n_target_labeled, "n_target_labeled", 0)
-    n_target_test = _check_count(n_target_test, "n_target_test", 1)
-    if shape not in SHAPES:
-        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-    num_classes = _check_count(num_classes, "num_classes", 2)
+    seed = check_int(seed, "seed", minimum=0)
+    n_source = check_int(n_source, "n_source", minimum=2)
+    n_target_unlabeled = check_int(n_target_unlabeled, "n_target_unlabeled", minimum=2)
+    n_target_labeled = check_int(n_target_labeled, "n_target_labeled", minimum=0)
+    n_target_test = check_int(n_target_test, "n_target_test", minimum=1)
+    shape = check_choice(shape, "shape", SHAPES)
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
     if shape == "moons" and num_classes != 2:
         raise ValueError(f"shape='moons' has exactly 2 classes, got num_classes={num_classes}; use shape='blobs'")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not math.isfinite(rotation):
-        raise ValueError(f"rotation must be a finite number of degrees, got {rotation!r}")
-    try:
-        shift_arr = np.asarray(shift, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise ValueError(f"shift must be two numbers (dx, dy), got {shift!r}") from None
-    if shift_arr.shape != (2,) or not np.isfinite(shift_arr).all():
-        raise ValueError(f"shift must be two finite numbers (dx, dy), got {shift!r}")
+    noise = check_float(noise, "noise", 0.0)
+    rotation = check_float(rotation, "rotation (degrees)")
+    shift_arr = _check_shift(shift)
 
     rng = np.random.default_rng(seed)
     gen = _moons if shape == "moons" else _blobs
@@ -138,5 +139,5 @@ def make_domain_shift(
     target_labeled = draw(n_target_labeled, target=True) if n_target_labeled else (
         np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
     target_test = draw(n_target_test, target=True)
-    return DomainShift(source, target_unlabeled, target_labeled, target_test, float(rotation),
+    return DomainShift(source, target_unlabeled, target_labeled, target_test, rotation,
                        (float(shift_arr[0]), float(shift_arr[1])))

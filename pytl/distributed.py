@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from pytl._validation import check_float, check_int
+
 __all__ = [
     "MMD_SCOPES",
     "CollectiveError",
@@ -93,6 +95,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0, device: 
     for a rank that stalls (a rank that dies closes its connections, and the others fail at their
     next collective within seconds); torch's default is 10 to 30 minutes.
     """
+    timeout_s = check_float(timeout_s, "timeout_s", 0.0, strict_min=True)
     if is_initialized() or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     if device is None:
@@ -146,6 +149,7 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
     on the concatenated batch (module docstring). ``sizes``: the rows of x and of y on every rank,
     when every rank knows them (the trainer does): the exchange is skipped, one collective saved."""
     check_group(group)
+    min_rows = check_int(min_rows, "min_rows", minimum=1)
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor) or t.dim() != 2:
             raise TypeError(f"{name} must be a 2-D torch.Tensor (samples, features)")
@@ -158,14 +162,19 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
         n, m = list(sizes[0]), list(sizes[1])
         if len(n) != world or len(m) != world or (n[me], m[me]) != (x.shape[0], y.shape[0]):
             raise ValueError(f"sizes {sizes} do not match {world} ranks with ({x.shape[0]}, {y.shape[0]}) rows here")
-        if sum(n) < min_rows or sum(m) < min_rows:
-            raise ValueError(f"the global samples need at least {min_rows} row(s) each, got sizes {sizes}")
-        return _gather(x, y, n, m, me, group)
+    else:
+        n, m = _exchange_shapes(x, y, group)
+    if sum(n) < min_rows or sum(m) < min_rows:
+        raise ValueError(f"the global samples need at least {min_rows} row(s) each, got x: {sum(n)} (per rank {n}), "
+                         f"y: {sum(m)} (per rank {m})")
+    return _gather(x, y, n, m, me, group)
+
+
+def _exchange_shapes(x: Tensor, y: Tensor, group: Any) -> tuple[list[int], list[int]]:
+    """Every rank's rows of x and of y, after checking that all ranks agree on the dtype and the width."""
     meta = torch.tensor([x.shape[0], y.shape[0], x.shape[1], y.shape[1], _dtype_code(x), _dtype_code(y)],
                         dtype=torch.int64, device=x.device)
     table = _all_gather_small(meta, group).tolist()
-    n = [r[0] for r in table]
-    m = [r[1] for r in table]
     widths = {(r[2], r[3]) for r in table}
     codes = {(r[4], r[5]) for r in table}
     if len(codes) > 1 or any(a != b for a, b in codes):
@@ -174,10 +183,7 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
     if len(widths) > 1 or any(a != b for a, b in widths):
         raise ValueError(f"x and y must have the same number of features on every rank, got (x, y) per rank: "
                          f"{[(r[2], r[3]) for r in table]}")
-    if sum(n) < min_rows or sum(m) < min_rows:
-        raise ValueError(f"the global samples need at least {min_rows} row(s) each, got x: {sum(n)} (per rank {n}), "
-                         f"y: {sum(m)} (per rank {m})")
-    return _gather(x, y, n, m, me, group)
+    return [r[0] for r in table], [r[1] for r in table]
 
 
 def _gather(x: Tensor, y: Tensor, n: list[int], m: list[int], me: int, group: Any) -> tuple[Tensor, Tensor]:

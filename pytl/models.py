@@ -15,6 +15,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from pytl._validation import check_bool, check_choice, check_float, check_int
+
 __all__ = ["ClassifierHead", "MLPEncoder", "Standardize", "TransferModel", "default_model"]
 
 ActivationLike = Union[str, Callable[[], nn.Module]]
@@ -32,34 +34,37 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 def _activation(activation: ActivationLike) -> Callable[[], nn.Module]:
     if isinstance(activation, str):
-        try:
-            return _ACTIVATIONS[activation.lower()]
-        except KeyError:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)} or a callable returning an "
-                             f"nn.Module, got {activation!r}") from None
+        name = check_choice(activation.lower(), "activation", sorted(_ACTIVATIONS),
+                            extra="(any case) or a callable returning an nn.Module")
+        return _ACTIVATIONS[name]
     if callable(activation):
         return activation
     raise TypeError(f"activation must be a name or a callable returning an nn.Module, got {type(activation).__name__}")
 
 
-def _check_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check_sizes(values: Sequence[int], name: str, allow_empty: bool) -> tuple[int, ...]:
+    """Layer widths: a sequence (not a lone int) of ints >= 1, in order, repeats allowed."""
     if isinstance(values, (int, str)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a sequence of positive ints, got {values!r}")
     if not values and not allow_empty:
         raise ValueError(f"{name} must hold at least one layer size")
-    return tuple(_check_size(v, f"every entry of {name}") for v in values)
+    return tuple(check_int(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(values))
 
 
 def _check_dropout(dropout: float) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-    return float(dropout)
+    return check_float(dropout, "dropout", 0.0, 1.0, strict_max=True)
+
+
+def _dense_layers(width: int, size: int, act: Callable[[], nn.Module], dropout: float,
+                  batch_norm: bool = False) -> list[nn.Module]:
+    """Linear → [BatchNorm1d] → activation → [Dropout]: one hidden layer of the encoder or the head."""
+    layers: list[nn.Module] = [nn.Linear(width, size, bias=not batch_norm)]  # BatchNorm makes a bias redundant
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(size))
+    layers.append(act())
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
 
 
 class Standardize(nn.Module):
@@ -111,7 +116,7 @@ class MLPEncoder(nn.Module):
         standardize: Standardize | None = None,
     ) -> None:
         super().__init__()
-        in_features = _check_size(in_features, "in_features")
+        in_features = check_int(in_features, "in_features", minimum=1)
         sizes = _check_sizes(hidden_sizes, "hidden_sizes", allow_empty=False)
         if standardize is not None:
             if not isinstance(standardize, Standardize):
@@ -120,18 +125,11 @@ class MLPEncoder(nn.Module):
                 raise ValueError(f"standardize has {standardize.mean.numel()} features, in_features is {in_features}")
         act = _activation(activation)
         dropout = _check_dropout(dropout)
-        if not isinstance(batch_norm, bool):
-            raise TypeError(f"batch_norm must be a bool, got {batch_norm!r}")
+        batch_norm = check_bool(batch_norm, "batch_norm")
         blocks = []
         width = in_features
         for size in sizes:
-            layers: list[nn.Module] = [nn.Linear(width, size, bias=not batch_norm)]
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(act())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(nn.Sequential(*_dense_layers(width, size, act, dropout, batch_norm)))
             width = size
         self.in_features = in_features
         self.out_features = width
@@ -154,17 +152,15 @@ class ClassifierHead(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        in_features = _check_size(in_features, "in_features")
-        num_classes = _check_size(num_classes, "num_classes")
+        in_features = check_int(in_features, "in_features", minimum=1)
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
         sizes = _check_sizes(hidden_sizes, "hidden_sizes", allow_empty=True)
         act = _activation(activation)
         dropout = _check_dropout(dropout)
         layers: list[nn.Module] = []
         width = in_features
         for size in sizes:
-            layers += [nn.Linear(width, size), act()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += _dense_layers(width, size, act, dropout)
             width = size
         if dropout > 0 and not sizes:
             layers.append(nn.Dropout(dropout))
@@ -177,18 +173,20 @@ class ClassifierHead(nn.Module):
         return self.layers(z)
 
 
+def _linears(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Every nn.Linear in ``module`` (itself included) with its name, in registration order."""
+    return [(name, sub) for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+
+
 def _last_linear(module: nn.Module) -> tuple[str, nn.Linear]:
-    found = None
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear):
-            found = (name, sub)
-    if found is None:
+    found = _linears(module)
+    if not found:
         kinds = sorted({type(m).__name__ for m in module.modules() if m is not module}) or ["none"]
         raise ValueError(
             f"from_backbone: {type(module).__name__} has no nn.Linear layer to replace (its layers: "
             f"{', '.join(kinds[:12])}). Build TransferModel(encoder, head) yourself for such a model."
         )
-    return found
+    return found[-1]
 
 
 def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -200,11 +198,8 @@ def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def _num_classes_of(module: nn.Module) -> int | None:
-    last = None
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            last = sub
-    return None if last is None else int(last.out_features)
+    found = _linears(module)
+    return int(found[-1][1].out_features) if found else None
 
 
 class TransferModel(nn.Module):
@@ -255,7 +250,8 @@ class TransferModel(nn.Module):
         """
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
-        num_classes = _check_size(num_classes, "num_classes")
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
+        copy_backbone = check_bool(copy_backbone, "copy_backbone")
         if isinstance(backbone, TransferModel):
             encoder = copy.deepcopy(backbone.encoder) if copy_backbone else backbone.encoder
             head_in = _infer_head_in(backbone.head)
@@ -288,9 +284,9 @@ class TransferModel(nn.Module):
 
 
 def _infer_head_in(head: nn.Module) -> int:
-    for sub in head.modules():
-        if isinstance(sub, nn.Linear):
-            return int(sub.in_features)
+    found = _linears(head)
+    if found:
+        return int(found[0][1].in_features)
     raise ValueError("from_backbone: the TransferModel's head has no nn.Linear to infer the feature size from")
 
 
@@ -361,7 +357,7 @@ def default_model(
     ``standardize``: input statistics (``Standardize.fit(X_source, X_target)``), or None for raw inputs.
     """
     if hidden_sizes is None:
-        w = default_width(_check_size(in_features, "in_features"))
+        w = default_width(check_int(in_features, "in_features", minimum=1))
         hidden_sizes = (w, w)
     encoder = MLPEncoder(in_features, hidden_sizes, activation=activation, dropout=dropout, batch_norm=batch_norm,
                          standardize=standardize)

@@ -65,17 +65,32 @@ def test_as_dict_feeds_compare_strategies():
     assert "target_labeled=50" in repr(d)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(n_target_labeled=-1), "n_target_labeled"),
-    (dict(n_source=1), "n_source"),
-    (dict(shape="spirals"), "shape"),
-    (dict(num_classes=3), "moons"),
-    (dict(shift=(1.0, 2.0, 3.0)), "shift"),
-    (dict(shift="up"), "shift"),
-    (dict(noise=-0.1), "noise"),
-    (dict(rotation=float("nan")), "rotation"),
-    (dict(seed=-1), "seed"),
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(n_target_labeled=-1), ValueError, "n_target_labeled"),
+    (dict(n_source=1), ValueError, "n_source"),
+    (dict(shape="spirals"), ValueError, "shape"),
+    (dict(num_classes=3), ValueError, "moons"),
+    (dict(shift=(1.0, 2.0, 3.0)), ValueError, "shift"),
+    (dict(shift=(1.0, float("inf"))), ValueError, "shift must be two finite numbers"),
+    (dict(shift="up"), TypeError, "shift"),  # text is a wrong type (was ValueError before pytl._validation)
+    (dict(shift=("a", "b")), TypeError, "shift must be two numbers"),
+    (dict(shift=3.0), TypeError, "shift must be two numbers"),
+    (dict(noise=-0.1), ValueError, "noise"),
+    (dict(noise="0.1"), TypeError, "noise must be a finite number"),
+    (dict(rotation=float("nan")), ValueError, "rotation"),
+    (dict(rotation="30"), TypeError, r"rotation \(degrees\) must be a finite number"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=1.0), TypeError, "seed must be an int"),
+    (dict(n_source=100.0), TypeError, "n_source must be an int"),
+    (dict(shape="blobs", num_classes=True), TypeError, "num_classes must be an int"),
 ])
-def test_bad_arguments(kwargs, words):
-    with pytest.raises(ValueError, match=words):
+def test_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
         make_domain_shift(**kwargs)
+
+
+def test_numpy_numbers_and_arrays_are_accepted():
+    a = make_domain_shift(np.int64(3), n_source=np.int32(20), rotation=np.float32(45.0), shift=np.array([1.0, -1.0]))
+    b = make_domain_shift(3, n_source=20, rotation=45.0, shift=(1.0, -1.0))
+    assert np.array_equal(a.source[0], b.source[0]) and np.array_equal(a.target_test[0], b.target_test[0])
+    assert type(a.rotation) is float and a.shift == (1.0, -1.0)

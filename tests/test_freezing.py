@@ -1,5 +1,6 @@
 """pytl.freezing: blocks, freezing functions and policies, BatchNorm, schedules, per-depth lrs, L2-SP."""
 
+import inspect
 import re
 
 import numpy as np
@@ -34,6 +35,22 @@ def data(n=40, seed=0):
 
 def trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ------------------------------------------------------------------------------------- the package
+
+
+def test_every_public_name_is_served_by_the_package_itself():
+    """pytl.freezing was one module: its names, and the ones other modules import, keep their paths."""
+    assert set(fz.__all__) == {
+        "BatchNormPolicy", "Block", "Compose", "FreezeAllButHead", "FreezeByName", "FreezeFirst", "FreezingPolicy",
+        "GradualUnfreeze", "L2SP", "LayerwiseLR", "blocks", "freeze", "freeze_all_but_head", "freeze_by_name",
+        "freeze_first", "param_groups", "summary", "unfreeze"}
+    for name in fz.__all__:
+        assert not inspect.ismodule(getattr(fz, name)), f"pytl.freezing.{name} is a submodule, not the public object"
+    from pytl.freezing import BatchNormPolicy, FreezeFirst, FreezingPolicy, blocks, param_groups, summary
+    assert issubclass(BatchNormPolicy, FreezingPolicy) and issubclass(FreezeFirst, FreezingPolicy)
+    assert callable(blocks) and callable(param_groups) and callable(summary)
 
 
 # --------------------------------------------------------------------------------------- blocks
@@ -148,6 +165,35 @@ def test_compose_orders_freezers_before_schedules_and_rejects_non_policies():
 def test_policy_argument_checks(make, words):
     with pytest.raises(ValueError, match=words):
         make()
+
+
+@pytest.mark.parametrize("make, exc, words", [
+    (lambda: fz.FreezeFirst(1.0), TypeError, "k must be an int"),
+    (lambda: fz.FreezeFirst(True), TypeError, "k must be an int"),
+    (lambda: fz.freeze_first(mlp(), 1.0), TypeError, "k must be an int"),
+    (lambda: fz.GradualUnfreeze("2"), TypeError, "start must be an int"),
+    (lambda: fz.GradualUnfreeze(1, every=2.0), TypeError, "every must be an int"),
+    (lambda: fz.GradualUnfreeze(1, lr_factor="0.1"), TypeError, "lr_factor must be a finite number"),
+    (lambda: fz.GradualUnfreeze(1, lr_factor=float("inf")), ValueError, "lr_factor must be a finite number > 0"),
+    (lambda: fz.LayerwiseLR(None), TypeError, "decay must be a finite number"),
+    (lambda: fz.L2SP(alpha="0.1"), TypeError, "alpha must be a finite number"),
+    (lambda: fz.L2SP(beta=float("nan")), ValueError, "beta must be a finite number >= 0"),
+    (lambda: fz.L2SP(new=[re.compile("head")]), TypeError, "new must be a glob string"),
+    (lambda: fz.L2SP(new=3), TypeError, "new must be a glob string"),
+    (lambda: fz.param_groups(mlp(), "1e-3"), TypeError, "lr must be a finite number > 0"),
+    (lambda: fz.param_groups(mlp(), 1e-3, weight_decay=-1.0), ValueError, "weight_decay must be a finite number >= 0"),
+])
+def test_wrong_types_raise_type_error_and_bad_values_value_error(make, exc, words):
+    with pytest.raises(exc, match=words):
+        make()
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    policy = fz.GradualUnfreeze(np.int64(2), every=np.int32(1), lr_factor=np.float32(0.5))
+    assert (policy.start, policy.every, policy.lr_factor) == (2, 1, 0.5)
+    assert type(policy.start) is int and type(policy.lr_factor) is float
+    assert type(fz.FreezeFirst(np.int64(1)).k) is int
+    assert fz.L2SP(new="head.*").new == ("head.*",)
 
 
 def test_layerwise_lr_param_groups_have_the_expected_rates():

@@ -1,5 +1,6 @@
 """pytl.models: the MLP encoder, the head, Standardize and the head swap of any backbone."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -38,10 +39,24 @@ def test_mlp_encoder_structure_and_shapes():
     (dict(in_features=3, activation="swish!"), ValueError, "activation"),
     (dict(in_features=3, dropout=1.0), ValueError, "dropout"),
     (dict(in_features=3, batch_norm="yes"), TypeError, "batch_norm"),
+    (dict(in_features=3.0), TypeError, "in_features must be an int"),
+    (dict(in_features=3, hidden_sizes=(4, 2.5)), TypeError, r"hidden_sizes\[1\] must be an int"),
+    (dict(in_features=3, hidden_sizes=(4, True)), TypeError, r"hidden_sizes\[1\] must be an int"),
+    (dict(in_features=3, dropout="0.1"), TypeError, "dropout must be a finite number"),
+    (dict(in_features=3, dropout=float("nan")), ValueError, "dropout must be a finite number"),
+    (dict(in_features=3, activation=3), TypeError, "activation"),
 ])
 def test_mlp_encoder_rejects_bad_arguments(kwargs, exc, words):
     with pytest.raises(exc, match=words):
         MLPEncoder(**kwargs)
+
+
+def test_sizes_may_be_numpy_ints_and_activation_names_any_case():
+    enc = MLPEncoder(np.int64(3), (np.int64(4),), activation="GELU")
+    assert enc.out_features == 4 and type(enc.out_features) is int
+    assert isinstance(enc.blocks[0][1], nn.GELU)
+    with pytest.raises(ValueError, match="activation must be one of .*'gelu'.* or a callable"):
+        MLPEncoder(3, activation="swish")
 
 
 def test_standardize_matches_hand_computation():
@@ -199,6 +214,12 @@ def test_from_backbone_argument_checks():
         TransferModel.from_backbone("resnet", 3)
     with pytest.raises(ValueError, match="num_classes"):
         TransferModel.from_backbone(TinyVGG(), 0)
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        TransferModel.from_backbone(TinyVGG(), 2.0)
+    with pytest.raises(TypeError, match="copy_backbone must be True or False"):
+        TransferModel.from_backbone(TinyVGG(), 2, copy_backbone="no")
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        ClassifierHead(8, 2.0)
 
 
 def test_from_backbone_torchvision_resnet18():
