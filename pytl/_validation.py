@@ -38,8 +38,13 @@ def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | 
 
 
 def check_optional_int(value: Any, name: str, minimum: int | None = None) -> int | None:
-    """None, or ``check_int(value, name, minimum)``."""
-    return None if value is None else check_int(value, name, minimum)
+    """None, or ``value`` as an int >= minimum (the message says that None is allowed too)."""
+    if value is None:
+        return None
+    try:
+        return check_int(value, name, minimum)
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace(f"{name} must be an int", f"{name} must be None or an int", 1)) from None
 
 
 def check_float(value: Any, name: str, minimum: float | None = None, maximum: float | None = None, *,

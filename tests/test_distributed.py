@@ -502,6 +502,10 @@ def test_resume_and_distributed_arguments_are_checked(tmp_path):
     with pytest.raises(TypeError, match="checkpoint must be a file path"):
         TwoStageTrainer(checkpoint=3)
     assert pd.init_from_env() is False  # outside torchrun: nothing to do
+    with pytest.raises(ValueError, match="timeout_s must be a finite number > 0"):
+        pd.init_from_env(timeout_s=0)
+    with pytest.raises(TypeError, match="timeout_s must be a finite number"):
+        pd.init_from_env(timeout_s="5")
 
 
 # ---------------------------------------------------------------------------------- python -m pytl demo

@@ -8,13 +8,7 @@ from torch import nn
 from pytl.models import ClassifierHead, MLPEncoder, Standardize, TransferModel, default_model, default_width
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread beats two, by far on a busy machine (OpenMP sync costs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mlp_encoder_structure_and_shapes():

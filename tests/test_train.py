@@ -310,7 +310,7 @@ def test_bad_settings(kwargs, words):
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(align_epochs=1.5), "align_epochs must be an int"), (dict(batch_size=True), "batch_size must be an int"),
-    (dict(lr="fast"), "lr must be a finite number"), (dict(num_threads=2.0), "num_threads must be an int"),
+    (dict(lr="fast"), "lr must be a finite number"), (dict(num_threads=2.0), "num_threads must be None or an int"),
 ])
 def test_wrong_setting_types_are_type_errors(kwargs, words):
     with pytest.raises(TypeError, match=words):
