@@ -14,6 +14,7 @@ from conftest import cli_exit_code
 from pytl.cli import main
 from pytl.compare import compare_strategies
 from pytl.data import make_domain_shift
+from pytl.experiments import layers
 from pytl.train import TwoStageTrainer
 
 TINY = dict(align_epochs=2, finetune_epochs=2)
@@ -125,7 +126,7 @@ def test_layer_transferability_copies_and_freezes_exactly_the_first_k_layers(mon
     def copy_state(model):
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    monkeypatch.setattr(cv, "TwoStageTrainer", Recording)
+    monkeypatch.setattr(layers, "TwoStageTrainer", Recording)
     table = cv.layer_transferability(None, (0,), data=small, hidden_sizes=(8, 8, 8), source_epochs=2,
                                      target_epochs=2)
     assert table.xs == [0, 1, 2, 3] and table.series == ["frozen", "fine-tuned"]
