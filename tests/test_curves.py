@@ -287,9 +287,7 @@ def test_cli_curve_argument_errors_exit_2_before_training(no_training, argv, wor
 
 
 def test_cli_curve_out_without_matplotlib_fails_before_training(no_training, monkeypatch, tmp_path, capsys):
-    import pytl.cli as cli
-
-    monkeypatch.setattr(cli, "_import_pyplot", lambda: None)
+    monkeypatch.setattr("pytl.plot.matplotlib_available", lambda: False)
     assert main(["curve", "layers", "--out", str(tmp_path / "x.png")]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 
