@@ -152,6 +152,11 @@ BAD = [
     ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),
     ("dataloader", dict(target_unlabeled=torch.utils.data.DataLoader(torch.zeros(4, 2))), TypeError, "DataLoader"),
     ("bad mmd_scope", dict(mmd_scope="local"), ValueError, "mmd_scope"),
+    ("float seed", dict(seed=1.5), TypeError, "seed must be an int >= 0"),
+    ("negative seed", dict(seed=-1), ValueError, "seed must be an int >= 0"),
+    ("negative scratch epochs", dict(scratch_epochs=-1), ValueError, "scratch_epochs must be an int >= 0"),
+    ("strategies not names", dict(strategies=3), TypeError, "strategies must be a sequence"),
+    ("no strategy", dict(strategies=[]), ValueError, "strategies is empty"),
 ]
 
 

@@ -225,6 +225,14 @@ BAD = [
     ("data not callable", cv.divergence_sweep, dict(data=LABELED_50), TypeError, "callable"),
     ("bad shift", cv.divergence_sweep, dict(shift=(1.0,)), ValueError, "shift"),
     ("bad model", cv.divergence_sweep, dict(model="mlp"), TypeError, "model must be"),
+    ("float seed", cv.divergence_sweep, dict(seeds=[0, 1.0]), TypeError, "seeds must hold ints"),
+    ("float n_target_labeled", cv.divergence_sweep, dict(n_target_labeled=10.0), TypeError, "n_target_labeled"),
+    ("one n_target_labeled", cv.divergence_sweep, dict(n_target_labeled=1), ValueError,
+     "n_target_labeled must be an int >= 2"),
+    ("strategies not names", cv.divergence_sweep, dict(strategies=None), TypeError, "strategies must be a sequence"),
+    ("negative source epochs", cv.layer_transferability, dict(source_epochs=-1), ValueError,
+     "source_epochs must be an int >= 0"),
+    ("float target epochs", cv.layer_transferability, dict(target_epochs=5.0), TypeError, "target_epochs"),
 ]
 
 
