@@ -1,4 +1,4 @@
-"""``python -m pytl demo``: see pytl.cli."""
+"""``python -m pytl ...``: the command line of pytl.cli."""
 
 import sys
 

@@ -1,9 +1,11 @@
-"""Figures of the curves in :mod:`pytl.curves` (needs matplotlib: ``pip install matplotlib`` or ``pip install 'pytl[plot]'``).
+"""Figures of the experiments in :mod:`pytl.experiments` (needs matplotlib: ``pip install matplotlib`` or
+``pip install 'pytl[plot]'``).
 
 One function per curve, each drawing the mean over seeds as a line with a band of ± one standard
-deviation, returning the matplotlib ``Figure`` and, given ``path``, saving it (PNG, or any format
-matplotlib knows from the suffix). Figures are drawn on matplotlib's Agg canvas directly: nothing
-goes through pyplot, no window opens, and the global backend is left alone.
+deviation, and :func:`plot_report`, the demo's decision boundaries of a strategy comparison. Each
+returns the matplotlib ``Figure`` and, given ``path``, saves it (PNG, or any format matplotlib knows
+from the suffix). Figures are drawn on matplotlib's Agg canvas directly: nothing goes through pyplot,
+no window opens, and the global backend is left alone.
 
     from pytl import curves, plot
     plot.plot_divergence_sweep(curves.divergence_sweep(), "divergence.png")
@@ -14,25 +16,44 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pytl.curves import TRANSFER_STRATEGIES, CurveTable, DivergenceSweep
+from pytl.experiments.report import ComparisonReport
+from pytl.experiments.strategies import TRANSFER_STRATEGIES
+from pytl.experiments.tables import CurveTable, DivergenceSweep
 
-__all__ = ["plot_curve", "plot_data_efficiency", "plot_divergence_sweep", "plot_layer_transferability"]
+__all__ = ["matplotlib_available", "plot_curve", "plot_data_efficiency", "plot_divergence_sweep",
+           "plot_layer_transferability", "plot_report"]
 
 INSTALL_HINT = "pytl.plot needs matplotlib: pip install matplotlib (or pip install 'pytl[plot]')"
 COLORS = {"scratch": "tab:gray", "naive": "tab:orange", "mmd": "tab:blue", "source_only": "tab:red",
           "mmd_only": "tab:purple", "ensemble": "tab:green", "frozen": "tab:blue", "fine-tuned": "tab:orange"}
 STYLES = {"scratch": "--", "source_only": ":"}
+CLASS_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")  # plot_report: class i, modulo 5
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
-    """A Figure on an Agg canvas (no pyplot state); a clear ImportError without matplotlib."""
+def _agg() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes; a clear ImportError without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
+    return Figure, FigureCanvasAgg
+
+
+def matplotlib_available() -> bool:
+    """Whether this module can draw (matplotlib imports): lets a caller refuse a figure before long work."""
+    try:
+        _agg()
+    except ImportError:
+        return False
+    return True
+
+
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A Figure on an Agg canvas (no pyplot state); a clear ImportError without matplotlib."""
+    figure, canvas = _agg()
+    fig = figure(figsize=figsize)
+    canvas(fig)
     return fig
 
 
@@ -131,3 +152,55 @@ def plot_curve(table: CurveTable, path: str | os.PathLike | None = None) -> Any:
     if table.kind not in funcs:
         raise ValueError(f"no plot for a {table.kind!r} table; known: {sorted(funcs)}")
     return funcs[table.kind](table, path)
+
+
+def plot_report(report: ComparisonReport, data: Any, path: str | os.PathLike | None = None) -> Any:
+    """The demo's figure: both domains, then one panel per strategy of ``report`` with its decision
+    boundary over the target test set. ``data``: the DomainShift the report was trained on (2-D features)."""
+    import numpy as np
+    import torch
+
+    if not isinstance(report, ComparisonReport):
+        raise TypeError(f"plot_report takes a pytl.compare.ComparisonReport, got {type(report).__name__}")
+    xs, ys = data.source
+    xu = data.target_unlabeled
+    xt, yt = data.target_test
+    xl, yl = data.target_labeled
+    everything = np.concatenate([xs, xu, xt])
+    lo, hi = everything.min(0) - 0.5, everything.max(0) + 0.5
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+
+    strategies = list(report.accuracy)
+    ncols = 4 if len(strategies) + 1 > 3 else len(strategies) + 1
+    nrows = -(-(len(strategies) + 1) // ncols)
+    fig = _figure((4 * ncols, 3.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colors = np.array(CLASS_COLORS)
+    ax = axes[0][0]
+    ax.scatter(xs[:, 0], xs[:, 1], c=colors[ys % 5], s=6, alpha=0.5, marker="o")
+    ax.scatter(xt[:, 0], xt[:, 1], c=colors[yt % 5], s=6, alpha=0.5, marker="x")
+    ax.scatter(xl[:, 0], xl[:, 1], c=colors[yl % 5], s=30, edgecolors="k", marker="*", linewidths=0.5)
+    ax.set_title("source (o), target (x), target labels (*)")
+    for i, name in enumerate(strategies, start=1):
+        ax = axes[i // ncols][i % ncols]
+        proba = report.predict_proba(name, torch.from_numpy(grid)).numpy()
+        pred = proba.argmax(1).reshape(gx.shape)
+        ax.contourf(gx, gy, pred, levels=np.arange(proba.shape[1] + 1) - 0.5, alpha=0.25,
+                    colors=list(colors[: proba.shape[1]]))
+        if proba.shape[1] == 2:
+            ax.contour(gx, gy, proba[:, 1].reshape(gx.shape), levels=[0.5], colors="k", linewidths=0.8)
+        ax.scatter(xs[:, 0], xs[:, 1], c=colors[ys % 5], s=3, alpha=0.15, marker="o")
+        ax.scatter(xt[:, 0], xt[:, 1], c=colors[yt % 5], s=5, alpha=0.5, marker="x")
+        ax.set_title(f"{name}: {100 * report.accuracy[name]:.1f}% on target")
+    for j in range(len(strategies) + 1, nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    for row in axes:
+        for a in row:
+            a.set_xlim(lo[0], hi[0])
+            a.set_ylim(lo[1], hi[1])
+            a.set_aspect("equal")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=110)
+    return fig

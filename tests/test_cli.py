@@ -39,10 +39,8 @@ def test_demo_plot_writes_a_png(tmp_path, capsys):
 
 
 def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_path, capsys):
-    import pytl.cli as cli
-
-    monkeypatch.setattr(cli, "_import_pyplot", lambda: None)
-    monkeypatch.setattr("pytl.compare.compare_strategies", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("pytl.plot.matplotlib_available", lambda: False)
+    monkeypatch.setattr("pytl.cli.demo.compare_strategies", lambda *a, **k: pytest.fail("training started"))
     assert main(FAST + ["--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 

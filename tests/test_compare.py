@@ -148,10 +148,15 @@ BAD = [
     ("nan", dict(target_unlabeled=np.full((5, 2), np.nan)), ValueError, "NaN"),
     ("bad strategy", dict(strategies=["mmd", "dann"]), ValueError, "unknown strategy"),
     ("bad epochs", dict(align_epochs=-1), ValueError, "align_epochs"),
-    ("bad scratch epochs", dict(scratch_epochs=2.5), ValueError, "scratch_epochs"),
+    ("bad scratch epochs", dict(scratch_epochs=2.5), TypeError, "scratch_epochs"),  # a float for an int
     ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),
     ("dataloader", dict(target_unlabeled=torch.utils.data.DataLoader(torch.zeros(4, 2))), TypeError, "DataLoader"),
     ("bad mmd_scope", dict(mmd_scope="local"), ValueError, "mmd_scope"),
+    ("float seed", dict(seed=1.5), TypeError, "seed must be an int >= 0"),
+    ("negative seed", dict(seed=-1), ValueError, "seed must be an int >= 0"),
+    ("negative scratch epochs", dict(scratch_epochs=-1), ValueError, "scratch_epochs must be an int >= 0"),
+    ("strategies not names", dict(strategies=3), TypeError, "strategies must be a sequence"),
+    ("no strategy", dict(strategies=[]), ValueError, "strategies is empty"),
 ]
 
 

@@ -14,6 +14,7 @@ from conftest import cli_exit_code
 from pytl.cli import main
 from pytl.compare import compare_strategies
 from pytl.data import make_domain_shift
+from pytl.experiments import layers
 from pytl.train import TwoStageTrainer
 
 TINY = dict(align_epochs=2, finetune_epochs=2)
@@ -125,7 +126,7 @@ def test_layer_transferability_copies_and_freezes_exactly_the_first_k_layers(mon
     def copy_state(model):
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    monkeypatch.setattr(cv, "TwoStageTrainer", Recording)
+    monkeypatch.setattr(layers, "TwoStageTrainer", Recording)
     table = cv.layer_transferability(None, (0,), data=small, hidden_sizes=(8, 8, 8), source_epochs=2,
                                      target_epochs=2)
     assert table.xs == [0, 1, 2, 3] and table.series == ["frozen", "fine-tuned"]
@@ -224,6 +225,14 @@ BAD = [
     ("data not callable", cv.divergence_sweep, dict(data=LABELED_50), TypeError, "callable"),
     ("bad shift", cv.divergence_sweep, dict(shift=(1.0,)), ValueError, "shift"),
     ("bad model", cv.divergence_sweep, dict(model="mlp"), TypeError, "model must be"),
+    ("float seed", cv.divergence_sweep, dict(seeds=[0, 1.0]), TypeError, "seeds must hold ints"),
+    ("float n_target_labeled", cv.divergence_sweep, dict(n_target_labeled=10.0), TypeError, "n_target_labeled"),
+    ("one n_target_labeled", cv.divergence_sweep, dict(n_target_labeled=1), ValueError,
+     "n_target_labeled must be an int >= 2"),
+    ("strategies not names", cv.divergence_sweep, dict(strategies=None), TypeError, "strategies must be a sequence"),
+    ("negative source epochs", cv.layer_transferability, dict(source_epochs=-1), ValueError,
+     "source_epochs must be an int >= 0"),
+    ("float target epochs", cv.layer_transferability, dict(target_epochs=5.0), TypeError, "target_epochs"),
 ]
 
 
@@ -286,9 +295,7 @@ def test_cli_curve_argument_errors_exit_2_before_training(no_training, argv, wor
 
 
 def test_cli_curve_out_without_matplotlib_fails_before_training(no_training, monkeypatch, tmp_path, capsys):
-    import pytl.cli as cli
-
-    monkeypatch.setattr(cli, "_import_pyplot", lambda: None)
+    monkeypatch.setattr("pytl.plot.matplotlib_available", lambda: False)
     assert main(["curve", "layers", "--out", str(tmp_path / "x.png")]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 

@@ -137,6 +137,27 @@ def test_without_matplotlib_the_error_says_what_to_install(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # `import` of these now raises ImportError
     with pytest.raises(ImportError, match=r"pip install matplotlib"):
         plot.plot_data_efficiency(data_efficiency_table())
+    assert plot.matplotlib_available() is False  # what the CLI asks before it trains for a figure
+
+
+def test_report_figure_draws_the_domains_and_one_panel_per_strategy(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pytl.compare import compare_strategies
+    from pytl.data import make_domain_shift
+
+    data = make_domain_shift(0, n_source=100, n_target_unlabeled=100, n_target_labeled=10, n_target_test=120)
+    report = compare_strategies(**data.as_dict(), strategies=["scratch", "mmd"], align_epochs=1, finetune_epochs=1,
+                                num_threads=1)
+    fig = plot.plot_report(report, data, tmp_path / "report.png")
+    check_png(tmp_path / "report.png")
+    domains, *panels = fig.axes
+    assert [ax.get_title() for ax in panels] == [f"{s}: {100 * a:.1f}% on target" for s, a in report.accuracy.items()]
+    source, target, labels = domains.collections
+    np.testing.assert_array_equal(source.get_offsets(), data.source[0])
+    np.testing.assert_array_equal(target.get_offsets(), data.target_test[0])
+    np.testing.assert_array_equal(labels.get_offsets(), data.target_labeled[0])
+    with pytest.raises(TypeError, match="ComparisonReport"):
+        plot.plot_report(data_efficiency_table(), data)
 
 
 def test_import_pytl_does_not_import_matplotlib():
