@@ -2,8 +2,10 @@
 
 The hot path, the multi-bandwidth RBF MMD and its gradient, runs in fused kernels registered as
 torch ops (torch.ops.pytl.*) that never build a pairwise matrix. On top: models with head swap
-(pytl.models), freezing policies (pytl.freezing), the two-stage trainer (pytl.train), strategy
-comparison (pytl.compare), the tutorial's synthetic data (pytl.data) and ``python -m pytl demo``.
+(pytl.models), freezing policies (pytl.freezing), diagnostics (pytl.diagnostics), the two-stage
+trainer (pytl.train), strategy comparison and curves (pytl.experiments), figures (pytl.plot), the
+tutorial's synthetic data (pytl.data) and ``python -m pytl demo`` (pytl.cli). The layers and where a
+new thing goes: docs/architecture.md.
 """
 
 from pytl import distributed, ops
@@ -11,9 +13,18 @@ from pytl.ops import MMDLoss, bandwidth_ladder, median_heuristic, mmd2
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
 from pytl import diagnostics  # noqa: E402
-from pytl.compare import ComparisonReport, compare_strategies, summarize
-from pytl import curves, plot  # noqa: E402  (plot imports matplotlib only when it draws)
-from pytl.curves import CurveTable, DivergenceSweep, data_efficiency_curve, divergence_sweep, layer_transferability
+from pytl import experiments  # noqa: E402
+from pytl.experiments import (
+    ComparisonReport,
+    CurveTable,
+    DivergenceSweep,
+    compare_strategies,
+    data_efficiency_curve,
+    divergence_sweep,
+    layer_transferability,
+    summarize,
+)
+from pytl import compare, curves, plot  # noqa: E402  (old module paths; plot imports matplotlib only when it draws)
 from pytl.diagnostics import (
     DivergenceReport,
     MMDTestResult,
@@ -46,6 +57,7 @@ __all__ = [
     "data_efficiency_curve",
     "diagnostics",
     "distributed",
+    "experiments",
     "divergence_sweep",
     "domain_divergence",
     "freezing",
