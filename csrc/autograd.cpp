@@ -6,8 +6,8 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
-#include "mmd_checks.h"
-#include "weighted_sum.h"
+#include "common/checks.h"
+#include "common/weighted_sum.h"
 
 namespace pytl {
 namespace {

@@ -3,8 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "mmd_checks.h"
-#include "weighted_sum.h"
+#include "common/checks.h"
+#include "common/weighted_sum.h"
 
 namespace pytl {
 namespace {

@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "mmd_checks.h"
+#include "common/checks.h"
 
 namespace pytl {
 namespace {

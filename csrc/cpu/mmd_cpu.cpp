@@ -23,8 +23,8 @@
 #include <numeric>
 #include <vector>
 
-#include "../mmd_checks.h"
-#include "bandwidths.h"
+#include "../common/checks.h"
+#include "../common/bandwidths.h"
 #include "register_gemm.h"
 #include "simd.h"
 

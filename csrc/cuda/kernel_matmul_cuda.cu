@@ -24,7 +24,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "../mmd_checks.h"
+#include "../common/checks.h"
 
 namespace pytl {
 namespace {

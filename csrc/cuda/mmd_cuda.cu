@@ -39,8 +39,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../cpu/bandwidths.h"
-#include "../mmd_checks.h"
+#include "../common/bandwidths.h"
+#include "../common/checks.h"
 
 namespace pytl {
 namespace {

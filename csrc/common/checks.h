@@ -3,16 +3,14 @@
 // CPU and CUDA kernels do those, not the Meta kernel.
 #pragma once
 #include <ATen/ATen.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cmath>
 #include <vector>
 
-namespace pytl {
+#include "bandwidths.h"
+#include "host_values.h"
 
-// Fixed upper bound on the number of bandwidths: the CUDA kernels keep per-bandwidth
-// accumulators in fixed-size arrays.
-constexpr int64_t kMaxBandwidths = 16;
+namespace pytl {
 
 inline void check_mmd_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
                              bool unbiased) {
@@ -54,22 +52,6 @@ inline void check_mmd_backward_inputs(const at::Tensor& grad_terms, const at::Te
               "pytl.mmd2_terms_backward: grad_terms must be floating point, got ", grad_terms.scalar_type());
   TORCH_CHECK(grad_terms.device() == x.device(), "pytl.mmd2_terms_backward: grad_terms must be on ",
               x.device(), ", got ", grad_terms.device());
-}
-
-// A small tensor's values on the host, in double. Dispatched below any Python mode, so that a
-// TorchDispatchMode (opcheck's schema check, say) sees the op itself, not this helper's copies.
-inline std::vector<double> host_doubles(const at::Tensor& t) {
-  c10::impl::ExcludeDispatchKeyGuard no_python(
-      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
-  const at::Tensor c = t.detach().to(at::kCPU, at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-// False for tensors without readable values: meta tensors and the fake/functional tensors that
-// torch.compile traces with (they carry the Python or Functionalize dispatch key).
-inline bool has_readable_data(const at::Tensor& t) {
-  const auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
-  return !t.is_meta() && !t.key_set().has_any(traced);
 }
 
 // Bandwidths must be positive and finite. Reads the values (on CUDA this costs one sync) and returns
