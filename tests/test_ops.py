@@ -365,6 +365,16 @@ def test_bad_device_mix():
     meta_y = GOOD_Y.to("meta")
     with pytest.raises(ValueError, match="same device"):
         pytl.mmd2(GOOD_X, meta_y, 1.0)
+    with pytest.raises(ValueError, match="same device"):
+        pytl.mmd2(GOOD_X, meta_y)  # the median heuristic sees the samples first
+
+
+@pytest.mark.parametrize("args,kwargs,exc,fragment", BAD_CASES)
+def test_bad_input_below_autograd(args, kwargs, exc, fragment):
+    # under inference_mode the call skips the autograd kernel: the composite mmd2 and the CPU kernel
+    # of mmd2_terms check, and raise the same errors
+    with torch.inference_mode(), pytest.raises(exc, match=fragment):
+        pytl.mmd2(*args, **kwargs)
 
 
 def test_mmdloss_rejects_unknown_estimator():
@@ -372,33 +382,57 @@ def test_mmdloss_rejects_unknown_estimator():
         pytl.MMDLoss(estimator="fast")
 
 
+# The raw ops, as C++ callers reach them: TypeError for a wrong dtype, ValueError for a wrong shape,
+# value or device (c10::TypeError / c10::ValueError in C++).
 CPP_BAD_CASES = [
-    ((torch.randn(2, 2, 2), GOOD_Y, torch.ones(1), False), "x must be a 2-D"),
-    ((GOOD_X, torch.randn(4, 2), torch.ones(1), False), "same feature dimension"),
-    ((torch.randn(0, 3), GOOD_Y, torch.ones(1), False), "at least one row"),
-    ((GOOD_X, GOOD_Y.double(), torch.ones(1), False), "same dtype"),
-    ((GOOD_X.long(), GOOD_Y.long(), torch.ones(1), False), "floating-point"),
-    ((GOOD_X, GOOD_Y, torch.ones(2, 2), False), "sigmas must be a 1-D"),
-    ((GOOD_X, GOOD_Y, torch.ones(17), False), "at most 16"),
-    ((GOOD_X, GOOD_Y, torch.tensor([1.0, -1.0]), False), "positive and finite"),
-    ((GOOD_X, GOOD_Y, torch.tensor([float("nan")]), False), "positive and finite"),
-    ((GOOD_X, torch.randn(1, 3), torch.ones(1), True), "at least 2 rows"),
+    ((torch.randn(2, 2, 2), GOOD_Y, torch.ones(1), False), ValueError, "x must be a 2-D"),
+    ((GOOD_X, torch.randn(4, 2), torch.ones(1), False), ValueError, "same number of features"),
+    ((torch.randn(0, 3), GOOD_Y, torch.ones(1), False), ValueError, "x is empty"),
+    ((GOOD_X, GOOD_Y.double(), torch.ones(1), False), TypeError, "same dtype"),
+    ((GOOD_X.long(), GOOD_Y.long(), torch.ones(1), False), TypeError, "x must be a floating-point"),
+    ((GOOD_X, GOOD_Y, torch.ones(2, 2), False), ValueError, "sigmas must be a 1-D"),
+    ((GOOD_X, GOOD_Y, torch.ones(17), False), ValueError, "at most 16"),
+    ((GOOD_X, GOOD_Y, torch.tensor([1, 2]), False), TypeError, "sigmas must be a floating-point"),
+    ((GOOD_X, GOOD_Y, torch.ones(1, device="meta"), False), ValueError, "sigmas must be on the same device"),
+    ((GOOD_X, GOOD_Y, torch.tensor([1.0, -1.0]), False), ValueError, "positive and finite"),
+    ((GOOD_X, GOOD_Y, torch.tensor([float("nan")]), False), ValueError, "positive and finite"),
+    ((GOOD_X, torch.randn(1, 3), torch.ones(1), True), ValueError, "at least 2 samples"),
 ]
 
 
-@pytest.mark.parametrize("args,fragment", CPP_BAD_CASES)
-def test_bad_input_cpp_op(args, fragment):
-    with pytest.raises(RuntimeError, match=fragment):
+@pytest.mark.parametrize("args,exc,fragment", CPP_BAD_CASES)
+def test_bad_input_cpp_op(args, exc, fragment):
+    with pytest.raises(exc, match="pytl.mmd2: .*" + fragment):
         torch.ops.pytl.mmd2_terms(*args)
 
 
+@pytest.mark.parametrize("args,exc,fragment", CPP_BAD_CASES)
+def test_bad_input_cpp_op_meta(args, exc, fragment):
+    # the Meta kernel (what torch.compile traces) raises the same errors, except those that need the values
+    if fragment == "positive and finite" or fragment.startswith("sigmas must be on"):
+        pytest.skip("value checks need the data; the meta sigmas is this case's own device mix")
+    x, y, sigmas, unbiased = (a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(exc, match=fragment):
+        torch.ops.pytl.mmd2_terms(x, y, sigmas, unbiased)
+
+
 def test_bad_input_cpp_weights():
-    with pytest.raises(RuntimeError, match="one entry per bandwidth"):
+    with pytest.raises(ValueError, match="weights must have one entry per bandwidth"):
         torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(3), False)
-    with pytest.raises(RuntimeError, match="non-negative and finite"):
+    with pytest.raises(ValueError, match="weights must be a 1-D tensor"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(1, 2), False)
+    with pytest.raises(TypeError, match="weights must be a floating-point"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(2, dtype=torch.int64), False)
+    with pytest.raises(ValueError, match="non-negative and finite"):
         torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.tensor([1.0, -1.0]), False)
+    # a malformed sigmas is reported as such, not as a weight count mismatch
+    with pytest.raises(ValueError, match="sigmas must be a 1-D"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2, 2), torch.ones(2), False)
 
 
 def test_bad_input_cpp_backward_op():
-    with pytest.raises(RuntimeError, match="grad_terms must have shape"):
+    with pytest.raises(ValueError, match="grad_terms must have shape"):
         torch.ops.pytl.mmd2_terms_backward(torch.ones(3), GOOD_X, GOOD_Y, torch.ones(2), False)
+    with pytest.raises(TypeError, match="grad_terms must be floating point"):
+        torch.ops.pytl.mmd2_terms_and_grad(torch.ones(2, dtype=torch.int32), GOOD_X, GOOD_Y, torch.ones(2), False)
+
