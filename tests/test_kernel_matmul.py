@@ -7,17 +7,9 @@ import random
 import pytest
 import torch
 
-from pytl.diagnostics import rbf_kernel_matmul
-from reference import pair_sq_dists
-
-
-def kernel_matmul_reference(z, s, sigmas, weights):
-    """Float64, by materialising K from broadcast differences (a different formula from the kernels)."""
-    d2 = pair_sq_dists(z, z)
-    sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
-    k = sum(w[q] * torch.exp(-d2 / (2 * sig[q] ** 2)) for q in range(sig.numel()))
-    return k @ s.double()
+import pytl
+from pytl.ops import rbf_kernel_matmul
+from pytl.testing import kernel_matmul_reference
 
 
 def _shape_grid():
@@ -185,6 +177,8 @@ def test_bad_input_cpp_op(args, exc, fragment):
 
 PY_BAD_CASES = [
     (([[1.0]], S1, 1.0), TypeError, "z must be a torch.Tensor"),
+    ((Z, S1.numpy(), 1.0), TypeError, "s must be a torch.Tensor"),
+    ((Z, S1, "wide"), TypeError, "sigmas must be a number"),
     ((Z.int(), S1, 1.0), TypeError, "z must be a floating-point"),
     ((Z, S1.double(), 1.0), TypeError, "dtype of z"),
     ((Z, torch.randn(4, 2), 1.0), ValueError, "one row per row"),
@@ -200,6 +194,10 @@ PY_BAD_CASES = [
 def test_bad_input_python(args, exc, fragment):
     with pytest.raises(exc, match=fragment):
         rbf_kernel_matmul(*args)
+
+
+def test_wrapper_is_importable_from_its_old_homes():
+    assert pytl.diagnostics.rbf_kernel_matmul is rbf_kernel_matmul and pytl.rbf_kernel_matmul is rbf_kernel_matmul
 
 
 def test_python_wrapper_default_weights(device):

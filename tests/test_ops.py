@@ -13,8 +13,7 @@ import torch
 
 import pytl
 from pytl import ops
-from reference import mmd2_reference64, pair_sq_dists, terms_reference
-from conftest import make_pair
+from pytl.testing import make_pair, mmd2_reference, mmd2_reference64, pair_sq_dists, terms_reference
 
 
 def _shape_grid():
@@ -57,7 +56,7 @@ def test_mmd2_weights_and_public_api(device, estimator):
     torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-12)
     # the module twin and the materialising reference agree with it
     torch.testing.assert_close(pytl.MMDLoss(sig, w, estimator)(x, y), got)
-    torch.testing.assert_close(ops.mmd2_reference(x, y, sig, w, estimator=estimator), got, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(mmd2_reference(x, y, sig, w, estimator=estimator), got, rtol=1e-9, atol=1e-11)
 
 
 def test_single_float_sigma_and_default_weights(device):
@@ -326,7 +325,9 @@ def test_cuda_matches_cpu_float64_large():
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input: a clear error naming the argument, from the Python wrapper and from the C++ op.
+# Bad input: a clear error naming the argument. The op checks its arguments in C++ and raises
+# ValueError / TypeError itself; the wrapper only rejects what C++ cannot see (not a tensor, a
+# sigmas that is no number, an unknown estimator).
 
 GOOD_X = torch.randn(5, 3)
 GOOD_Y = torch.randn(4, 3)
@@ -436,3 +437,9 @@ def test_bad_input_cpp_backward_op():
     with pytest.raises(TypeError, match="grad_terms must be floating point"):
         torch.ops.pytl.mmd2_terms_and_grad(torch.ones(2, dtype=torch.int32), GOOD_X, GOOD_Y, torch.ones(2), False)
 
+
+def test_mmd2_reference_moved_to_pytl_testing():
+    with pytest.warns(DeprecationWarning, match="pytl.testing.mmd2_reference"):
+        old = ops.mmd2_reference
+    assert old is mmd2_reference
+    assert ops.MMDLoss is pytl.MMDLoss  # moved to pytl.losses, still importable from pytl.ops
