@@ -3,6 +3,8 @@
 The ops check their arguments themselves, once, in C++ (csrc/common/checks.h), and raise ValueError
 or TypeError with a message that names the argument. The wrappers only check what C++ cannot see:
 an argument that is not a tensor at all, a ``sigmas`` that cannot become one, the ``estimator`` name.
+(With ``sigmas=None`` the median heuristic computes on x and y before the op does, so it checks them
+first, in the op's words.)
 
 Kernel: k(a, b) = sum_k w_k exp(-||a - b||^2 / (2 sigma_k^2)); weights default to 1/K.
 The fused op returns the K per-bandwidth statistics T_k; mmd2 = sum_k w_k T_k, so gradients flow
