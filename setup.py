@@ -1,6 +1,7 @@
 """Build the pytl._C extension: the fused RBF-kernel MMD ops (CPU, plus CUDA when it can be built).
 
-Metadata lives in pyproject.toml; this file only describes the C++/CUDA extension.
+Metadata lives in pyproject.toml; the sources and flags come from pytl/_toolchain.py, the one build
+description that the JIT loader (pytl/_loader.py) and CMakeLists.txt use too.
 
     pip install --no-build-isolation .        # wheel with the prebuilt pytl._C
     pip install --no-build-isolation -e .     # editable: pytl/_C*.so lands next to the sources
@@ -18,7 +19,6 @@ Environment switches
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import sys
@@ -37,18 +37,6 @@ def _log(msg: str) -> None:
     print(f"pytl setup: {msg}", file=sys.stderr, flush=True)
 
 
-def _env_flag(name: str) -> bool | None:
-    """Tri-state environment switch: None when unset/empty, else True/False (anything else: an error)."""
-    raw = os.environ.get(name, "").strip().lower()
-    if raw == "":
-        return None
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    sys.exit(f"pytl setup: {name}={os.environ[name]!r} is not understood; use {name}=0 or {name}=1")
-
-
 try:
     import torch
     from torch.utils import cpp_extension  # noqa: F401  (imported below, after CUDA_HOME is settled)
@@ -60,11 +48,19 @@ except ImportError:  # pragma: no cover - only without torch
     )
 
 
-# Toolchain facts shared with pytl's JIT loader (pytl/_toolchain.py), loaded by path: importing the
-# pytl package itself would try to load the ops that this file is about to build.
+# The build description and toolchain facts shared with pytl's JIT loader (pytl/_toolchain.py), loaded by
+# path: importing the pytl package itself would try to load the ops that this file is about to build.
 _spec = importlib.util.spec_from_file_location("_pytl_toolchain", ROOT / "pytl" / "_toolchain.py")
 toolchain = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = toolchain  # (dataclasses look their module up there)
 _spec.loader.exec_module(toolchain)
+
+
+def _env_flag(name: str) -> bool | None:
+    try:
+        return toolchain.env_flag(name)
+    except ValueError as exc:
+        sys.exit(f"pytl setup: {exc}")
 
 
 def _resolve_cuda_home() -> str | None:
@@ -76,16 +72,13 @@ def _resolve_cuda_home() -> str | None:
 
 TORCH_HAS_CUDA = torch.version.cuda is not None
 WITH_CUDA_REQUEST = _env_flag("PYTL_WITH_CUDA")
-CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+CUDA_SOURCES = toolchain.source_files("csrc", toolchain.CUDA_SOURCE_GLOBS)
 
 cuda_home = None
 if WITH_CUDA_REQUEST is not False and TORCH_HAS_CUDA:
     cuda_home = _resolve_cuda_home()
     if cuda_home:
-        # torch.utils.cpp_extension reads CUDA_HOME when it is first imported; it is imported above, so set
-        # both the environment (for child processes) and the module global.
-        os.environ["CUDA_HOME"] = cuda_home
-        cpp_extension.CUDA_HOME = cuda_home
+        toolchain.use_cuda_home(cuda_home)
 
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
@@ -142,22 +135,14 @@ if not os.environ.get("MAX_JOBS"):
 # The extension
 # ----------------------------------------------------------------------------------------------------
 debug = _env_flag("PYTL_DEBUG") is True
-opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: Python's own CFLAGS carry -g
-sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-if not (CSRC / "python_module.cpp").exists():
-    _log("warning: csrc/python_module.cpp (the PyInit__C stub) is missing; the module will not import")
-extra_compile_args = {"cxx": opt + ["-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]}
-extra_link_args = []
-define_macros = []
-extra_compile_args["cxx"] += toolchain.openmp_flags()
-extra_link_args += toolchain.openmp_flags()
+build = toolchain.describe_build("csrc", with_cuda=WITH_CUDA, python_module=True, debug=debug)
+if not (CSRC / toolchain.PYTHON_MODULE_SOURCE).exists():
+    _log(f"warning: csrc/{toolchain.PYTHON_MODULE_SOURCE} (the PyInit__C stub) is missing; the module will not import")
+sources = build.sources
+extra_compile_args = {"cxx": build.cxx_flags}
 if WITH_CUDA:
-    sources += CUDA_SOURCES
-    define_macros.append(("PYTL_WITH_CUDA", None))
-    extra_compile_args["nvcc"] = (["-O0", "-g"] if debug else ["-O3"]) + ["-lineinfo", "--expt-relaxed-constexpr"]
-    Extension = CUDAExtension
-else:
-    Extension = CppExtension
+    extra_compile_args["nvcc"] = build.nvcc_flags
+Extension = CUDAExtension if WITH_CUDA else CppExtension
 
 _log(
     f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
@@ -170,10 +155,10 @@ ext_modules = [
     Extension(
         name="pytl._C",
         sources=sources,
-        include_dirs=[str(CSRC)],
-        define_macros=define_macros,
+        include_dirs=[str(ROOT / d) for d in build.include_dirs],
+        define_macros=[(macro, None) for macro in build.macros],
         extra_compile_args=extra_compile_args,
-        extra_link_args=extra_link_args,
+        extra_link_args=build.link_flags,
     )
 ]
 

@@ -62,12 +62,12 @@ def _kernel_matrix(z, sigmas, weights):
 def _run_loop(x, y, sigmas, weights, permutations: int, seed: int):
     import torch
 
-    from pytl.diagnostics import _split_chunks
+    from pytl.diagnostics.permutation_test import split_chunks
 
     n, m = x.shape[0], y.shape[0]
     K = _kernel_matrix(torch.cat([x, y]), sigmas, weights)
     stats = []
-    for masks in _split_chunks(n, m, permutations, seed, 1024):
+    for masks in split_chunks(n, m, permutations, seed, 1024):
         for mask in masks:  # the usual loop: index K with each permutation's split
             ix, iy = mask.nonzero()[:, 0], (~mask).nonzero()[:, 0]
             kxx = K[ix][:, ix]
@@ -81,12 +81,12 @@ def _run_loop(x, y, sigmas, weights, permutations: int, seed: int):
 def _run_matmul(x, y, sigmas, weights, permutations: int, seed: int):
     import torch
 
-    from pytl.diagnostics import _split_chunks
+    from pytl.diagnostics.permutation_test import split_chunks
 
     n, m = x.shape[0], y.shape[0]
     K = _kernel_matrix(torch.cat([x, y]), sigmas, weights)
     stats = []
-    for masks in _split_chunks(n, m, permutations, seed, 1024):
+    for masks in split_chunks(n, m, permutations, seed, 1024):
         u = torch.where(masks.t(), torch.tensor(1.0 / n), torch.tensor(-1.0 / m))
         stats.append((u * (K @ u)).sum(0, dtype=torch.float64))
     stats = torch.cat(stats).tolist()

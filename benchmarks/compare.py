@@ -3,7 +3,7 @@
     python benchmarks/compare.py            # the main sizes (a few minutes on 2 cores)
     python benchmarks/compare.py --quick    # small sizes, for CI (under a minute)
 
-Implementations: "pytl" (pytl.mmd2, fused kernels), "naive" (pytl.ops.mmd2_reference: full n x n,
+Implementations: "pytl" (pytl.mmd2, fused kernels), "naive" (pytl.testing.mmd2_reference: full n x n,
 m x m and n x m matrices from |a|^2 + |b|^2 - 2ab, one exp pass per bandwidth, autograd through
 them), "cdist" (the same with torch.cdist, the formulation of the popular transfer-learning
 libraries) and "keops" (pykeops' LazyTensor reduction, when installed). Each measurement runs in a fresh subprocess so that its peak resident-memory growth
@@ -105,6 +105,7 @@ def make_runner(impl: str, n: int, d: int, backward: bool):
     import torch
 
     import pytl
+    import pytl.testing
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
@@ -114,7 +115,7 @@ def make_runner(impl: str, n: int, d: int, backward: bool):
     weights = torch.full((len(LADDER),), 1 / len(LADDER))
     fn = {
         "pytl": lambda a, b: pytl.mmd2(a, b, sigmas, weights),
-        "naive": lambda a, b: pytl.ops.mmd2_reference(a, b, sigmas, weights),
+        "naive": lambda a, b: pytl.testing.mmd2_reference(a, b, sigmas, weights),
         "cdist": lambda a, b: _cdist_mmd2(a, b, sigmas, weights),
         "keops": lambda a, b: _keops_mmd2(a, b, sigmas, weights),
     }[impl]

@@ -2,7 +2,7 @@
 
 Forward and forward + backward, K = 5 bandwidths (the median-heuristic ladder, ratio 2 in gamma),
 float32, CUDA events, medians of a few repeats, fresh inputs per case. Baselines, measured in the same
-run: "naive" = pytl.ops.mmd2_reference (matrices from |a|^2 + |b|^2 - 2ab, one exp pass per bandwidth,
+run: "naive" = pytl.testing.mmd2_reference (matrices from |a|^2 + |b|^2 - 2ab, one exp pass per bandwidth,
 autograd through them) and "cdist" = the torch.cdist formulation of the popular libraries.
 
 Limits printed beside each pytl time (rates from the card's SM count and max SM clock):
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo's pytl
 import pytl  # noqa: E402
+import pytl.testing  # noqa: E402  (the naive reference)
 from pytl import diagnostics  # noqa: E402
 
 LADDER = (-2, -1, 0, 1, 2)
@@ -102,14 +103,14 @@ def mmd_case(n: int, d: int, backward: bool, rates: dict, dev) -> dict:
     s0 = float(pytl.median_heuristic(x, y))
     sig = torch.tensor([s0 * 2 ** (j / 2) for j in LADDER], device=dev)
     pytl_impl = lambda a, b, s: pytl.mmd2(a, b, s)  # noqa: E731  (mean over the K bandwidths)
-    naive_impl = lambda a, b, s: pytl.ops.mmd2_reference(a, b, s)  # noqa: E731
+    naive_impl = lambda a, b, s: pytl.testing.mmd2_reference(a, b, s)  # noqa: E731
     t_pytl, mb_pytl = timed(pytl_impl, x, y, sig, backward, repeats=7)
     big = n > 20000  # the matrices need > 50 GB: one probe each, no repeats
     t_naive, mb_naive = timed(naive_impl, x, y, sig, backward, repeats=1 if big else 3)
     t_cdist, mb_cdist = timed(cdist_mmd2, x, y, sig, backward, repeats=1 if big else 3)
     with torch.no_grad():
         v_pytl = float(pytl.mmd2(x, y, sig))
-        v_ref = float(pytl.ops.mmd2_reference(x.double(), y.double(), sig.double())) if n <= 16384 else None
+        v_ref = float(pytl.testing.mmd2_reference(x.double(), y.double(), sig.double())) if n <= 16384 else None
     # forward: each unordered self pair once + the cross block, d FMAs per pair (the dot product);
     # forward+backward: one gradient sweep over all (2n)^2 ordered pairs, 2d FMAs per pair (dot + W.b)
     pairs = 4 * n * n if backward else n * (n - 1) + n * n

@@ -6,8 +6,8 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
-#include "mmd_checks.h"
-#include "weighted_sum.h"
+#include "common/checks.h"
+#include "common/weighted_sum.h"
 
 namespace pytl {
 namespace {
@@ -69,8 +69,10 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y,
                             const at::Tensor& sigmas, const at::Tensor& weights, bool unbiased, bool need_grads) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    check_mmd_inputs(x, y, sigmas, unbiased);
-    check_weights(weights, sigmas, has_readable_data(weights));
+    // The weights are the one argument no kernel below sees (they reach mmd2_terms_and_grad as its
+    // grad_terms); x, y and sigmas are checked by the kernel called next.
+    check_mmd_weights(weights, sigmas);
+    if (has_readable_data(weights)) check_weight_values(weights);
     at::Tensor terms;
     if (need_grads) {
       auto r = call_mmd2_terms_and_grad(weights, x, y, sigmas, unbiased);

@@ -1,9 +1,10 @@
 // Meta (shape-only) kernels: what torch.compile / FakeTensor tracing sees. Same argument checks
 // as the real kernels (but not the value checks on sigmas and weights, which need the data).
+// mmd2 has its own Meta kernel, reached only below autograd (above it, autograd.cpp calls mmd2_terms).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "mmd_checks.h"
+#include "common/checks.h"
 
 namespace pytl {
 namespace {
@@ -31,13 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_m
 at::Tensor mmd2_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, const at::Tensor& weights,
                      bool unbiased) {
   check_mmd_inputs(x, y, sigmas, unbiased);
-  check_weights(weights, sigmas, /*check_values=*/false);
+  check_mmd_weights(weights, sigmas);
   return at::empty({}, x.options());
 }
 
 at::Tensor rbf_kernel_matmul_meta(const at::Tensor& z, const at::Tensor& s, const at::Tensor& sigmas,
                                   const at::Tensor& weights) {
-  check_kernel_matmul_inputs(z, s, sigmas, weights, /*check_values=*/false);
+  check_kernel_matmul_inputs(z, s, sigmas, weights);
   return at::empty({z.size(0), s.size(1)}, z.options());
 }
 

@@ -3,7 +3,8 @@
 Order: ``pytl._C`` built by ``pip install`` (skipped when ``PYTL_JIT=1``); otherwise the same
 sources (``csrc/`` of a checkout, or ``pytl/csrc/`` shipped in a wheel) are compiled with
 ``torch.utils.cpp_extension.load`` (CUDA kernels too when torch has CUDA and a toolkit is found,
-unless ``PYTL_WITH_CUDA=0``). A failure says what is missing.
+unless ``PYTL_WITH_CUDA=0``), from the build description that setup.py uses (pytl/_toolchain.py:
+the same sources and flags; ``PYTL_DEBUG=1`` too). A failure says what is missing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ def _ops_registered() -> bool:
     return hasattr(torch.ops, "pytl") and hasattr(torch.ops.pytl, "mmd2_terms")
 
 
-def _jit_sources() -> tuple[list[str], bool]:
+def _env_flag(name: str) -> bool | None:
+    try:
+        return _toolchain.env_flag(name)
+    except ValueError as exc:
+        raise ImportError(f"pytl: {exc}") from None
+
+
+def _jit_build_description() -> _toolchain.Build:
+    """setup.py's build, less the PyInit__C stub (the JIT build is a plain library that registers the ops)."""
     csrc = next((d for d in _SOURCE_DIRS if (d / "ops.cpp").is_file()), None)
     if csrc is None:
         raise ImportError(
@@ -36,20 +45,15 @@ def _jit_sources() -> tuple[list[str], bool]:
             f"{' or '.join(map(str, _SOURCE_DIRS))}. Install pytl with `pip install --no-build-isolation .` "
             "from a source checkout."
         )
-    from torch.utils import cpp_extension
-
-    sources = [str(p) for p in sorted(csrc.glob("*.cpp")) if p.name != "python_module.cpp"]
-    sources += [str(p) for p in sorted((csrc / "cpu").glob("*.cpp"))]
-    want_cuda = os.environ.get("PYTL_WITH_CUDA")
+    want_cuda = _env_flag("PYTL_WITH_CUDA")
     cuda_home = None
-    if torch.version.cuda is not None and want_cuda != "0":
+    if torch.version.cuda is not None and want_cuda is not False:
         cuda_home, note = _toolchain.resolve_cuda_home()
         if note:
             print(f"pytl: {note}", file=sys.stderr)
         if cuda_home:
-            os.environ["CUDA_HOME"] = cuda_home
-            cpp_extension.CUDA_HOME = cuda_home
-    if want_cuda == "1" and cuda_home is None:
+            _toolchain.use_cuda_home(cuda_home)
+    if want_cuda is True and cuda_home is None:
         raise ImportError(
             "pytl: PYTL_WITH_CUDA=1 but this torch has no CUDA "
             f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found; "
@@ -57,30 +61,32 @@ def _jit_sources() -> tuple[list[str], bool]:
         )
     with_cuda = cuda_home is not None
     if with_cuda:
-        sources += [str(p) for p in sorted((csrc / "cuda").glob("*.cu"))]
         note = _toolchain.ensure_cuda_arch_list()
         if note:
             print(f"pytl: {note}", file=sys.stderr)
-    return sources, with_cuda
+    return _toolchain.describe_build(csrc, with_cuda=with_cuda, python_module=False,
+                                     debug=_env_flag("PYTL_DEBUG") is True)
 
 
 def _jit_build(reason: str) -> None:
     from torch.utils import cpp_extension
 
-    sources, with_cuda = _jit_sources()
+    build = _jit_build_description()
+    with_cuda = build.with_cuda
     print(
         f"pytl: building the {'CPU+CUDA' if with_cuda else 'CPU'} ops with torch.utils.cpp_extension.load "
         f"({reason}; the first build takes a few minutes, then it is cached)",
         file=sys.stderr,
     )
-    openmp = _toolchain.openmp_flags()
+    defines = [f"-D{macro}" for macro in build.macros]
     try:
         cpp_extension.load(
             name=_JIT_NAME + ("_cuda" if with_cuda else ""),
-            sources=sources,
-            extra_cflags=["-O3", "-Wno-psabi"] + openmp + (["-DPYTL_WITH_CUDA"] if with_cuda else []),
-            extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
-            extra_ldflags=openmp,
+            sources=build.sources,
+            extra_include_paths=build.include_dirs,
+            extra_cflags=build.cxx_flags + defines,
+            extra_cuda_cflags=build.nvcc_flags + defines,
+            extra_ldflags=build.link_flags,
             with_cuda=with_cuda,
             is_python_module=False,
             verbose=os.environ.get("PYTL_JIT_VERBOSE") == "1",

@@ -1,6 +1,10 @@
-"""Facts about the build toolchain, shared by setup.py and the JIT loader (no pytl imports here:
-setup.py loads this file by path before the ops exist).
+"""The build of pytl's C++/CUDA ops, described once: setup.py, the JIT loader (pytl/_loader.py) and
+CMakeLists.txt build the same sources with the same flags. No pytl imports here: setup.py loads this
+file by path, before the ops exist.
 
+- The build description: the source globs under csrc/ and the compiler flags, as one-line tuples of
+  string literals that CMakeLists.txt reads too; describe_build() turns them into the lists that
+  setup.py and torch.utils.cpp_extension.load take.
 - The CUDA toolkit root. torch guesses CUDA_HOME as the parent of the `nvcc` on PATH; where that nvcc
   is a wrapper script (as on the team's machines) the guess is wrong, so the real toolkit is found by
   reading the wrapper or under /usr/local/cuda*.
@@ -16,6 +20,80 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# ----------------------------------------------------------------------------------------------------
+# The build description. CMakeLists.txt parses the assignments from here to CUDA_MACRO: keep each on one
+# line, with double-quoted string literals only (a trailing comment is fine).
+SOURCE_GLOBS = ("*.cpp", "cpu/*.cpp")  # under csrc/: the op registrations and the CPU kernels
+CUDA_SOURCE_GLOBS = ("cuda/*.cu",)
+PYTHON_MODULE_SOURCE = "python_module.cpp"  # the PyInit__C stub: only setup.py's importable pytl._C needs it
+CXX_FLAGS = ("-Wall", "-Wno-unknown-pragmas", "-Wno-psabi")
+CXX_RELEASE_FLAGS = ("-O3", "-g0", "-DNDEBUG")  # -g0: Python's own CFLAGS (setup.py) carry -g
+NVCC_FLAGS = ("-lineinfo", "--expt-relaxed-constexpr")
+NVCC_RELEASE_FLAGS = ("-O3", "-DNDEBUG")
+DEBUG_FLAGS = ("-O0", "-g")  # PYTL_DEBUG=1 (CMake: CMAKE_BUILD_TYPE=Debug), for both compilers
+CUDA_MACRO = "PYTL_WITH_CUDA"  # defined when the CUDA kernels are built
+
+
+@dataclass(frozen=True)
+class Build:
+    """What to compile and how; macros are defined for both compilers."""
+
+    with_cuda: bool
+    sources: list[str]
+    include_dirs: list[str]
+    macros: list[str]
+    cxx_flags: list[str]
+    nvcc_flags: list[str]
+    link_flags: list[str]
+
+
+def source_files(csrc: str | Path, patterns: tuple[str, ...]) -> list[str]:
+    """The files matching the globs under csrc, each glob's matches sorted, as paths starting with csrc."""
+    return [str(path) for pattern in patterns for path in sorted(Path(csrc).glob(pattern))]
+
+
+def describe_build(csrc: str | Path, *, with_cuda: bool, python_module: bool, debug: bool) -> Build:
+    """The build of the ops from the sources under csrc (a path as the builder wants it: setup.py
+    needs it relative to itself). python_module: include the PyInit__C stub."""
+    cpu = [s for s in source_files(csrc, SOURCE_GLOBS) if python_module or Path(s).name != PYTHON_MODULE_SOURCE]
+    openmp = openmp_flags()
+    return Build(
+        with_cuda=with_cuda,
+        sources=cpu + (source_files(csrc, CUDA_SOURCE_GLOBS) if with_cuda else []),
+        include_dirs=[str(csrc)],
+        macros=[CUDA_MACRO] if with_cuda else [],
+        cxx_flags=list(DEBUG_FLAGS if debug else CXX_RELEASE_FLAGS) + list(CXX_FLAGS) + openmp,
+        nvcc_flags=list(DEBUG_FLAGS if debug else NVCC_RELEASE_FLAGS) + list(NVCC_FLAGS),
+        link_flags=openmp,
+    )
+
+
+def env_flag(name: str) -> bool | None:
+    """Tri-state environment switch: None when unset or empty, else True/False; ValueError otherwise."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} is not understood; use {name}=0 or {name}=1")
+
+
+def use_cuda_home(home: str) -> None:
+    """Make torch.utils.cpp_extension build with the toolkit at home. It reads CUDA_HOME when it is first
+    imported, so both the environment (for child processes) and its module global are set."""
+    from torch.utils import cpp_extension
+
+    os.environ["CUDA_HOME"] = home
+    cpp_extension.CUDA_HOME = home
+
+
+# ----------------------------------------------------------------------------------------------------
+# The toolchain
 
 
 def _is_toolkit(root: str | None) -> bool:

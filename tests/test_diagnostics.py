@@ -2,13 +2,15 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import pytl
 from pytl import diagnostics as dg
-from conftest import make_pair
-from reference import mmd2_reference64, pair_sq_dists
+from pytl.diagnostics.divergence import verdict
+from pytl.diagnostics.permutation_test import split_chunks
+from pytl.testing import make_pair, mmd2_reference64, pair_sq_dists
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased"])
@@ -42,7 +44,7 @@ def test_null_samples_equal_brute_force(device, estimator):
     d2 = pair_sq_dists(z, z)
     K = sum(wk * torch.exp(-d2 / (2 * s * s)) for s, wk in zip(sig, w))
     n, m = x.shape[0], y.shape[0]
-    masks = torch.cat(list(dg._split_chunks(n, m, P, seed, chunk)))
+    masks = torch.cat(list(split_chunks(n, m, P, seed, chunk)))
     assert masks.shape == (P + 1, n + m) and bool((masks.sum(1) == n).all())
     assert bool(masks[0, :n].all())  # column 0: the observed split
     brute = []
@@ -124,10 +126,37 @@ def test_mmd_test_bad_samples():
     x, y = make_pair(5, 6, 2)
     with pytest.raises(ValueError, match="same number of features"):
         dg.mmd_test(x, torch.randn(6, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        dg.mmd_test([[1.0]], y)
+    with pytest.raises(TypeError, match="x must be a numpy array, a torch.Tensor or a nested list"):
+        dg.mmd_test("x.npy", y)
+    with pytest.raises(ValueError, match="x must be a 2-D tensor"):
+        dg.mmd_test(x[None], y)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        dg.mmd_test(x, y.index_fill(0, torch.tensor([2]), math.nan))
+    with pytest.raises(TypeError, match="same dtype"):
+        dg.mmd_test(x, y.float())
     with pytest.raises(ValueError, match="at least 2 samples"):
         dg.mmd_test(x[:1], y, estimator="unbiased")
+    # bandwidths and weights are checked by the op
+    with pytest.raises(ValueError, match="at most 16 bandwidths"):
+        dg.mmd_test(x, y, [1.0] * 17)
+    with pytest.raises(ValueError, match="weights must have one entry per bandwidth"):
+        dg.mmd_test(x, y, [1.0, 2.0], weights=[1.0])
+
+
+def test_mmd_test_numpy_and_list_inputs():
+    """numpy arrays and nested lists, like the trainer: the same test as on the tensors."""
+    x, y = make_pair(25, 31, 3, shift=0.4)
+    for estimator in ("biased", "unbiased"):
+        want = dg.mmd_test(x, y, None, 49, estimator, seed=2)
+        for a, b in [(x.numpy(), y.numpy()), (x.tolist(), y.tolist()), (x.numpy(), y)]:
+            got = dg.mmd_test(a, b, None, 49, estimator, seed=2)
+            assert got.statistic == want.statistic and got.p_value == want.p_value
+            assert torch.equal(got.null_samples, want.null_samples) and got.sigmas == want.sigmas
+    # integer arrays become float32, as in the trainer
+    xi, yi = np.arange(12).reshape(6, 2), np.arange(10).reshape(5, 2) + 3
+    got = dg.mmd_test(xi, yi, 2.0, 9, seed=0)
+    want = dg.mmd_test(torch.from_numpy(xi).float(), torch.from_numpy(yi).float(), 2.0, 9, seed=0)
+    assert got.statistic == want.statistic and torch.equal(got.null_samples, want.null_samples)
 
 
 def test_proxy_a_distance_same_and_separated():
@@ -150,8 +179,24 @@ def test_proxy_a_distance_bad_input():
         dg.proxy_a_distance(xs, xs, classifier="svm")
     with pytest.raises(ValueError, match="same number of features"):
         dg.proxy_a_distance(xs, torch.randn(10, 2))
-    with pytest.raises(TypeError, match="xs must be a torch.Tensor"):
-        dg.proxy_a_distance(xs.numpy(), xs)
+    with pytest.raises(TypeError, match="xs must be a numpy array, a torch.Tensor or a nested list"):
+        dg.proxy_a_distance({"xs": xs}, xs)
+    with pytest.raises(ValueError, match="xt must be at least 2-D"):
+        dg.proxy_a_distance(xs, xs[0])
+    with pytest.raises(ValueError, match="max_samples"):
+        dg.proxy_a_distance(xs, xs, max_samples=3)
+    with pytest.raises(TypeError, match="seed"):
+        dg.proxy_a_distance(xs, xs, seed=1.5)
+
+
+def test_proxy_a_distance_numpy_and_list_inputs():
+    g = torch.Generator().manual_seed(4)
+    xs, xt = torch.randn(60, 3, generator=g), torch.randn(50, 3, generator=g) + 0.8
+    for clf in ("linear", "mlp"):
+        want = dg.proxy_a_distance(xs, xt, seed=1, classifier=clf)
+        assert 0.0 < want <= 2.0
+        assert dg.proxy_a_distance(xs.numpy(), xt.numpy(), seed=1, classifier=clf) == want
+        assert dg.proxy_a_distance(xs.tolist(), xt, seed=1, classifier=clf) == want
 
 
 def test_domain_divergence_verdicts():
@@ -168,10 +213,20 @@ def test_domain_divergence_verdicts():
 
 
 def test_verdict_rules():
-    assert dg._verdict(0.3, 0.2, 0.05) == "low"  # not significant
-    assert dg._verdict(0.05, 0.001, 0.05) == "low"
-    assert dg._verdict(0.3, 0.001, 0.05) == "moderate"
-    assert dg._verdict(0.7, 0.001, 0.05) == "high"
+    assert verdict(0.3, 0.2, 0.05) == "low"  # not significant
+    assert verdict(0.05, 0.001, 0.05) == "low"
+    assert verdict(0.3, 0.001, 0.05) == "moderate"
+    assert verdict(0.7, 0.001, 0.05) == "high"
+
+
+def test_domain_divergence_numpy_inputs():
+    """numpy arrays (what `python -m pytl divergence` loads) give the report of the tensors."""
+    g = torch.Generator().manual_seed(3)
+    xs, xt = torch.randn(120, 4, generator=g, dtype=torch.float64), torch.randn(90, 4, generator=g) + 1.0
+    want = dg.domain_divergence(xs, xt, num_permutations=49, max_samples=100)
+    got = dg.domain_divergence(xs.numpy(), xt.numpy(), num_permutations=49, max_samples=100)
+    assert got == want and want.verdict in ("moderate", "high")
+    assert dg.domain_divergence(xs.tolist(), xt, num_permutations=49, max_samples=100) == want
 
 
 def test_domain_divergence_subsamples_large_inputs():
@@ -181,3 +236,9 @@ def test_domain_divergence_subsamples_large_inputs():
     assert rep.num_source == 400 and rep.num_target == 300 and math.isfinite(rep.mmd2)
     with pytest.raises(ValueError, match="alpha"):
         dg.domain_divergence(xs, xt, alpha=1.5)
+    with pytest.raises(TypeError, match="alpha"):
+        dg.domain_divergence(xs, xt, alpha="0.05")
+    with pytest.raises(ValueError, match="max_samples"):
+        dg.domain_divergence(xs, xt, max_samples=1)
+    with pytest.raises(ValueError, match="xs and xt must have the same number of features"):
+        dg.domain_divergence(xs, xt[:, :2])

@@ -7,17 +7,9 @@ import random
 import pytest
 import torch
 
-from pytl.diagnostics import rbf_kernel_matmul
-from reference import pair_sq_dists
-
-
-def kernel_matmul_reference(z, s, sigmas, weights):
-    """Float64, by materialising K from broadcast differences (a different formula from the kernels)."""
-    d2 = pair_sq_dists(z, z)
-    sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
-    k = sum(w[q] * torch.exp(-d2 / (2 * sig[q] ** 2)) for q in range(sig.numel()))
-    return k @ s.double()
+import pytl
+from pytl.ops import rbf_kernel_matmul
+from pytl.testing import kernel_matmul_reference
 
 
 def _shape_grid():
@@ -155,33 +147,38 @@ def test_no_gradient():
 Z, S1 = torch.randn(5, 3), torch.randn(5, 2)
 ONE = torch.ones(1)
 
+# TypeError for a wrong dtype, ValueError for a wrong shape, value or device, raised by the op itself.
 CPP_BAD_CASES = [
-    ((torch.randn(5), S1, ONE, ONE), "z must be a 2-D"),
-    ((Z, torch.randn(5), ONE, ONE), "s must be a 2-D"),
-    ((Z, torch.randn(4, 2), ONE, ONE), "one row per row of z"),
-    ((torch.randn(5, 0), S1, ONE, ONE), "at least one feature"),
-    ((Z.long(), S1.long(), ONE, ONE), "floating-point"),
-    ((Z, S1.double(), ONE, ONE), "dtype of z"),
-    ((Z, S1, torch.ones(2, 2), ONE), "sigmas must be a 1-D"),
-    ((Z, S1, torch.ones(17), torch.ones(17)), "at most 16"),
-    ((Z, S1, torch.tensor([1.0, -1.0]), torch.ones(2)), "positive and finite"),
-    ((Z, S1, torch.tensor([float("inf")]), ONE), "positive and finite"),
-    ((Z, S1, torch.ones(2), torch.ones(3)), "one entry per bandwidth"),
-    ((Z, S1, ONE, torch.tensor([-0.5])), "non-negative and finite"),
-    ((Z, S1, ONE, torch.tensor([float("nan")])), "non-negative and finite"),
-    ((Z, S1, torch.tensor([1]), ONE), "sigmas must be a floating-point"),
-    ((Z, S1.to("meta"), ONE, ONE), "same device"),
+    ((torch.randn(5), S1, ONE, ONE), ValueError, "z must be a 2-D"),
+    ((Z, torch.randn(5), ONE, ONE), ValueError, "s must be a 2-D"),
+    ((Z, torch.randn(4, 2), ONE, ONE), ValueError, "one row per row of z"),
+    ((torch.randn(5, 0), S1, ONE, ONE), ValueError, "at least one feature"),
+    ((Z.long(), S1.long(), ONE, ONE), TypeError, "z must be a floating-point"),
+    ((Z, S1.double(), ONE, ONE), TypeError, "dtype of z"),
+    ((Z, S1, torch.ones(2, 2), ONE), ValueError, "sigmas must be a 1-D"),
+    ((Z, S1, torch.ones(17), torch.ones(17)), ValueError, "at most 16"),
+    ((Z, S1, torch.tensor([1.0, -1.0]), torch.ones(2)), ValueError, "positive and finite"),
+    ((Z, S1, torch.tensor([float("inf")]), ONE), ValueError, "positive and finite"),
+    ((Z, S1, torch.ones(2), torch.ones(3)), ValueError, "one entry per bandwidth"),
+    ((Z, S1, ONE, torch.tensor([-0.5])), ValueError, "non-negative and finite"),
+    ((Z, S1, ONE, torch.tensor([float("nan")])), ValueError, "non-negative and finite"),
+    ((Z, S1, torch.tensor([1]), ONE), TypeError, "sigmas must be a floating-point"),
+    ((Z, S1, ONE, torch.tensor([1])), TypeError, "weights must be a floating-point"),
+    ((Z, S1.to("meta"), ONE, ONE), ValueError, "same device"),
+    ((Z, S1, ONE.to("meta"), ONE), ValueError, "sigmas must be on the same device as z"),
 ]
 
 
-@pytest.mark.parametrize("args,fragment", CPP_BAD_CASES)
-def test_bad_input_cpp_op(args, fragment):
-    with pytest.raises(RuntimeError, match="rbf_kernel_matmul.*" + fragment):
+@pytest.mark.parametrize("args,exc,fragment", CPP_BAD_CASES)
+def test_bad_input_cpp_op(args, exc, fragment):
+    with pytest.raises(exc, match="rbf_kernel_matmul.*" + fragment):
         torch.ops.pytl.rbf_kernel_matmul(*args)
 
 
 PY_BAD_CASES = [
     (([[1.0]], S1, 1.0), TypeError, "z must be a torch.Tensor"),
+    ((Z, S1.numpy(), 1.0), TypeError, "s must be a torch.Tensor"),
+    ((Z, S1, "wide"), TypeError, "sigmas must be a number"),
     ((Z.int(), S1, 1.0), TypeError, "z must be a floating-point"),
     ((Z, S1.double(), 1.0), TypeError, "dtype of z"),
     ((Z, torch.randn(4, 2), 1.0), ValueError, "one row per row"),
@@ -197,6 +194,10 @@ PY_BAD_CASES = [
 def test_bad_input_python(args, exc, fragment):
     with pytest.raises(exc, match=fragment):
         rbf_kernel_matmul(*args)
+
+
+def test_wrapper_is_importable_from_its_old_homes():
+    assert pytl.diagnostics.rbf_kernel_matmul is rbf_kernel_matmul and pytl.rbf_kernel_matmul is rbf_kernel_matmul
 
 
 def test_python_wrapper_default_weights(device):

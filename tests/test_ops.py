@@ -13,8 +13,7 @@ import torch
 
 import pytl
 from pytl import ops
-from reference import mmd2_reference64, pair_sq_dists, terms_reference
-from conftest import make_pair
+from pytl.testing import make_pair, mmd2_reference, mmd2_reference64, terms_reference
 
 
 def _shape_grid():
@@ -57,7 +56,7 @@ def test_mmd2_weights_and_public_api(device, estimator):
     torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-12)
     # the module twin and the materialising reference agree with it
     torch.testing.assert_close(pytl.MMDLoss(sig, w, estimator)(x, y), got)
-    torch.testing.assert_close(ops.mmd2_reference(x, y, sig, w, estimator=estimator), got, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(mmd2_reference(x, y, sig, w, estimator=estimator), got, rtol=1e-9, atol=1e-11)
 
 
 def test_single_float_sigma_and_default_weights(device):
@@ -259,39 +258,6 @@ def test_nan_in_data_gives_nan(device):
     assert torch.isnan(xg.grad).any()
 
 
-def test_median_heuristic_matches_numpy():
-    x, y = make_pair(60, 45, 3, torch.float64)
-    z = torch.cat([x, y]).numpy()
-    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)[np.triu_indices(len(z), 1)]
-    lower_median = np.sort(d2)[(len(d2) - 1) // 2]  # torch's median convention: the lower middle value
-    assert pytl.median_heuristic(x, y).item() == pytest.approx(np.sqrt(lower_median / 2), rel=1e-12)
-    assert not pytl.median_heuristic(x.requires_grad_(), y).requires_grad
-
-
-def test_default_bandwidths_are_the_median_ladder(device):
-    x, y = make_pair(50, 40, 4, torch.float64, device)
-    s0 = pytl.median_heuristic(x, y).item()
-    ladder = [s0 * 2 ** (j / 2) for j in (-2, -1, 0, 1, 2)]
-    torch.testing.assert_close(pytl.mmd2(x, y).cpu(), mmd2_reference64(x.cpu(), y.cpu(), ladder))
-
-
-def test_median_heuristic_large_input_subsamples():
-    x, y = make_pair(20_000, 20_000, 8, torch.float32, shift=0.0)
-    # for N(0, I) and N(0, 1.21 I) pooled, D = ||a - b||^2 concentrates near 2.21 * 8 ~ 17.7
-    exact_sample = torch.cat([x[:1500], y[:1500]]).double()
-    d2 = pair_sq_dists(exact_sample, exact_sample)
-    med = d2[torch.triu_indices(3000, 3000, 1).unbind()].median()
-    assert pytl.median_heuristic(x, y).item() == pytest.approx(torch.sqrt(med / 2).item(), rel=0.03)
-
-
-def test_degenerate_median_falls_back():
-    x = torch.zeros(10, 2)
-    y = torch.zeros(10, 2)
-    y[0, 0] = 1.0  # almost all pairwise distances are 0; the others are 1
-    assert pytl.median_heuristic(x, y).item() == pytest.approx(np.sqrt(0.5))
-    assert pytl.median_heuristic(torch.zeros(3, 2), torch.zeros(2, 2)).item() == 1.0
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(device, dtype):
     x, y = make_pair(100, 80, 12, dtype, device)
@@ -326,7 +292,9 @@ def test_cuda_matches_cpu_float64_large():
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input: a clear error naming the argument, from the Python wrapper and from the C++ op.
+# Bad input: a clear error naming the argument. The op checks its arguments in C++ and raises
+# ValueError / TypeError itself; the wrapper only rejects what C++ cannot see (not a tensor, a
+# sigmas that is no number, an unknown estimator).
 
 GOOD_X = torch.randn(5, 3)
 GOOD_Y = torch.randn(4, 3)
@@ -365,6 +333,16 @@ def test_bad_device_mix():
     meta_y = GOOD_Y.to("meta")
     with pytest.raises(ValueError, match="same device"):
         pytl.mmd2(GOOD_X, meta_y, 1.0)
+    with pytest.raises(ValueError, match="same device"):
+        pytl.mmd2(GOOD_X, meta_y)  # the median heuristic sees the samples first
+
+
+@pytest.mark.parametrize("args,kwargs,exc,fragment", BAD_CASES)
+def test_bad_input_below_autograd(args, kwargs, exc, fragment):
+    # under inference_mode the call skips the autograd kernel: the composite mmd2 and the CPU kernel
+    # of mmd2_terms check, and raise the same errors
+    with torch.inference_mode(), pytest.raises(exc, match=fragment):
+        pytl.mmd2(*args, **kwargs)
 
 
 def test_mmdloss_rejects_unknown_estimator():
@@ -372,33 +350,63 @@ def test_mmdloss_rejects_unknown_estimator():
         pytl.MMDLoss(estimator="fast")
 
 
+# The raw ops, as C++ callers reach them: TypeError for a wrong dtype, ValueError for a wrong shape,
+# value or device (c10::TypeError / c10::ValueError in C++).
 CPP_BAD_CASES = [
-    ((torch.randn(2, 2, 2), GOOD_Y, torch.ones(1), False), "x must be a 2-D"),
-    ((GOOD_X, torch.randn(4, 2), torch.ones(1), False), "same feature dimension"),
-    ((torch.randn(0, 3), GOOD_Y, torch.ones(1), False), "at least one row"),
-    ((GOOD_X, GOOD_Y.double(), torch.ones(1), False), "same dtype"),
-    ((GOOD_X.long(), GOOD_Y.long(), torch.ones(1), False), "floating-point"),
-    ((GOOD_X, GOOD_Y, torch.ones(2, 2), False), "sigmas must be a 1-D"),
-    ((GOOD_X, GOOD_Y, torch.ones(17), False), "at most 16"),
-    ((GOOD_X, GOOD_Y, torch.tensor([1.0, -1.0]), False), "positive and finite"),
-    ((GOOD_X, GOOD_Y, torch.tensor([float("nan")]), False), "positive and finite"),
-    ((GOOD_X, torch.randn(1, 3), torch.ones(1), True), "at least 2 rows"),
+    ((torch.randn(2, 2, 2), GOOD_Y, torch.ones(1), False), ValueError, "x must be a 2-D"),
+    ((GOOD_X, torch.randn(4, 2), torch.ones(1), False), ValueError, "same number of features"),
+    ((torch.randn(0, 3), GOOD_Y, torch.ones(1), False), ValueError, "x is empty"),
+    ((GOOD_X, GOOD_Y.double(), torch.ones(1), False), TypeError, "same dtype"),
+    ((GOOD_X.long(), GOOD_Y.long(), torch.ones(1), False), TypeError, "x must be a floating-point"),
+    ((GOOD_X, GOOD_Y, torch.ones(2, 2), False), ValueError, "sigmas must be a 1-D"),
+    ((GOOD_X, GOOD_Y, torch.ones(17), False), ValueError, "at most 16"),
+    ((GOOD_X, GOOD_Y, torch.tensor([1, 2]), False), TypeError, "sigmas must be a floating-point"),
+    ((GOOD_X, GOOD_Y, torch.ones(1, device="meta"), False), ValueError, "sigmas must be on the same device"),
+    ((GOOD_X, GOOD_Y, torch.tensor([1.0, -1.0]), False), ValueError, "positive and finite"),
+    ((GOOD_X, GOOD_Y, torch.tensor([float("nan")]), False), ValueError, "positive and finite"),
+    ((GOOD_X, torch.randn(1, 3), torch.ones(1), True), ValueError, "at least 2 samples"),
 ]
 
 
-@pytest.mark.parametrize("args,fragment", CPP_BAD_CASES)
-def test_bad_input_cpp_op(args, fragment):
-    with pytest.raises(RuntimeError, match=fragment):
+@pytest.mark.parametrize("args,exc,fragment", CPP_BAD_CASES)
+def test_bad_input_cpp_op(args, exc, fragment):
+    with pytest.raises(exc, match="pytl.mmd2: .*" + fragment):
         torch.ops.pytl.mmd2_terms(*args)
 
 
+@pytest.mark.parametrize("args,exc,fragment", CPP_BAD_CASES)
+def test_bad_input_cpp_op_meta(args, exc, fragment):
+    # the Meta kernel (what torch.compile traces) raises the same errors, except those that need the values
+    if fragment == "positive and finite" or fragment.startswith("sigmas must be on"):
+        pytest.skip("value checks need the data; the meta sigmas is this case's own device mix")
+    x, y, sigmas, unbiased = (a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(exc, match=fragment):
+        torch.ops.pytl.mmd2_terms(x, y, sigmas, unbiased)
+
+
 def test_bad_input_cpp_weights():
-    with pytest.raises(RuntimeError, match="one entry per bandwidth"):
+    with pytest.raises(ValueError, match="weights must have one entry per bandwidth"):
         torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(3), False)
-    with pytest.raises(RuntimeError, match="non-negative and finite"):
+    with pytest.raises(ValueError, match="weights must be a 1-D tensor"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(1, 2), False)
+    with pytest.raises(TypeError, match="weights must be a floating-point"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(2, dtype=torch.int64), False)
+    with pytest.raises(ValueError, match="non-negative and finite"):
         torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.tensor([1.0, -1.0]), False)
+    # a malformed sigmas is reported as such, not as a weight count mismatch
+    with pytest.raises(ValueError, match="sigmas must be a 1-D"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2, 2), torch.ones(2), False)
 
 
 def test_bad_input_cpp_backward_op():
-    with pytest.raises(RuntimeError, match="grad_terms must have shape"):
+    with pytest.raises(ValueError, match="grad_terms must have shape"):
         torch.ops.pytl.mmd2_terms_backward(torch.ones(3), GOOD_X, GOOD_Y, torch.ones(2), False)
+    with pytest.raises(TypeError, match="grad_terms must be floating point"):
+        torch.ops.pytl.mmd2_terms_and_grad(torch.ones(2, dtype=torch.int32), GOOD_X, GOOD_Y, torch.ones(2), False)
+
+
+def test_mmd2_reference_moved_to_pytl_testing():
+    with pytest.warns(DeprecationWarning, match="pytl.testing.mmd2_reference"):
+        old = ops.mmd2_reference
+    assert old is mmd2_reference
+    assert ops.MMDLoss is pytl.MMDLoss  # moved to pytl.losses, still importable from pytl.ops

@@ -22,8 +22,8 @@
 #include <numeric>
 #include <vector>
 
-#include "../mmd_checks.h"
-#include "bandwidths.h"
+#include "../common/checks.h"
+#include "../common/bandwidths.h"
 #include "register_gemm.h"
 #include "simd.h"
 
@@ -162,12 +162,14 @@ void km_tile(const KMArgs<T>& a, int64_t tile) {
 
 at::Tensor rbf_kernel_matmul_cpu(const at::Tensor& z, const at::Tensor& s, const at::Tensor& sigmas,
                                  const at::Tensor& weights) {
-  check_kernel_matmul_inputs(z, s, sigmas, weights, /*check_values=*/true);
+  check_kernel_matmul_inputs(z, s, sigmas, weights);
+  // read to the host once: checked here, then the kernel's constants
+  const std::vector<double> sig = check_sigma_values(sigmas, kKernelMatmulOp);
+  const std::vector<double> wts = check_weight_values(weights, kKernelMatmulOp);
   const int64_t n = z.size(0), d = z.size(1), P = s.size(1);
-  TORCH_CHECK(n < (int64_t{1} << 30), "pytl.rbf_kernel_matmul: at most 2^30 rows");
+  TORCH_CHECK_VALUE(n < (int64_t{1} << 30), kKernelMatmulOp, "at most 2^30 rows in z, got ", n);
   const auto dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half/bf16 -> float
   if (n == 0 || P == 0) return at::zeros({n, P}, z.options());
-  const std::vector<double> sig = host_doubles(sigmas), wts = host_doubles(weights);
   const int K = static_cast<int>(sig.size());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::rbf_kernel_matmul_cpu", [&] {

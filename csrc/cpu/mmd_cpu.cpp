@@ -23,8 +23,8 @@
 #include <numeric>
 #include <vector>
 
-#include "../mmd_checks.h"
-#include "bandwidths.h"
+#include "../common/checks.h"
+#include "../common/bandwidths.h"
 #include "register_gemm.h"
 #include "simd.h"
 
@@ -353,14 +353,15 @@ struct MMDResult {
   at::Tensor grad_x, grad_y;        // gradient only
 };
 
-// The whole computation; grad_weights (the upstream dL/dT_k) is empty for the forward only.
-MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& sigmas, bool unbiased,
+// The whole computation; sig: the bandwidths' values (read and checked once by the caller);
+// grad_weights (the upstream dL/dT_k) is empty for the forward only.
+MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vector<double>& sig, bool unbiased,
                   const std::vector<double>& grad_weights) {
   const bool with_grad = !grad_weights.empty();
   const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half -> float
   const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1);
-  TORCH_CHECK(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), "pytl.mmd2: at most 2^30 rows per sample");
-  const std::vector<double> sig = host_doubles(sigmas);
+  TORCH_CHECK_VALUE(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), kMMDOp,
+                    "at most 2^30 rows per sample, got n=", n, ", m=", m);
   const int K = static_cast<int>(sig.size());
   const BlockScales w = block_scales(n, m, unbiased);
   MMDResult res;
@@ -511,8 +512,8 @@ at::Tensor to_tensor(const std::vector<double>& v, at::ScalarType dtype) {
 
 at::Tensor mmd2_terms_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
   check_mmd_inputs(x, y, sigmas, unbiased);
-  check_sigma_values(sigmas);
-  return to_tensor(mmd_cpu(x, y, sigmas, unbiased, {}).terms, x.scalar_type());
+  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, checked and used
+  return to_tensor(mmd_cpu(x, y, sigma_values, unbiased, {}).terms, x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_cpu(const at::Tensor& grad_terms,
@@ -521,8 +522,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
                                                                                    const at::Tensor& sigmas,
                                                                                    bool unbiased) {
   check_mmd_backward_inputs(grad_terms, x, y, sigmas, unbiased);
-  check_sigma_values(sigmas);
-  MMDResult r = mmd_cpu(x, y, sigmas, unbiased, host_doubles(grad_terms));
+  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, checked and used
+  MMDResult r = mmd_cpu(x, y, sigma_values, unbiased, host_doubles(grad_terms));
   return {to_tensor(r.terms, x.scalar_type()), r.grad_x.to(x.scalar_type()), r.grad_y.to(y.scalar_type()),
           to_tensor(r.sigma_grad, sigmas.scalar_type())};
 }

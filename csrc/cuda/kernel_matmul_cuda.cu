@@ -24,28 +24,19 @@
 #include <algorithm>
 #include <limits>
 
-#include "../mmd_checks.h"
+#include "../common/checks.h"
+#include "tiles.cuh"
 
 namespace pytl {
 namespace {
 
-constexpr int kThreads = 256;               // 16 x 16 threads
-constexpr int kTile = 64;                   // output rows per CTA, columns of K per step
+// Tile geometry (kThreads, kTile = output rows per CTA and columns of K per step, kPer, kChunk) in tiles.cuh.
 constexpr int kPChunk = 64;                 // columns of s per CTA
-constexpr int kPer = kTile / 16;            // 4 x 4 register tile per thread
-constexpr int kChunk = 32;                  // features per shared-memory chunk
 constexpr int kLd = kTile + 1;              // padded leading dimension
 constexpr int kChunkElems = kChunk * kLd;   // one staged feature chunk, [feature][row]
 constexpr int kSmemElems = 2 * kChunkElems + kTile * kLd;  // two chunks (reused for s) + the kernel tile
-constexpr int kMaxK = static_cast<int>(kMaxBandwidths);
-constexpr double kLog2e = 1.4426950408889634073599246810019;
 static_assert(kTile * kPChunk <= 2 * kChunkElems, "the s tile must fit in the feature buffers");
 static_assert(kPer * 16 == kPChunk, "thread layout covers the s chunk");
-
-__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ float exp2_acc(float v) { return exp2f(v); }
-__device__ __forceinline__ double exp2_acc(double v) { return exp2(v); }
 
 // sm[t][r] = z[row0 + r][d0 + t] (0 outside the matrix); a warp reads 32 consecutive features of one row.
 template <typename scalar_t, typename acc_t>
@@ -164,7 +155,9 @@ __global__ void __launch_bounds__(kThreads)
 
 at::Tensor rbf_kernel_matmul_cuda(const at::Tensor& z_in, const at::Tensor& s_in, const at::Tensor& sigmas,
                                   const at::Tensor& weights) {
-  check_kernel_matmul_inputs(z_in, s_in, sigmas, weights, /*check_values=*/true);
+  check_kernel_matmul_inputs(z_in, s_in, sigmas, weights);
+  check_sigma_values(sigmas, kKernelMatmulOp);  // the kernel's constants are computed on the device below
+  check_weight_values(weights, kKernelMatmulOp);
   c10::cuda::CUDAGuard guard(z_in.device());
   const int64_t n = z_in.size(0), d = z_in.size(1), P = s_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

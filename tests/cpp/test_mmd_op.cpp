@@ -1,6 +1,7 @@
 // C++ test of the pytl ops through the dispatcher, as a C++ user of libpytl_ops.so would call them:
 // values against a naive float64 computation written here, autograd from C++ against central finite
-// differences, the backward op against autograd, and argument errors raised as c10::Error.
+// differences, the backward op against autograd, and argument errors raised as c10::ValueError (wrong
+// shape, value or device) or c10::TypeError (wrong dtype), which Python sees as ValueError / TypeError.
 // Built by CMake as pytl_cpp_test (ctest). Prints "N passed, M failed" and exits non-zero on failure.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -151,15 +152,18 @@ at::Tensor finite_difference(const at::Tensor& x, const at::Tensor& y, const at:
   return grad;
 }
 
-template <typename F>
+// call() must throw an Expected (c10::ValueError or c10::TypeError) whose message mentions must_mention.
+template <typename Expected, typename F>
 void expect_error(const std::string& name, F&& call, const std::string& must_mention) {
   try {
     call();
     report(false, name, "no exception was thrown");
-  } catch (const c10::Error& e) {
+  } catch (const Expected& e) {
     const std::string msg = e.what_without_backtrace();
     const bool ok = msg.find(must_mention) != std::string::npos;
     report(ok, name, ok ? "" : "message does not mention '" + must_mention + "': " + msg);
+  } catch (const c10::Error& e) {
+    report(false, name, std::string("threw a c10::Error of the wrong kind: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
     report(false, name, std::string("threw a non-c10::Error: ") + e.what());
   }
@@ -250,15 +254,22 @@ void test_errors() {
   auto x = at::randn({4, 3}, at::kDouble);
   auto y = at::randn({5, 3}, at::kDouble);
   auto s = at::tensor({1.0, 2.0}, at::kDouble);
-  expect_error("error: 3-D x", [&] { mmd2_terms(at::randn({2, 4, 3}, at::kDouble), y, s, false); }, "x");
-  expect_error("error: feature dimensions differ", [&] { mmd2_terms(x, at::randn({5, 2}, at::kDouble), s, false); },
-               "feature dimension");
-  expect_error("error: unbiased with one row", [&] { mmd2_terms(x.slice(0, 0, 1), y, s, true); }, "unbiased");
-  expect_error("error: sigmas 2-D", [&] { mmd2_terms(x, y, s.view({1, 2}), false); }, "sigmas");
-  expect_error("error: negative bandwidth", [&] { mmd2_terms(x, y, at::tensor({1.0, -2.0}, at::kDouble), false); },
-               "sigmas");
-  expect_error("error: backward grad_terms shape",
-               [&] { backward_op().call(at::ones({3}, at::kDouble), x, y, s, false); }, "grad_terms");
+  using c10::TypeError;
+  using c10::ValueError;
+  expect_error<ValueError>("error: 3-D x", [&] { mmd2_terms(at::randn({2, 4, 3}, at::kDouble), y, s, false); },
+                           "x must be a 2-D");
+  expect_error<ValueError>("error: feature dimensions differ",
+                           [&] { mmd2_terms(x, at::randn({5, 2}, at::kDouble), s, false); }, "number of features");
+  expect_error<ValueError>("error: unbiased with one row", [&] { mmd2_terms(x.slice(0, 0, 1), y, s, true); },
+                           "unbiased");
+  expect_error<TypeError>("error: integer x", [&] { mmd2_terms(x.to(at::kInt), y.to(at::kInt), s, false); },
+                          "x must be a floating-point");
+  expect_error<TypeError>("error: dtypes differ", [&] { mmd2_terms(x, y.to(at::kFloat), s, false); }, "same dtype");
+  expect_error<ValueError>("error: sigmas 2-D", [&] { mmd2_terms(x, y, s.view({1, 2}), false); }, "sigmas");
+  expect_error<ValueError>("error: negative bandwidth",
+                           [&] { mmd2_terms(x, y, at::tensor({1.0, -2.0}, at::kDouble), false); }, "sigmas");
+  expect_error<ValueError>("error: backward grad_terms shape",
+                           [&] { backward_op().call(at::ones({3}, at::kDouble), x, y, s, false); }, "grad_terms");
 }
 
 }  // namespace

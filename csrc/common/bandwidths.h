@@ -1,17 +1,20 @@
-// The bandwidths as the CPU kernels use them: sorted by ascending gamma (the compute order), with
+// The bandwidths as the kernels use them: sorted by ascending gamma (the compute order), with
 // the check for a geometric ladder (gamma_{k+1} = 2 gamma_k) that lets one exp per pair serve all
-// K kernels by squaring. Shared by the MMD and the kernel-matmul kernels.
+// K kernels by squaring. Shared by the CPU kernels and the CUDA host code.
 #pragma once
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <vector>
 
-#include "../mmd_checks.h"
-
 namespace pytl {
+
+// Fixed upper bound on the number of bandwidths: the kernels keep per-bandwidth constants and
+// accumulators in fixed-size arrays.
+constexpr int64_t kMaxBandwidths = 16;
 
 // Per-call constants, bandwidths in compute order (ascending gamma).
 template <typename T>

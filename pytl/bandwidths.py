@@ -1,0 +1,115 @@
+"""Bandwidths of the multi-bandwidth RBF kernel: the median heuristic, the default ladder, and the
+conversion of what users pass as ``sigmas`` / ``weights`` into the 1-D tensors the ops take.
+
+Kernel: k(a, b) = sum_k w_k exp(-||a - b||^2 / (2 sigma_k^2)); weights default to 1/K. The values are
+checked by the ops themselves, in C++ (positive, finite bandwidths; non-negative, finite weights);
+here they are only converted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from pytl._samples import check_pair
+
+__all__ = [
+    "LADDER_EXPONENTS",
+    "MEDIAN_MAX_POINTS",
+    "SigmasLike",
+    "WeightsLike",
+    "as_bandwidth_vector",
+    "bandwidth_ladder",
+    "median_heuristic",
+    "param_dtype",
+    "resolve_bandwidths",
+]
+
+SigmasLike = Union[None, float, Sequence[float], Tensor]
+WeightsLike = Union[None, Sequence[float], Tensor]
+
+LADDER_EXPONENTS = (-2, -1, 0, 1, 2)  # default ladder: sigma^2 = sigma_0^2 * 2^j
+MEDIAN_MAX_POINTS = 1024  # the median heuristic looks at most at this many pooled points
+
+
+def param_dtype(x: Tensor) -> torch.dtype:
+    """Bandwidths and weights are kept in x's dtype for float32/float64 inputs, else in float32."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def as_bandwidth_vector(value: Any, name: str, like: Tensor) -> Tensor:
+    """``sigmas`` or ``weights`` as a tensor on like's device: a number or a sequence of numbers
+    becomes a 1-D tensor of param_dtype(like); a tensor is moved, a 0-dim one made 1-D. Its dtype,
+    shape and values are the op's to check."""
+    if isinstance(value, Tensor):
+        return (value.reshape(1) if value.dim() == 0 else value).to(like.device)
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got a bool")
+    if isinstance(value, (int, float)):
+        value = [value]
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, a sequence of numbers or a 1-D tensor, got {value!r}") from None
+    return torch.tensor(values, dtype=param_dtype(like), device=like.device)
+
+
+def _subsample(z: Tensor, max_points: int) -> Tensor:
+    """A fixed, well-spread subset of rows: i * P mod N for a prime P > N (so all indices differ).
+
+    Deterministic without a random generator, so that it also traces under torch.compile."""
+    n = z.shape[0]
+    if n <= max_points:
+        return z
+    prime = 2_147_483_647  # 2^31 - 1, prime and larger than any realistic row count
+    idx = (torch.arange(max_points, device=z.device, dtype=torch.int64) * (prime % n)) % n
+    return z.index_select(0, idx)
+
+
+def median_heuristic(x: Tensor, y: Tensor) -> Tensor:
+    """sigma_0 = sqrt(median off-diagonal squared distance of the pooled sample / 2), detached.
+
+    Above MEDIAN_MAX_POINTS pooled points a fixed subsample is used (O(n) memory, deterministic).
+    Pairs with NaN are ignored; if the median is 0 (mostly duplicated points) the median of the
+    non-zero distances is used, and 1.0 when there is none. Returns a 0-dim tensor (float32 for
+    half inputs, else x's dtype).
+    """
+    check_pair(x, y)  # computed here in torch, before any op sees the samples
+    with torch.no_grad():
+        z = _subsample(torch.cat([x.detach(), y.detach()]), MEDIAN_MAX_POINTS).to(torch.float64)
+        z = z - z.nanmean(0, keepdim=True)  # centring keeps ||a||^2 + ||b||^2 - 2ab accurate far from 0
+        sq = (z * z).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
+        iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
+        pairs = d2[iu[0], iu[1]]
+        if pairs.numel() == 0:  # a single pooled point
+            med = torch.ones((), dtype=torch.float64, device=z.device) * 2.0
+        else:
+            med_all = torch.nanmedian(pairs)
+            med_pos = torch.nanmedian(torch.where(pairs > 0, pairs, torch.full_like(pairs, math.nan)))
+            med = torch.where(med_all > 0, med_all, med_pos)
+            med = torch.where(torch.isfinite(med) & (med > 0), med, torch.full_like(med, 2.0))
+        return torch.sqrt(med / 2.0).to(param_dtype(x))
+
+
+def bandwidth_ladder(sigma0: Tensor, exponents: Sequence[int] = LADDER_EXPONENTS) -> Tensor:
+    """sigma_j = sigma_0 * 2^(j/2), i.e. sigma_j^2 = sigma_0^2 * 2^j (gamma ratio 2 between rungs)."""
+    factors = torch.tensor([2.0 ** (j / 2.0) for j in exponents], dtype=sigma0.dtype, device=sigma0.device)
+    return sigma0 * factors
+
+
+def resolve_bandwidths(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike) -> tuple[Tensor, Tensor]:
+    """(sigmas, weights) as tensors on x's device; sigmas=None is the median ladder of (x, y),
+    weights=None is 1/K each. Converted, not checked: the op that takes them checks them."""
+    sig = bandwidth_ladder(median_heuristic(x, y)) if sigmas is None else as_bandwidth_vector(sigmas, "sigmas", x)
+    if weights is None:
+        k = sig.numel()
+        # k = 0 (sigmas=[]) is the op's to reject; the weights only need to exist until then
+        w = torch.full((k,), 1.0 / max(k, 1), dtype=param_dtype(x), device=x.device)
+    else:
+        w = as_bandwidth_vector(weights, "weights", x)
+    return sig, w

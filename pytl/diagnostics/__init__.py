@@ -1,0 +1,38 @@
+"""Domain-shift diagnostics: is the target data different from the source data, and how much?
+
+* :func:`mmd_test` (permutation_test.py) - the kernel two-sample permutation test of Gretton et al.
+  (JMLR 2012) on the multi-bandwidth RBF MMD, every permutation from one fused sweep over the pairs
+  (:func:`rbf_kernel_matmul`), in O(N x chunk) memory.
+* :func:`proxy_a_distance` (domain_classifier.py) - Ben-David et al.'s proxy A-distance 2 (1 - 2 eps)
+  from a domain classifier.
+* :func:`domain_divergence` (divergence.py) - both, with a verdict ("low" / "moderate" / "high") and a
+  plain-English explanation.
+
+They take numpy arrays, nested lists or tensors (samples, features), like the trainer.
+:func:`rbf_kernel_matmul` is the op wrapper of pytl.ops, also importable from here.
+"""
+
+from pytl.diagnostics.divergence import VERDICT_HIGH, VERDICT_LOW, DivergenceReport, domain_divergence
+from pytl.diagnostics.domain_classifier import CLASSIFIERS, MIN_PAD_SAMPLES, proxy_a_distance
+from pytl.diagnostics.permutation_test import (
+    PERMUTATION_CHUNK_ELEMENTS,
+    PERMUTATION_CHUNK_RANGE,
+    MMDTestResult,
+    mmd_test,
+)
+from pytl.ops import rbf_kernel_matmul
+
+__all__ = [
+    "CLASSIFIERS",
+    "MIN_PAD_SAMPLES",
+    "PERMUTATION_CHUNK_ELEMENTS",
+    "PERMUTATION_CHUNK_RANGE",
+    "VERDICT_HIGH",
+    "VERDICT_LOW",
+    "DivergenceReport",
+    "MMDTestResult",
+    "domain_divergence",
+    "mmd_test",
+    "proxy_a_distance",
+    "rbf_kernel_matmul",
+]

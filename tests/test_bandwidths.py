@@ -1,0 +1,74 @@
+"""pytl.bandwidths: the median heuristic, the default ladder, and the conversion of sigmas / weights."""
+
+import numpy as np
+import pytest
+import torch
+
+import pytl
+from pytl.bandwidths import as_bandwidth_vector, param_dtype, resolve_bandwidths
+from pytl.testing import make_pair, mmd2_reference64, pair_sq_dists
+
+
+def test_median_heuristic_matches_numpy():
+    x, y = make_pair(60, 45, 3, torch.float64)
+    z = torch.cat([x, y]).numpy()
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)[np.triu_indices(len(z), 1)]
+    lower_median = np.sort(d2)[(len(d2) - 1) // 2]  # torch's median convention: the lower middle value
+    assert pytl.median_heuristic(x, y).item() == pytest.approx(np.sqrt(lower_median / 2), rel=1e-12)
+    assert not pytl.median_heuristic(x.requires_grad_(), y).requires_grad
+
+
+def test_default_bandwidths_are_the_median_ladder(device):
+    x, y = make_pair(50, 40, 4, torch.float64, device)
+    s0 = pytl.median_heuristic(x, y).item()
+    ladder = [s0 * 2 ** (j / 2) for j in (-2, -1, 0, 1, 2)]
+    torch.testing.assert_close(pytl.mmd2(x, y).cpu(), mmd2_reference64(x.cpu(), y.cpu(), ladder))
+
+
+def test_median_heuristic_large_input_subsamples():
+    x, y = make_pair(20_000, 20_000, 8, torch.float32, shift=0.0)
+    # for N(0, I) and N(0, 1.21 I) pooled, D = ||a - b||^2 concentrates near 2.21 * 8 ~ 17.7
+    exact_sample = torch.cat([x[:1500], y[:1500]]).double()
+    d2 = pair_sq_dists(exact_sample, exact_sample)
+    med = d2[torch.triu_indices(3000, 3000, 1).unbind()].median()
+    assert pytl.median_heuristic(x, y).item() == pytest.approx(torch.sqrt(med / 2).item(), rel=0.03)
+
+
+def test_degenerate_median_falls_back():
+    x = torch.zeros(10, 2)
+    y = torch.zeros(10, 2)
+    y[0, 0] = 1.0  # almost all pairwise distances are 0; the others are 1
+    assert pytl.median_heuristic(x, y).item() == pytest.approx(np.sqrt(0.5))
+    assert pytl.median_heuristic(torch.zeros(3, 2), torch.zeros(2, 2)).item() == 1.0
+
+
+def test_conversion_keeps_dtype_rules_and_leaves_checks_to_the_op():
+    x16 = torch.zeros(3, 2, dtype=torch.float16)
+    x64 = torch.zeros(3, 2, dtype=torch.float64)
+    assert param_dtype(x16) == torch.float32 and param_dtype(x64) == torch.float64
+    assert as_bandwidth_vector(1.5, "sigmas", x64).tolist() == [1.5]
+    assert as_bandwidth_vector((1, 2.5), "sigmas", x16).dtype == torch.float32
+    t = torch.tensor(2.0, dtype=torch.float64)
+    assert as_bandwidth_vector(t, "sigmas", x16).shape == (1,)  # 0-dim becomes 1-D; its dtype is kept
+    bad = torch.tensor([[1.0, -1.0]])
+    assert as_bandwidth_vector(bad, "sigmas", x64) is bad  # shape and values are the op's to check
+    for value in ("wide", True, [1.0, "x"], None):
+        with pytest.raises(TypeError, match="sigmas must be a number"):
+            as_bandwidth_vector(value, "sigmas", x64)
+    sig, w = resolve_bandwidths(x64, x64, [1.0, 2.0, 4.0], None)
+    assert sig.tolist() == [1.0, 2.0, 4.0] and w.tolist() == [1 / 3] * 3 and w.dtype == torch.float64
+    assert resolve_bandwidths(x64, x64, [], None)[1].numel() == 0  # the op rejects K = 0
+
+
+def test_median_heuristic_checks_the_samples_it_computes_on():
+    x, y = make_pair(5, 4, 3)
+    for args, exc, fragment in [
+        ((x.numpy(), y), TypeError, "x must be a torch.Tensor"),
+        ((x[0], y), ValueError, "x must be a 2-D"),
+        ((x, y[:, :2]), ValueError, "same number of features"),
+        ((x, y.float()), TypeError, "same dtype"),
+        ((x.long(), y.long()), TypeError, "x must be a floating-point"),
+        ((x, y.to("meta")), ValueError, "same device"),
+    ]:
+        with pytest.raises(exc, match=fragment):
+            pytl.median_heuristic(*args)
