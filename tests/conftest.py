@@ -1,4 +1,5 @@
-"""Shared test harness: the devices every ops test runs on, and seeded data."""
+"""Shared fixtures: the devices every ops test runs on, one thread for tiny models. Helpers and
+reference implementations live in pytl.testing."""
 
 import pytest
 import torch
@@ -25,20 +26,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_pair(n, m, d, dtype=torch.float64, device="cpu", shift=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.randn(m, d, generator=g, dtype=torch.float64) * 1.1 + shift
-    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
-
-
-def cli_exit_code(argv):
-    """``python -m pytl ARGV``'s exit status, in process (argparse errors exit with status 2)."""
-    from pytl.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code

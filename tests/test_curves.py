@@ -10,7 +10,7 @@ import torch
 
 import pytl
 from pytl import curves as cv
-from conftest import cli_exit_code
+from pytl.testing import cli_exit_code
 from pytl.cli import main
 from pytl.compare import compare_strategies
 from pytl.data import make_domain_shift
