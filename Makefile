@@ -25,8 +25,9 @@ PIP   := $(PY) -m pip
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS ?= $(NPROC)
 
-# Everything the built extension depends on: rebuild (pip install -e .) when any of it changes.
-CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
+# Everything the built extension depends on: rebuild (pip install -e .) when any of it changes
+# (pytl/_toolchain.py holds the sources and flags).
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) pytl/_toolchain.py
 
 .PHONY: all setup test demo cmake-test clean distclean
 

@@ -9,7 +9,9 @@ new thing goes: docs/architecture.md.
 """
 
 from pytl import distributed, ops
-from pytl.ops import MMDLoss, bandwidth_ladder, median_heuristic, mmd2
+from pytl.bandwidths import bandwidth_ladder, median_heuristic
+from pytl.losses import MMDLoss
+from pytl.ops import mmd2, rbf_kernel_matmul
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
 from pytl import diagnostics  # noqa: E402
@@ -31,7 +33,6 @@ from pytl.diagnostics import (
     domain_divergence,
     mmd_test,
     proxy_a_distance,
-    rbf_kernel_matmul,
 )
 from pytl.data import make_domain_shift
 from pytl.models import ClassifierHead, MLPEncoder, TransferModel
