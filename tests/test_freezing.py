@@ -367,3 +367,4 @@ def test_policy_that_freezes_everything_is_refused_before_training():
     m = mlp()
     with pytest.raises(ValueError, match="freezes every parameter"):
         TwoStageTrainer(m, finetune_epochs=1, progress=False, finetune_policy=fz.FreezeFirst(3)).finetune((x, y))
+    assert all(p.requires_grad for p in m.parameters())  # the refused policy leaves nothing frozen
