@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_int_sequence", "check_optional_int"]
+__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_optional_int", "warn_user"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _is_int(value: Any) -> bool:
@@ -82,19 +87,14 @@ def check_choice(value: Any, name: str, choices: Sequence[Any], extra: str = "")
     return value
 
 
-def check_int_sequence(values: Any, name: str, minimum: int | None = None, *, unique: bool = True,
-                       sort: bool = True) -> tuple[int, ...]:
-    """A non-empty sequence (or a single int) of ints >= minimum, deduplicated and sorted by default."""
-    if _is_int(values):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(values, "__iter__"):
-        raise TypeError(f"{name} must be a sequence of ints, got {values!r} ({type(values).__name__})")
-    out = [check_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]
-    if not out:
-        raise ValueError(f"{name} is empty")
-    if unique:
-        out = list(dict.fromkeys(out))
-    return tuple(sorted(out) if sort else out)
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """A warning about the user's data or settings, attributed to the user's line: the first frame outside
+    the pytl package, however deep inside pytl it was raised (a fixed stacklevel breaks when a new layer,
+    e.g. compare_strategies over the trainer, calls the same check)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def _range(minimum: Any, maximum: Any, lo: str, hi: str) -> str:

@@ -107,9 +107,10 @@ def resolve_bandwidths(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: Weight
     weights=None is 1/K each. Converted, not checked: the op that takes them checks them."""
     sig = bandwidth_ladder(median_heuristic(x, y)) if sigmas is None else as_bandwidth_vector(sigmas, "sigmas", x)
     if weights is None:
-        k = sig.numel()
-        # k = 0 (sigmas=[]) is the op's to reject; the weights only need to exist until then
-        w = torch.full((k,), 1.0 / max(k, 1), dtype=param_dtype(x), device=x.device)
-    else:
-        w = as_bandwidth_vector(weights, "weights", x)
-    return sig, w
+        return sig, default_weights(sig.numel(), param_dtype(x), x.device)
+    return sig, as_bandwidth_vector(weights, "weights", x)
+
+
+def default_weights(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1/K for each of K bandwidths. K = 0 (sigmas=[]) is the op's to reject; the weights only need to exist."""
+    return torch.full((k,), 1.0 / max(k, 1), dtype=dtype, device=device)

@@ -350,12 +350,21 @@ def default_model(
     dropout: float = 0.0,
     batch_norm: bool = False,
     standardize: Standardize | None = None,
+    *,
+    seed: int | None = None,
 ) -> TransferModel:
     """The MLP that ``compare_strategies`` and ``TwoStageTrainer`` build when given no model.
 
     ``hidden_sizes=None`` sizes it from the data: two blocks of ``default_width(in_features)``.
     ``standardize``: input statistics (``Standardize.fit(X_source, X_target)``), or None for raw inputs.
+    ``seed``: initial weights drawn from ``torch.manual_seed(seed)`` inside a fork of the global RNG
+    (the caller's RNG state is untouched); None draws them from the global RNG as it is.
     """
+    if seed is not None:
+        seed = check_int(seed, "seed", 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return default_model(in_features, num_classes, hidden_sizes, activation, dropout, batch_norm, standardize)
     if hidden_sizes is None:
         w = default_width(check_int(in_features, "in_features", minimum=1))
         hidden_sizes = (w, w)

@@ -32,6 +32,7 @@ from pytl.bandwidths import (  # noqa: F401  (re-exported: the bandwidth helpers
     WeightsLike,
     as_bandwidth_vector,
     bandwidth_ladder,
+    default_weights,
     median_heuristic,
     resolve_bandwidths,
 )
@@ -116,11 +117,7 @@ def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: Weights
     if sigmas is None:
         raise ValueError("sigmas is required (for example pytl.bandwidth_ladder(pytl.median_heuristic(x, y)))")
     sig = as_bandwidth_vector(sigmas, "sigmas", z)
-    if weights is None:
-        k = sig.numel()
-        w = torch.full((k,), 1.0 / max(k, 1), dtype=sig.dtype, device=z.device)  # k = 0: the op rejects sigmas
-    else:
-        w = as_bandwidth_vector(weights, "weights", z)
+    w = default_weights(sig.numel(), sig.dtype, z.device) if weights is None else as_bandwidth_vector(weights, "weights", z)
     return torch.ops.pytl.rbf_kernel_matmul.default(z, s, sig, w)
 
 

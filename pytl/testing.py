@@ -81,11 +81,12 @@ def mmd2_reference(
     estimator: str = "biased",
 ) -> Tensor:
     """Plain-torch MMD^2 that materialises the n x n, m x m and n x m matrices, one exp pass per
-    bandwidth: what most code does today. Same arguments and bandwidths as pytl.mmd2 (the bandwidth
-    values are not checked). For tests and benchmark comparisons only."""
+    bandwidth: what most code does today. Same arguments, bandwidths and bandwidth rules as
+    pytl.mmd2. For tests and benchmark comparisons only."""
     unbiased = is_unbiased(estimator)
     check_pair(x, y, estimator)
     sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    _check_bandwidth_values(sig, w)
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, y, sig, w = x.to(dtype), y.to(dtype), sig.to(dtype), w.to(dtype)
 
@@ -106,6 +107,16 @@ def mmd2_reference(
         t = block_mean(dxx, gamma, True) + block_mean(dyy, gamma, True) - 2.0 * block_mean(dxy, gamma, False)
         total = total + w[k] * t
     return total
+
+
+def _check_bandwidth_values(sig: Tensor, w: Tensor) -> None:
+    """The op's rules for bandwidths and weights, for this plain-torch version that no op checks."""
+    if sig.numel() == 0 or not bool(torch.isfinite(sig).all() and (sig > 0).all()):
+        raise ValueError(f"sigmas must be positive and finite, got {sig.tolist()}")
+    if w.numel() != sig.numel():
+        raise ValueError(f"weights must have one entry per bandwidth: {w.numel()} weights for {sig.numel()} sigmas")
+    if not bool(torch.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError(f"weights must be non-negative and finite, got {w.tolist()}")
 
 
 def make_pair(n: int, m: int, d: int, dtype: torch.dtype = torch.float64, device="cpu", shift: float = 0.3,

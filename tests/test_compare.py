@@ -122,6 +122,15 @@ def test_any_feature_shape(shift):
     assert r.models["mmd"].encoder.in_features == 6 and r.models["mmd"].num_classes == 3
 
 
+def test_a_missing_target_class_warns_at_the_callers_line(shift):
+    xl, yl = shift.target_labeled
+    keep = yl == 0
+    with pytest.warns(UserWarning, match=r"no sample of class\(es\) \[1\]") as caught:
+        compare_strategies(shift.source, shift.target_unlabeled, shift.target_test, (xl[keep], yl[keep]),
+                           num_classes=2, strategies=["scratch"], align_epochs=0, finetune_epochs=0)
+    assert {w.filename for w in caught if "no sample of class" in str(w.message)} == {__file__}
+
+
 def test_ensemble_model_averages_probabilities():
     class Const(torch.nn.Module):
         def __init__(self, logits):

@@ -111,6 +111,7 @@ BAD_TEST_CASES = [
     (dict(estimator="exact"), ValueError, "estimator"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(sigmas=-1.0), ValueError, "sigmas"),
+    (dict(sigmas=torch.tensor([1, 2])), TypeError, "sigmas must be a floating-point"),
     (dict(chunk_size=0), ValueError, "chunk_size"),
 ]
 

@@ -59,6 +59,17 @@ def test_mmd2_weights_and_public_api(device, estimator):
     torch.testing.assert_close(mmd2_reference(x, y, sig, w, estimator=estimator), got, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("sigmas,weights,fragment", [
+    (0.0, None, "sigmas must be positive"), ([-1.0], None, "sigmas must be positive"),
+    ([1.0, float("inf")], None, "sigmas must be positive"), ([1.0, 2.0], [1.0], "one entry per bandwidth"),
+    ([1.0, 2.0], [1.0, -0.5], "non-negative"),
+])
+def test_reference_applies_the_ops_bandwidth_rules(sigmas, weights, fragment):
+    x, y = make_pair(5, 6, 2)
+    with pytest.raises(ValueError, match=fragment):
+        mmd2_reference(x, y, sigmas, weights)
+
+
 def test_single_float_sigma_and_default_weights(device):
     x, y = make_pair(20, 25, 3, torch.float64, device)
     torch.testing.assert_close(pytl.mmd2(x, y, 1.3).cpu(), mmd2_reference64(x.cpu(), y.cpu(), [1.3]))

@@ -20,12 +20,14 @@ import argparse
 from collections.abc import Sequence
 
 from pytl.cli import curve, demo, divergence
-from pytl.cli.curve import run_curve
+from pytl.cli.curve import CURVE_DEFAULT_SEEDS, CURVE_KINDS, run_curve
 from pytl.cli.demo import run_demo
 from pytl.cli.divergence import load_features, run_divergence
+from pytl.cli.options import FIGURE_SUFFIXES
 from pytl.plot import plot_report  # noqa: F401  (was defined here; plotting lives in pytl.plot)
 
-__all__ = ["build_parser", "load_features", "main", "run_curve", "run_demo", "run_divergence"]
+__all__ = ["CURVE_DEFAULT_SEEDS", "CURVE_KINDS", "FIGURE_SUFFIXES", "build_parser", "load_features", "main",
+           "run_curve", "run_demo", "run_divergence"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"pytl {pytl.__version__}")
         return 0
-    if args.command == "demo":
-        return run_demo(args, argv)
-    if args.command == "divergence":
-        return run_divergence(args)
-    if args.command == "curve":
-        return run_curve(args)
-    parser.print_help()
-    return 2
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.run(args, argv)  # each subcommand's add_parser registers its runner

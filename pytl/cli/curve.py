@@ -47,6 +47,7 @@ def add_parser(sub: Any) -> None:
         description="Train many small models on the tutorial's synthetic domain shift (two moons) and print a "
                     "curve's table (mean ± std over seeds); --out FILE.png draws it.",
     )
+    curve.set_defaults(run=lambda args, argv: run_curve(args))
     kinds = curve.add_subparsers(dest="kind", metavar="{" + ",".join(CURVE_KINDS) + "}", required=True)
     de = kinds.add_parser(
         "data-efficiency", parents=[common], help="target accuracy vs number of target labels",

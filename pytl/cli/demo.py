@@ -32,6 +32,7 @@ def add_parser(sub: Any) -> None:
         description="Train source_only, mmd_only, scratch, naive, mmd and ensemble on two classes in 2-D "
                     "with a rotated and shifted target domain, and print the comparison table.",
     )
+    demo.set_defaults(run=lambda args, argv: run_demo(args, argv))
     demo.add_argument("--seed", type=non_negative_int, default=0, help="first seed (data and weights; default 0)")
     demo.add_argument("--seeds", type=positive_int, default=1,
                       help="number of seeds to run (seed, seed+1, ...) and average (default 1)")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pytl.cli.options import non_negative_int, positive_int
 from pytl.diagnostics import domain_divergence
@@ -24,6 +23,7 @@ def add_parser(sub: Any) -> None:
         description="Load source and target features (.npy, .npz with one array or --key, .csv) of the same "
                     "width, one sample per row, and print pytl.domain_divergence's report.",
     )
+    div.set_defaults(run=lambda args, argv: run_divergence(args))
     div.add_argument("source", help="source features: .npy, .npz or .csv")
     div.add_argument("target", help="target features: .npy, .npz or .csv")
     div.add_argument("--key", default=None, help="array name inside .npz files with several arrays")
@@ -61,7 +61,7 @@ def load_features(path: str, key: str | None = None) -> np.ndarray:
 def run_divergence(args: argparse.Namespace) -> int:
     try:
         xs, xt = load_features(args.source, args.key), load_features(args.target, args.key)
-        report = domain_divergence(torch.from_numpy(xs), torch.from_numpy(xt),
+        report = domain_divergence(xs, xt,
                                    num_permutations=args.permutations, seed=args.seed)
     except (ValueError, TypeError) as exc:
         print(f"pytl divergence: {exc}", file=sys.stderr)

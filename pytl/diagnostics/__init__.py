@@ -20,7 +20,7 @@ from pytl.diagnostics.permutation_test import (
     MMDTestResult,
     mmd_test,
 )
-from pytl.ops import rbf_kernel_matmul
+from pytl.ops import SigmasLike, WeightsLike, rbf_kernel_matmul
 
 __all__ = [
     "CLASSIFIERS",
@@ -31,6 +31,8 @@ __all__ = [
     "VERDICT_LOW",
     "DivergenceReport",
     "MMDTestResult",
+    "SigmasLike",
+    "WeightsLike",
     "domain_divergence",
     "mmd_test",
     "proxy_a_distance",

@@ -113,7 +113,9 @@ def mmd_test(
         lo, hi = PERMUTATION_CHUNK_RANGE
         chunk_size = max(lo, min(hi, PERMUTATION_CHUNK_ELEMENTS // (n + m)))
     z = torch.cat([x.detach(), y.detach()]).to(dtype)
-    sig_c, w_c = sig.detach().to(dtype), w.detach().to(dtype)
+    # only floating values are cast to the computation's dtype: integer bandwidths stay as they are, for the op
+    # to reject with its own TypeError
+    sig_c, w_c = (v.detach().to(dtype) if v.is_floating_point() else v.detach() for v in (sig, w))
     kappa = float(w_c.double().sum())  # K(z_i, z_i)
 
     with torch.no_grad():

@@ -24,6 +24,7 @@ from pytl.freezing import FreezingPolicy
 from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, eval_mode, resolve_device
+from pytl.train.evaluate import EVAL_BATCH
 
 __all__ = ["compare_strategies"]
 
@@ -147,10 +148,8 @@ def _initial_model(model: nn.Module | None, data: _Data, cfg: dict[str, Any], se
     if model is not None:
         return copy.deepcopy(model)
     stats = Standardize.fit(data.xs, data.xu) if cfg["standardize"] else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return default_model(inp.prod(tuple(data.xs.shape[1:])), data.num_classes, cfg["hidden_sizes"],
-                             cfg["activation"], cfg["dropout"], cfg["batch_norm"], standardize=stats)
+    return default_model(inp.prod(tuple(data.xs.shape[1:])), data.num_classes, cfg["hidden_sizes"], cfg["activation"],
+                         cfg["dropout"], cfg["batch_norm"], standardize=stats, seed=seed)
 
 
 class _Runs:
@@ -212,7 +211,7 @@ def _evaluate(models: dict[str, nn.Module], data: _Data, device: torch.device,
     n_mmd = min(EMBEDDING_MMD_SAMPLES, data.xs.shape[0], data.xu.shape[0])
     for s, m in models.items():
         with torch.no_grad(), eval_mode(m):
-            logits = torch.cat([m(b.to(device, dtype)).cpu() for b in data.xt.split(4096)])
+            logits = torch.cat([m(b.to(device, dtype)).cpu() for b in data.xt.split(EVAL_BATCH)])
             accuracy[s] = float((logits.argmax(1) == data.yt).double().mean())
             if hasattr(m, "embed"):
                 zs = m.embed(data.xs[:n_mmd].to(device, dtype)).flatten(1).double()

@@ -137,9 +137,8 @@ def _initial_network(model: Any, sp: Splits, classes: int, hidden_sizes: Sequenc
     if model is not None:
         return copy.deepcopy(model_for(model, seed))
     stats = Standardize.fit(sp.source[0], sp.target_unlabeled)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return default_model(inp.prod(tuple(sp.source[0].shape[1:])), classes, tuple(hidden_sizes), standardize=stats)
+    return default_model(inp.prod(tuple(sp.source[0].shape[1:])), classes, tuple(hidden_sizes), standardize=stats,
+                         seed=seed)
 
 
 def transfer_blocks(source: nn.Module, target: nn.Module, k: int) -> None:

@@ -20,8 +20,8 @@ metrics.py, checkpoint.py, ddp.py, with prepare.py (every check before training)
 from pytl.train.checkpoint import CHECKPOINT_FORMAT
 from pytl.train.evaluate import eval_mode
 from pytl.train.prepare import resolve_device
-from pytl.train.steps import LAMBDA_SCHEDULES, lambda_factor
-from pytl.train.trainer import OPTIMIZERS, TwoStageTrainer
+from pytl.train.steps import LAMBDA_SCHEDULES, ScheduleLike, lambda_factor
+from pytl.train.trainer import OPTIMIZERS, EvalData, OptimizerLike, TwoStageTrainer
 
-__all__ = ["CHECKPOINT_FORMAT", "LAMBDA_SCHEDULES", "OPTIMIZERS", "TwoStageTrainer", "eval_mode", "lambda_factor",
-           "resolve_device"]
+__all__ = ["CHECKPOINT_FORMAT", "LAMBDA_SCHEDULES", "OPTIMIZERS", "EvalData", "OptimizerLike", "ScheduleLike",
+           "TwoStageTrainer", "eval_mode", "lambda_factor", "resolve_device"]

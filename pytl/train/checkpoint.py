@@ -4,7 +4,6 @@ back with checks (format, data shape, classes, settings) before anything trains.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 
 from pytl import _inputs as inp
 from pytl import distributed as pd
+from pytl._validation import warn_user
 from pytl.freezing import FreezingPolicy
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ def read_checkpoint(t: TwoStageTrainer, path: Any) -> dict[str, Any] | None:
     mine = settings_of(t)
     diff = {k: (v, mine.get(k)) for k, v in ckpt["settings"].items() if mine.get(k) != v}
     if diff:
-        warnings.warn(f"resuming from {path!r} with settings that differ from its run (checkpoint, now): {diff}; "
-                      "the result will differ from an uninterrupted run", stacklevel=3)
+        warn_user(f"resuming from {path!r} with settings that differ from its run (checkpoint, now): {diff}; "
+                  "the result will differ from an uninterrupted run")
     return ckpt
 
 

@@ -19,13 +19,13 @@ from pytl.train import ddp
 from pytl.train.checkpoint import restore, save_checkpoint
 from pytl.train.evaluate import evaluate
 from pytl.train.metrics import Sums, check_finite
-from pytl.train.steps import AlignStage, FinetuneStage, objective
+from pytl.train.steps import Stage, objective
 
 if TYPE_CHECKING:
     from pytl.train.trainer import OptimizerLike, TwoStageTrainer
 
 
-def run_stage(t: TwoStageTrainer, stage: AlignStage | FinetuneStage, ev: dict[str, Any],
+def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
               resume: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One stage, epoch by epoch: the policy's schedule, the steps, the epoch's record (means, eval
     metrics), the divergence stop and the checkpoint. ``stage`` supplies the batches and the loss."""

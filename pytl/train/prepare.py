@@ -7,7 +7,6 @@ calls it through ``check_inputs`` so that every error comes before the first of 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
+from pytl._validation import warn_user
 from pytl.models import Standardize, default_model
 from pytl.train import ddp
 from pytl.train.evaluate import eval_mode
@@ -200,5 +200,5 @@ def check_enough_labels(tl: Any, num_classes: int) -> None:
     if isinstance(tl, tuple):
         missing = sorted(set(range(num_classes)) - set(tl[1].unique().tolist()))
         if missing:
-            warnings.warn(f"target_labeled has no sample of class(es) {missing}; fine-tuning cannot learn them "
-                          "from the target", stacklevel=4)
+            warn_user(f"target_labeled has no sample of class(es) {missing}; fine-tuning cannot learn them "
+                      "from the target")

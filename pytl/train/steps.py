@@ -1,7 +1,7 @@
 """The objective of a training step: CE + λ·MMD² (stage 1) or CE (stage 2), plus the policy's penalty.
 
-Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``);
-the trainer's one stage loop (trainer.py) runs either. Also here: the λ schedules and what a rank
+Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``,
+both ``Stage``s); the one stage loop (loop.py) runs either. Also here: the λ schedules and what a rank
 back-propagates under DDP (``objective``).
 """
 
@@ -53,7 +53,6 @@ class StepLoss:
     mmd2: Tensor | None
     lam: float
     logits: Tensor
-    labels: Tensor
     n_global: int  # the global batch size (== the local one without DDP)
 
 
@@ -82,7 +81,41 @@ def alignment_mmd2(trainer: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt
     return mmd2(zs, zt, sig, estimator=trainer.mmd_estimator)
 
 
-class AlignStage:
+class Stage:
+    """What the loop asks of a stage. Class attributes: ``name`` (history key), ``rng_offset`` (its seed
+    stream), ``advice`` (when the loss diverges), ``bar_keys`` (record keys on the progress bar)."""
+
+    name: str
+    rng_offset: int
+    advice: str
+    bar_keys: tuple[str, ...]
+    policy: Any  # the stage's freezing policy (None: train everything)
+    lr: float
+    epochs: int
+
+    def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
+        """Called once the policy is applied (and a checkpoint restored): ``gen`` orders the data."""
+        self.gen = gen
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
+        raise NotImplementedError
+
+    def loss(self, step_fn: nn.Module, x: Tensor, y: Tensor, n: int) -> StepLoss:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """After each optimizer step."""
+
+    def record(self) -> dict[str, Any]:
+        """The stage's own keys of an epoch's record."""
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The stage's own state in a checkpoint (keyword arguments of checkpoint.save_checkpoint)."""
+        return {}
+
+
+class AlignStage(Stage):
     """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
     when MMD is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step."""
 
@@ -98,7 +131,7 @@ class AlignStage:
         self.total = 1
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
-        self.gen = gen
+        super().begin(gen, resume, model, policy)
         self.total = max(1, self.epochs * steps_per_epoch(self.source, self.t.batch_size, self.t._world))
         self.target = TargetBatches(self.t, self.target_data, gen) if self.use_mmd else None
         if resume is not None:
@@ -115,14 +148,14 @@ class AlignStage:
         if not self.use_mmd:
             logits, _ = step_fn(xs)
             ce = F.cross_entropy(logits, ys)
-            return StepLoss(ce, ce, None, 0.0, logits, ys, n)
+            return StepLoss(ce, ce, None, 0.0, logits, n)
         assert self.target is not None
         xt, nt = self.target.next()
         logits, z = step_fn(xs, xt)  # one pass: BatchNorm sees both domains
         zs, zt = z[: xs.shape[0]], z[xs.shape[0]:]
         ce = F.cross_entropy(logits, ys)
         m = alignment_mmd2(t, zs, zt, n, nt)
-        return StepLoss(ce + self.lam * m, ce, m, self.lam, logits, ys, n)
+        return StepLoss(ce + self.lam * m, ce, m, self.lam, logits, n)
 
     def after_step(self) -> None:
         self.step += 1
@@ -134,7 +167,7 @@ class AlignStage:
         return {"step": self.step, "lam": self.lam, "target": None if self.target is None else self.target.state()}
 
 
-class FinetuneStage:
+class FinetuneStage(Stage):
     """Stage 2: passes over the labelled target samples, cross-entropy only."""
 
     name, rng_offset, advice, bar_keys = "finetune", 2, "lower finetune_lr", ("loss",)
@@ -144,7 +177,7 @@ class FinetuneStage:
         self.policy, self.lr, self.epochs = trainer.finetune_policy, trainer.finetune_lr, trainer.finetune_epochs
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
-        self.gen = gen
+        super().begin(gen, resume, model, policy)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"finetune_policy {policy!r} freezes every parameter; nothing would train")
 
@@ -155,13 +188,4 @@ class FinetuneStage:
     def loss(self, step_fn: nn.Module, x: Tensor, y: Tensor, n: int) -> StepLoss:
         logits, _ = step_fn(x)
         ce = F.cross_entropy(logits, y)
-        return StepLoss(ce, ce, None, 0.0, logits, y, n)
-
-    def after_step(self) -> None:
-        pass
-
-    def record(self) -> dict[str, Any]:
-        return {}
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {}
+        return StepLoss(ce, ce, None, 0.0, logits, n)

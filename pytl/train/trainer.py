@@ -20,7 +20,7 @@ from pytl import _inputs as inp
 from pytl import distributed as pd
 from pytl._validation import check_choice, check_float, check_int, check_optional_int
 from pytl.freezing import FreezingPolicy
-from pytl.ops import mmd2
+from pytl.ops import ESTIMATORS, mmd2
 from pytl.train.checkpoint import read_checkpoint
 from pytl.train.evaluate import embed_all, predict_proba
 from pytl.train.loop import run_stage
@@ -118,7 +118,7 @@ class TwoStageTrainer:
                 raise TypeError(f"{name} must be a pytl.freezing policy or None, got {type(pol).__name__}")
         self.align_policy, self.finetune_policy = align_policy, finetune_policy
         self.mmd_sigmas = mmd_sigmas
-        self.mmd_estimator = check_choice(mmd_estimator, "mmd_estimator", ("biased", "unbiased"))
+        self.mmd_estimator = check_choice(mmd_estimator, "mmd_estimator", ESTIMATORS)
         self.device = resolve_device(device, model)
         self.seed = check_int(seed, "seed", 0)
         self.progress = bool(progress)
