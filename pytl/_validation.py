@@ -3,8 +3,10 @@
 One convention everywhere: a value of the wrong *type* (a float or a bool where an int is expected,
 text where a number is) raises TypeError; a value of the right type outside its range, a non-finite
 number or an unknown choice raises ValueError. Every message names the argument, says what was
-expected and shows what was given. Op arguments (tensors, bandwidths, weights) are checked once, in
-C++ (csrc/common/checks.h); data (arrays, labels, DataLoaders) in pytl._inputs.
+expected and shows what was given. Op arguments (tensors, bandwidths, weights) are checked by the ops,
+in C++ (csrc/common/checks.h), and by pytl._samples only where Python computes on the samples before
+an op sees them; data (arrays, labels, DataLoaders) in pytl._inputs. ``warn_user`` attributes a
+warning about the user's data to the user's line.
 """
 
 from __future__ import annotations
