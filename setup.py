@@ -39,7 +39,6 @@ def _log(msg: str) -> None:
 
 try:
     import torch
-    from torch.utils import cpp_extension  # noqa: F401  (imported below, after CUDA_HOME is settled)
 except ImportError:  # pragma: no cover - only without torch
     sys.exit(
         "pytl setup: torch must be installed before building pytl (the extension is compiled against it).\n"

@@ -71,7 +71,7 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
     at::AutoDispatchBelowADInplaceOrView guard;
     // The weights are the one argument no kernel below sees (they reach mmd2_terms_and_grad as its
     // grad_terms); x, y and sigmas are checked by the kernel called next.
-    check_mmd_weights(weights, sigmas);
+    check_mmd_weights(weights, sigmas, x);
     if (has_readable_data(weights)) check_weight_values(weights);
     at::Tensor terms;
     if (need_grads) {

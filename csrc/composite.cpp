@@ -20,7 +20,7 @@ at::Tensor mmd2_terms_op(const at::Tensor& x, const at::Tensor& y, const at::Ten
 // checked here: x, y and sigmas by the mmd2_terms kernel.
 at::Tensor mmd2_composite(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
                           const at::Tensor& weights, bool unbiased) {
-  check_mmd_weights(weights, sigmas);
+  check_mmd_weights(weights, sigmas, x);
   if (has_readable_data(weights)) check_weight_values(weights);
   const at::Tensor terms = mmd2_terms_op(x, y, sigmas, unbiased);
   return weighted_sum(terms, weights, x.scalar_type());

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_m
 at::Tensor mmd2_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, const at::Tensor& weights,
                      bool unbiased) {
   check_mmd_inputs(x, y, sigmas, unbiased);
-  check_mmd_weights(weights, sigmas);
+  check_mmd_weights(weights, sigmas, x);
   return at::empty({}, x.options());
 }
 

@@ -409,6 +409,11 @@ def test_bad_input_cpp_weights():
     # a malformed sigmas is reported as such, not as a weight count mismatch
     with pytest.raises(ValueError, match="sigmas must be a 1-D"):
         torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2, 2), torch.ones(2), False)
+    # ...and so is a misplaced sigmas (the weights are compared with x's device, where they belong)
+    with pytest.raises(ValueError, match="sigmas must be on the same device as x"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2, device="meta"), torch.ones(2), False)
+    with pytest.raises(ValueError, match="weights must be on the same device as x"):
+        torch.ops.pytl.mmd2(GOOD_X, GOOD_Y, torch.ones(2), torch.ones(2, device="meta"), False)
 
 
 def test_bad_input_cpp_backward_op():

@@ -37,7 +37,7 @@ def test_cmake_reads_the_same_values():
     for name in CMAKE_READS:
         found = [line for line in lines if line.startswith(f"{name} = ")]
         assert len(found) == 1, name
-        code = found[0].split(" = ", 1)[1].split("  #")[0]
+        code = found[0].split(" = ", 1)[1].split("#")[0]  # as CMake reads it: up to the first '#'
         value = getattr(_toolchain, name)
         assert ast.literal_eval(code) == value, name
         as_cmake = re.findall(r'"([^"]*)"', code)

@@ -25,8 +25,8 @@ constexpr const char* kKernelMatmulOp = "pytl.rbf_kernel_matmul: ";
 inline void check_sigmas(const at::Tensor& sigmas, const at::Device& device, const char* sample, const char* op) {
   TORCH_CHECK_VALUE(sigmas.dim() == 1 && sigmas.size(0) >= 1, op,
                     "sigmas must be a 1-D tensor of K >= 1 bandwidths, got shape ", sigmas.sizes());
-  TORCH_CHECK_VALUE(sigmas.size(0) <= kMaxBandwidths, op, "at most ", kMaxBandwidths,
-                    " bandwidths are supported, got ", sigmas.size(0));
+  TORCH_CHECK_VALUE(sigmas.size(0) <= kMaxBandwidths, op, "sigmas may hold at most ", kMaxBandwidths,
+                    " bandwidths, got ", sigmas.size(0));
   TORCH_CHECK_TYPE(at::isFloatingType(sigmas.scalar_type()), op, "sigmas must be a floating-point tensor, got ",
                    sigmas.scalar_type());
   TORCH_CHECK_VALUE(sigmas.device() == device, op, "sigmas must be on the same device as ", sample, " (", device,
@@ -85,9 +85,10 @@ inline void check_mmd_backward_inputs(const at::Tensor& grad_terms, const at::Te
                     grad_terms.device());
 }
 
-// pytl.mmd2's weights, the one argument that no kernel below mmd2 sees (shape, dtype, device).
-inline void check_mmd_weights(const at::Tensor& weights, const at::Tensor& sigmas) {
-  check_weights(weights, sigmas, sigmas.device(), "sigmas", kMMDOp);
+// pytl.mmd2's weights, the one argument that no kernel below mmd2 sees (shape, dtype, device). Compared
+// with x's device, not the sigmas': a misplaced sigmas is then reported as such, by the kernel's checks.
+inline void check_mmd_weights(const at::Tensor& weights, const at::Tensor& sigmas, const at::Tensor& x) {
+  check_weights(weights, sigmas, x.device(), "x", kMMDOp);
 }
 
 // pytl.rbf_kernel_matmul(z, s, sigmas, weights): shapes, dtypes and devices.

@@ -163,7 +163,7 @@ at::Tensor rbf_kernel_matmul_cuda(const at::Tensor& z_in, const at::Tensor& s_in
   const at::ScalarType acc = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (n == 0 || P == 0) return at::zeros({n, P}, z_in.options());
   const int64_t row_tiles = ceil_div(n, kTile), p_chunks = ceil_div(P, kPChunk);
-  TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() && p_chunks <= 65535,
+  TORCH_CHECK_VALUE(row_tiles <= std::numeric_limits<int32_t>::max() && p_chunks <= 65535,
               "pytl.rbf_kernel_matmul: too large for one launch (N = ", n, ", P = ", P,
               "); split s into column chunks of at most ", 65535 * kPChunk);
   const at::Tensor z = z_in.contiguous(), s = s_in.contiguous();
