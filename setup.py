@@ -62,61 +62,17 @@ def _env_flag(name: str) -> bool | None:
         sys.exit(f"pytl setup: {exc}")
 
 
-def _resolve_cuda_home() -> str | None:
-    home, note = toolchain.resolve_cuda_home()
-    if note:
-        _log(note)
-    return home
-
-
-TORCH_HAS_CUDA = torch.version.cuda is not None
 WITH_CUDA_REQUEST = _env_flag("PYTL_WITH_CUDA")
-CUDA_SOURCES = toolchain.source_files("csrc", toolchain.CUDA_SOURCE_GLOBS)
+cuda = toolchain.decide_cuda(WITH_CUDA_REQUEST, torch.version.cuda, torch.__version__, "csrc")
+for note in cuda.notes:
+    _log(note)
+if WITH_CUDA_REQUEST is True and cuda.problems:
+    sys.exit("pytl setup: PYTL_WITH_CUDA=1 but the CUDA kernels cannot be built:\n  - " + "\n  - ".join(cuda.problems))
+if WITH_CUDA_REQUEST is None and cuda.problems:
+    _log(f"building the CPU kernels only: {cuda.problems[0]}. PYTL_WITH_CUDA=1 makes this an error.")
+WITH_CUDA = cuda.with_cuda
 
-cuda_home = None
-if WITH_CUDA_REQUEST is not False and TORCH_HAS_CUDA:
-    cuda_home = _resolve_cuda_home()
-    if cuda_home:
-        toolchain.use_cuda_home(cuda_home)
-
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
-
-if WITH_CUDA_REQUEST is True:
-    problems = []
-    if not TORCH_HAS_CUDA:
-        problems.append(
-            f"the installed torch {torch.__version__} was built without CUDA (torch.version.cuda is None); "
-            "install a CUDA build of torch"
-        )
-    elif not cuda_home:
-        problems.append(
-            "no CUDA toolkit was found: set CUDA_HOME to the toolkit root (the folder whose include/ holds "
-            "cuda_runtime.h and whose bin/ holds nvcc)"
-        )
-    if not CUDA_SOURCES:
-        problems.append("there are no CUDA sources under csrc/cuda/")
-    if problems:
-        sys.exit("pytl setup: PYTL_WITH_CUDA=1 but the CUDA kernels cannot be built:\n  - " + "\n  - ".join(problems))
-    WITH_CUDA = True
-elif WITH_CUDA_REQUEST is False:
-    WITH_CUDA = False
-else:
-    WITH_CUDA = TORCH_HAS_CUDA and bool(cuda_home) and bool(CUDA_SOURCES)
-    if not TORCH_HAS_CUDA:
-        reason = f"torch {torch.__version__} has no CUDA"
-    elif not cuda_home:
-        reason = "no CUDA toolkit found (set CUDA_HOME)"
-    elif not CUDA_SOURCES:
-        reason = "no sources under csrc/cuda/"
-    else:
-        reason = ""
-    if reason:
-        _log(f"building the CPU kernels only: {reason}. PYTL_WITH_CUDA=1 makes this an error.")
-
-if WITH_CUDA:
-    note = toolchain.ensure_cuda_arch_list()
-    if note:
-        _log(note)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402  (after CUDA_HOME)
 
 if not os.environ.get("MAX_JOBS"):
     try:
@@ -146,7 +102,7 @@ Extension = CUDAExtension if WITH_CUDA else CppExtension
 _log(
     f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
     f"{'CPU+CUDA' if WITH_CUDA else 'CPU-only'} build"
-    + (f", CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}" if WITH_CUDA else "")
+    + (f", CUDA_HOME={cuda.home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}" if WITH_CUDA else "")
     + f", MAX_JOBS={os.environ['MAX_JOBS']}, {len(sources)} sources"
 )
 

@@ -46,24 +46,12 @@ def _jit_build_description() -> _toolchain.Build:
             "from a source checkout."
         )
     want_cuda = _env_flag("PYTL_WITH_CUDA")
-    cuda_home = None
-    if torch.version.cuda is not None and want_cuda is not False:
-        cuda_home, note = _toolchain.resolve_cuda_home()
-        if note:
-            print(f"pytl: {note}", file=sys.stderr)
-        if cuda_home:
-            _toolchain.use_cuda_home(cuda_home)
-    if want_cuda is True and cuda_home is None:
-        raise ImportError(
-            "pytl: PYTL_WITH_CUDA=1 but this torch has no CUDA "
-            f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found; "
-            "set CUDA_HOME to the toolkit root (the folder whose include/ holds cuda_runtime.h)."
-        )
-    with_cuda = cuda_home is not None
-    if with_cuda:
-        note = _toolchain.ensure_cuda_arch_list()
-        if note:
-            print(f"pytl: {note}", file=sys.stderr)
+    cuda = _toolchain.decide_cuda(want_cuda, torch.version.cuda, torch.__version__, csrc)
+    for note in cuda.notes:
+        print(f"pytl: {note}", file=sys.stderr)
+    if want_cuda is True and cuda.problems:
+        raise ImportError("pytl: PYTL_WITH_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(cuda.problems))
+    with_cuda = cuda.with_cuda
     return _toolchain.describe_build(csrc, with_cuda=with_cuda, python_module=False,
                                      debug=_env_flag("PYTL_DEBUG") is True)
 

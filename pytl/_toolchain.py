@@ -163,6 +163,44 @@ def ensure_cuda_arch_list(default: str = "8.0;9.0") -> str | None:
     return f"no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for TORCH_CUDA_ARCH_LIST={default}"
 
 
+@dataclass(frozen=True)
+class CudaDecision:
+    """Whether to build the CUDA kernels, and why; setup.py and the JIT loader report it each in its way."""
+
+    with_cuda: bool
+    home: str | None
+    notes: list[str]  # informational: which toolkit, which arch list
+    problems: list[str]  # why the CUDA kernels cannot be built (an error when PYTL_WITH_CUDA=1 asked for them)
+
+
+def decide_cuda(request: bool | None, torch_cuda: str | None, torch_version: str, csrc: str | Path) -> CudaDecision:
+    """request: PYTL_WITH_CUDA (None: build them when torch has CUDA, a toolkit is found and there are CUDA
+    sources; False: never). A found toolkit becomes torch's CUDA_HOME; TORCH_CUDA_ARCH_LIST gets a default."""
+    if request is False:
+        return CudaDecision(False, None, [], [])
+    notes: list[str] = []
+    home = None
+    if torch_cuda is not None:
+        home, note = resolve_cuda_home()
+        notes += [note] if note else []
+        if home:
+            use_cuda_home(home)
+    problems = []
+    if torch_cuda is None:
+        problems.append(f"the installed torch {torch_version} was built without CUDA (torch.version.cuda is None); "
+                        "install a CUDA build of torch")
+    elif not home:
+        problems.append("no CUDA toolkit was found: set CUDA_HOME to the toolkit root (the folder whose include/ "
+                        "holds cuda_runtime.h and whose bin/ holds nvcc)")
+    if not source_files(csrc, CUDA_SOURCE_GLOBS):
+        problems.append("there are no CUDA sources under csrc/cuda/")
+    with_cuda = not problems
+    if with_cuda:
+        note = ensure_cuda_arch_list()
+        notes += [note] if note else []
+    return CudaDecision(with_cuda, home, notes, problems)
+
+
 def openmp_flags() -> list[str]:
     """-fopenmp when torch's ATen parallel backend is OpenMP (the flag is for compiling and linking)."""
     import torch
