@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 ArrayLike = Union[np.ndarray, Tensor, Sequence[Any]]
 LabeledData = Union[tuple[ArrayLike, ArrayLike], DataLoader]
 UnlabeledData = Union[ArrayLike, DataLoader]
+PEEK_SEED = 0  # the global seed under which first_batch draws a shuffling DataLoader's first batch
 
 
 def _to_tensor(value: Any, name: str) -> Tensor:
@@ -145,11 +146,16 @@ def split_batch(batch: Any, labeled: bool, name: str) -> tuple[Tensor, Tensor | 
 
 
 def first_batch(loader: DataLoader, labeled: bool, name: str) -> tuple[Tensor, Tensor | None]:
-    it: Iterator = iter(loader)
-    try:
-        batch = next(it)
-    except StopIteration:
-        raise ValueError(f"{name} is empty: the DataLoader yields no batches") from None
+    """A look at a DataLoader's first batch (shapes, labels, input statistics). A shuffling loader without
+    a generator of its own draws its order from the global RNG: the look draws it from a fixed seed inside
+    a fork, so that it is the same batch in every run and the caller's RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PEEK_SEED)
+        it: Iterator = iter(loader)
+        try:
+            batch = next(it)
+        except StopIteration:
+            raise ValueError(f"{name} is empty: the DataLoader yields no batches") from None
     return split_batch(batch, labeled, name)
 
 

@@ -290,6 +290,23 @@ def test_a_failed_fit_leaves_the_trainer_untouched(shift):
     assert tr.model.num_classes == 2
 
 
+def test_shuffled_dataloaders_train_the_same_whatever_the_global_rng(shift):
+    """Everything the trainer draws, including its look at each loader's first batch (input statistics of
+    the default model, shapes, labels), comes from its own seeds; the caller's RNG is left as it was."""
+    xs, ys = (torch.as_tensor(a) for a in shift.source)
+    xu = torch.as_tensor(shift.target_unlabeled)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        tr = TwoStageTrainer(**SMALL)
+        tr.align(DataLoader(TensorDataset(xs, ys), batch_size=40, shuffle=True),
+                 DataLoader(TensorDataset(xu), batch_size=40, shuffle=True))
+        assert torch.equal(torch.get_rng_state(), before)
+        weights.append(state(tr.model))
+    assert same_state(*weights)
+
+
 def test_eval_dataloader_counts_every_sample(shift):
     xt, yt = (torch.from_numpy(a[:101]) for a in shift.target_test)  # batches of 50, 50 and 1
     tr = TwoStageTrainer(**SMALL).fit(**_good(shift), eval_data=DataLoader(TensorDataset(xt, yt), batch_size=50))
