@@ -118,7 +118,7 @@ def test_any_feature_shape(shift):
         return x, y
 
     src, tst, lab = domain(60, 0.0), domain(30, 1.0), domain(9, 1.0)
-    r = compare_strategies(src, domain(40, 1.0)[0], tst, lab, **TINY)
+    r = compare_strategies(src, domain(40, 1.0)[0], tst, lab, folds=3, **TINY)
     assert r.models["mmd"].encoder.in_features == 6 and r.models["mmd"].num_classes == 3
 
 
@@ -145,6 +145,11 @@ def test_ensemble_model_averages_probabilities():
     assert torch.allclose(probs, torch.tensor([[0.375, 0.625]] * 2))
 
 
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(torch.zeros(4, 2))
+
+
 BAD = [
     ("unknown option", dict(epochs=3), TypeError, "unknown option"),
     ("model without embed", dict(model=torch.nn.Sequential(torch.nn.Linear(2, 2))), TypeError, "embed"),
@@ -159,7 +164,12 @@ BAD = [
     ("bad epochs", dict(align_epochs=-1), ValueError, "align_epochs"),
     ("bad scratch epochs", dict(scratch_epochs=2.5), TypeError, "scratch_epochs"),  # a float for an int
     ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),
-    ("dataloader", dict(target_unlabeled=torch.utils.data.DataLoader(torch.zeros(4, 2))), TypeError, "DataLoader"),
+    ("iterable dataset", dict(target_unlabeled=Stream()), TypeError, "IterableDataset"),
+    ("folds > labels per class", dict(folds=26), ValueError, r"folds=26 but class 0 has 25, class 1 has 25"),
+    ("one fold", dict(folds=1), ValueError, "folds must be an int >= 2"),
+    ("float folds", dict(folds=2.0), TypeError, "folds must be an int"),
+    ("unlabelled target-labeled loader", dict(target_labeled=torch.utils.data.DataLoader(torch.zeros(8, 2))),
+     TypeError, "target_labeled must yield"),
     ("bad mmd_scope", dict(mmd_scope="local"), ValueError, "mmd_scope"),
     ("float seed", dict(seed=1.5), TypeError, "seed must be an int >= 0"),
     ("negative seed", dict(seed=-1), ValueError, "seed must be an int >= 0"),

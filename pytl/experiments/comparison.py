@@ -1,25 +1,40 @@
-"""Strategy comparison: does transfer help on this problem, and which kind?
+"""Strategy comparison: does transfer help on this problem, which strategy should ship, and how sure is that?
 
-``compare_strategies`` trains every strategy from the same initial weights with the same budgets
-and reports target test accuracy. Always comparing against "scratch" is the only reliable way to
-notice negative transfer (borrowed knowledge that makes the target model worse).
+``compare_strategies`` trains every strategy from the same initial weights with the same budgets.
+Always comparing against "scratch" is the only reliable way to notice negative transfer (borrowed
+knowledge that makes the target model worse). It answers with what the user has:
+
+- a few target labels: stratified k-fold cross-validation over them (``report.estimate``), a paired
+  comparison of the best transfer strategy against scratch (``report.verdict``), and the strategy to
+  ship (``report.best``, retrained on every label: ``report.best_model``);
+- a labelled target test set as well: its accuracies (``report.accuracy``) decide the verdict.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pytl import _inputs as inp
 from pytl._validation import check_int
 from pytl.experiments.ensemble import EnsembleModel
+from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
+from pytl.experiments.folds import check_folds, stratified_folds
 from pytl.experiments.report import ComparisonReport
-from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, resolve_config, select_strategies
+from pytl.experiments.strategies import (
+    NEEDS_TARGET_LABELS,
+    STRATEGIES,
+    TRANSFER_STRATEGIES,
+    best_transfer,
+    resolve_config,
+    select_strategies,
+)
 from pytl.freezing import FreezingPolicy
 from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
@@ -32,20 +47,24 @@ __all__ = ["compare_strategies"]
 TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size", "finetune_batch_size",
                    "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads")
 EMBEDDING_MMD_SAMPLES = 1024  # rows per domain for the embedding MMD² of each strategy's model
+_STATS_ROWS = -1  # _first_rows: every row of an array, the first EMBEDDING_MMD_SAMPLES of a DataLoader
+#: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
+FINETUNED = {"scratch": "", "naive": "source_only", "mmd": "mmd_only"}
 
 
 def compare_strategies(
     source: Any,
     target_unlabeled: Any,
-    target_test: Any,
+    target_test: Any = None,
     target_labeled: Any = None,
     *,
+    folds: int | None = 5,
     seed: int = 0,
     strategies: Sequence[str] | None = None,
     model: nn.Module | None = None,
     **config: Any,
 ) -> ComparisonReport:
-    """Train each strategy with identical initial weights and budgets; report target test accuracy.
+    """Train each strategy with identical initial weights and budgets; estimate and compare their target accuracy.
 
     - "source_only": ``align_epochs`` on the source (λ = 0).
     - "mmd_only": ``align_epochs`` of CE + λ·MMD² (unsupervised adaptation, no target label).
@@ -55,24 +74,39 @@ def compare_strategies(
     - "mmd": "mmd_only", then the same fine-tuning.
     - "ensemble": mean class probabilities of "mmd" and "scratch".
 
-    Strategies that need target labels are skipped (and listed in ``report.skipped``) when
-    ``target_labeled`` is None. Inputs are (X, y) pairs of arrays or tensors (X: samples first, any
-    feature shape); every input is checked before training starts. ``model``: the initial model for
-    all strategies (deep-copied); by default an MLP sized from the data. ``config``: see
-    ``DEFAULT_CONFIG``.
+    target_labeled: the few target labels. With ``folds`` (default 5), every strategy that uses them is
+    also trained once per stratified fold on the other folds' labels and scored on the held-out fold;
+    the label-free strategies are scored on all the labels; stage-1 models are trained once and shared
+    by every fold. This gives ``report.estimate`` (no test set needed), ``report.verdict`` (a paired
+    test against scratch) and ``report.best``; the models in ``report.models`` are trained on all the
+    labels. Each class needs at least ``folds`` labels; ``folds=None`` skips the cross-validation.
+    target_test: optional labelled target data; when given, ``report.accuracy`` holds each strategy's
+    accuracy on it and the verdict is taken on it.
+
+    Strategies that need target labels are skipped (``report.skipped``) when ``target_labeled`` is None.
+    Inputs are (X, y) pairs of arrays or tensors (X: samples first, any feature shape), DataLoaders
+    (yielding (x, y) or x) or map-style Datasets (batched with ``batch_size``, shuffled with a generator
+    seeded by ``seed``); ``target_labeled`` is gathered into memory (it is the few labels). Every input
+    is checked before training starts. ``model``: the initial model for all strategies (deep-copied); by
+    default an MLP sized from the data. ``config``: see ``DEFAULT_CONFIG``.
     """
     cfg = resolve_config(config)
     wanted = list(select_strategies(STRATEGIES if strategies is None else strategies))
     seed = check_int(seed, "seed", 0)
+    if folds is not None:
+        folds = check_int(folds, "folds", 2)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
 
     # ---- check every input before anything trains
-    data = _check_data(source, target_unlabeled, target_test, target_labeled, cfg["num_classes"])
+    data = _check_data(source, target_unlabeled, target_test, target_labeled, cfg, seed)
     skipped: dict[str, str] = {}
     if data.labeled is None:
         skipped = {s: "no target labels" for s in wanted if s in NEEDS_TARGET_LABELS}
         wanted = [s for s in wanted if s not in NEEDS_TARGET_LABELS]
+        if not wanted:
+            raise ValueError(f"every requested strategy needs target labels ({sorted(skipped)}) and target_labeled "
+                             "is None")
     device = resolve_device(cfg["device"], model)
     common = {k: cfg[k] for k in TRAINER_OPTIONS}
     common.update(num_classes=data.num_classes, device=device, seed=seed)
@@ -84,137 +118,280 @@ def compare_strategies(
     base = _initial_model(model, data, cfg, seed).to(device)
     # ...and its checks of the model against the data (classes, feature shape, embed/head for MMD).
     probe.model = copy.deepcopy(base)
-    probe.check_inputs((data.xs, data.ys), data.xu, data.labeled, eval_data={"target_test": (data.xt, data.yt)})
+    probe.check_inputs(data.source, data.target_unlabeled, data.labeled,
+                       eval_data=None if data.test is None else {"target_test": data.test})
+    fold_index = None
+    if folds is not None and data.labeled is not None:
+        fold_index = stratified_folds(data.labeled[1], check_folds(folds, data.labeled[1]), seed)
 
-    runs = _Runs(base, data, common)
-    runs.train(wanted, cfg)
+    runs = _Runs(base, data, common, cfg)
+    runs.stage1(wanted)
+    estimate: dict[str, Estimate] = {}
+    t0 = time.perf_counter()
+    if fold_index is not None:
+        estimate = runs.cross_validate(wanted, fold_index)
+    cv_seconds = time.perf_counter() - t0
+    if data.labeled is not None:
+        runs.stage2(wanted, data.labeled)
     models = {s: runs.models[s] for s in STRATEGIES if s in wanted}
-    accuracy, mmd = _evaluate(models, data, device, next(base.parameters()).dtype)
-    return ComparisonReport(accuracy=accuracy, embedding_mmd2=mmd, seconds={s: runs.seconds[s] for s in models},
-                            skipped=skipped, models=models,
+    dtype = next(base.parameters()).dtype
+    accuracy, test_correct = _test_accuracy(models, data, device, dtype)
+    paired = _paired(accuracy, test_correct, estimate, data)
+    return ComparisonReport(accuracy=accuracy, embedding_mmd2=_embedding_mmd2(models, data, device, dtype),
+                            seconds={s: runs.seconds[s] for s in models}, skipped=skipped, models=models,
                             histories={s: runs.histories[s] for s in models if s in runs.histories},
-                            config={**cfg, "num_classes": data.num_classes, "strategies": list(models)}, seed=seed)
+                            config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
+                                    "folds": None if fold_index is None else len(fold_index)},
+                            seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds)
 
 
 class _Data(NamedTuple):
-    """The comparison's inputs as checked tensors, and the number of classes."""
+    """The comparison's checked inputs: tensors or DataLoaders, target labels as tensors, the class count."""
 
-    xs: Tensor
-    ys: Tensor
-    xu: Tensor
-    xt: Tensor
-    yt: Tensor
+    source: tuple[Tensor, Tensor] | DataLoader
+    target_unlabeled: Tensor | DataLoader
+    test: tuple[Tensor, Tensor] | DataLoader | None
     labeled: tuple[Tensor, Tensor] | None
     num_classes: int
 
 
-def _check_data(source: Any, target_unlabeled: Any, target_test: Any, target_labeled: Any,
-                num_classes: int | None) -> _Data:
-    """Converts and checks every input: arrays or tensors only, one feature shape, labels in range,
-    at least one target label per class."""
-    for name, value in (("source", source), ("target_test", target_test), ("target_labeled", target_labeled)):
-        if isinstance(value, torch.utils.data.DataLoader):
-            raise TypeError(f"compare_strategies takes arrays or tensors; {name} is a DataLoader "
-                            "(use TwoStageTrainer for DataLoaders)")
-    xs, ys = inp.as_labeled(source, "source")
-    xu = inp.as_unlabeled(target_unlabeled, "target_unlabeled")
-    if not isinstance(xu, Tensor):
-        raise TypeError("compare_strategies takes arrays or tensors; target_unlabeled is a DataLoader")
-    xt, yt = inp.as_labeled(target_test, "target_test")
-    labeled = None if target_labeled is None else inp.as_labeled(target_labeled, "target_labeled")
-    shapes = {"source": xs.shape[1:], "target_unlabeled": xu.shape[1:], "target_test": xt.shape[1:]}
-    if labeled is not None:
-        shapes["target_labeled"] = labeled[0].shape[1:]
-    for name, shape in shapes.items():
-        if shape != xs.shape[1:]:
-            raise ValueError(f"feature size mismatch: {name} has samples of shape {inp.format_shape(tuple(shape))} "
-                             f"but source has {inp.format_shape(tuple(xs.shape[1:]))}; both domains must share a "
-                             "feature space")
-    label_sets = [("source", ys), ("target_test", yt)] + ([("target_labeled", labeled[1])] if labeled else [])
+def _as_loader_if_dataset(value: Any, name: str, cfg: dict[str, Any], seed: int, shuffle: bool) -> Any:
+    """A map-style Dataset batched as the trainer would batch arrays; anything else unchanged."""
+    if isinstance(value, IterableDataset):
+        raise TypeError(f"{name} is an IterableDataset; wrap it in a DataLoader")
+    if isinstance(value, Dataset):
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(value, batch_size=cfg["batch_size"], shuffle=shuffle, generator=generator)
+    return value
+
+
+def _gather_labeled(loader: DataLoader, name: str) -> tuple[Tensor, Tensor]:
+    """Every (x, y) of a DataLoader, concatenated: the few target labels fit in memory."""
+    xs, ys = [], []
+    for batch in loader:
+        x, y = inp.split_batch(batch, True, name)
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError(f"{name} is empty: the DataLoader yields no batches")
+    return inp.as_labeled((torch.cat(xs), torch.cat(ys)), name)  # type: ignore[return-value]
+
+
+def _check_data(source: Any, target_unlabeled: Any, target_test: Any, target_labeled: Any, cfg: dict[str, Any],
+                seed: int) -> _Data:
+    """Converts the inputs: arrays to checked tensors, map-style Datasets to DataLoaders, the target labels
+    into memory. Shapes, label ranges and label counts are then checked by the trainer (check_inputs)."""
+    source = inp.as_labeled(_as_loader_if_dataset(source, "source", cfg, seed, True), "source")
+    xu = inp.as_unlabeled(_as_loader_if_dataset(target_unlabeled, "target_unlabeled", cfg, seed, True),
+                          "target_unlabeled")
+    test = None
+    if target_test is not None:
+        test = inp.as_labeled(_as_loader_if_dataset(target_test, "target_test", cfg, seed, False), "target_test")
+    labeled = None
+    if target_labeled is not None:
+        labeled = inp.as_labeled(_as_loader_if_dataset(target_labeled, "target_labeled", cfg, seed, False),
+                                 "target_labeled")
+        if isinstance(labeled, DataLoader):
+            labeled = _gather_labeled(labeled, "target_labeled")
+    ref = inp.sample_shape(source, True, "source")
+    for name, d, lab in (("target_unlabeled", xu, False), ("target_test", test, True), ("target_labeled", labeled, True)):
+        shape = None if d is None else inp.sample_shape(d, lab, name)
+        if shape is not None and shape != ref:
+            raise ValueError(f"feature size mismatch: {name} has samples of shape {inp.format_shape(shape)} but source "
+                             f"has {inp.format_shape(ref)}; both domains must share a feature space")
+    num_classes = cfg["num_classes"]
     if num_classes is None:
-        num_classes = max(int(y.max()) for _, y in label_sets) + 1
-        if num_classes < 2:
-            raise ValueError("every label is 0: classification needs at least 2 classes (pass num_classes=)")
-    for name, y in label_sets:
-        inp.check_label_range(y, num_classes, f"{name}[1] (y)")
-    if labeled is not None and labeled[0].shape[0] < num_classes:
-        raise ValueError(f"target_labeled has {labeled[0].shape[0]} samples, fewer than the {num_classes} classes; "
-                         "fine-tuning needs at least one label per class")
-    return _Data(xs, ys, xu, xt, yt, labeled, num_classes)
+        from pytl.train.prepare import infer_num_classes  # the trainer's rule: 1 + the largest label seen
+
+        num_classes = infer_num_classes(source, labeled, {} if test is None else {"target_test": test})
+    return _Data(source, xu, test, labeled, check_int(num_classes, "num_classes", 2))
+
+
+def _first_rows(data: Any, n: int, labeled: bool) -> Tensor:
+    """The first ``n`` feature rows of a tensor or an (X, y) pair (all of them for n = -1), or of a
+    DataLoader (in its order, drawn under a fixed seed; at most EMBEDDING_MMD_SAMPLES for n = -1)."""
+    if isinstance(data, tuple):
+        return data[0] if n < 0 else data[0][:n]
+    if isinstance(data, Tensor):
+        return data if n < 0 else data[:n]
+    n = EMBEDDING_MMD_SAMPLES if n < 0 else n
+    rows, have = [], 0
+    with torch.random.fork_rng(devices=[]):  # a shuffling loader's order must not depend on the caller's RNG
+        torch.manual_seed(inp.PEEK_SEED)
+        for batch in data:
+            x, _ = inp.split_batch(batch, labeled, "a DataLoader")
+            rows.append(x)
+            have += x.shape[0]
+            if have >= n:
+                break
+    return torch.cat(rows)[:n]
 
 
 def _initial_model(model: nn.Module | None, data: _Data, cfg: dict[str, Any], seed: int) -> nn.Module:
-    """The weights every strategy starts from: a copy of ``model``, or the default MLP seeded with ``seed``."""
+    """The weights every strategy starts from: a copy of ``model``, or the default MLP seeded with ``seed``
+    (inputs standardised by the pooled statistics of the source and target inputs: of all the rows of an
+    array, of the first rows of a DataLoader)."""
     if model is not None:
         return copy.deepcopy(model)
-    stats = Standardize.fit(data.xs, data.xu) if cfg["standardize"] else None
-    return default_model(inp.prod(tuple(data.xs.shape[1:])), data.num_classes, cfg["hidden_sizes"], cfg["activation"],
+    xs = _first_rows(data.source, _STATS_ROWS, True)
+    stats = None
+    if cfg["standardize"]:
+        xu = _first_rows(data.target_unlabeled, _STATS_ROWS, False)
+        stats = Standardize.fit(*(x if x.is_floating_point() else x.float() for x in (xs, xu)))
+    return default_model(inp.prod(tuple(xs.shape[1:])), data.num_classes, cfg["hidden_sizes"], cfg["activation"],
                          cfg["dropout"], cfg["batch_norm"], standardize=stats, seed=seed)
 
 
 class _Runs:
     """The training runs of one comparison: each stage-1 model is trained once and shared by the
-    strategies that start from it; models, histories and seconds by strategy name."""
+    strategies (and the cross-validation folds) that start from it; models, histories and seconds by
+    strategy name (the models trained on all the labels)."""
 
-    def __init__(self, base: nn.Module, data: _Data, common: dict[str, Any]) -> None:
-        self.base, self.data, self.common = base, data, common
+    def __init__(self, base: nn.Module, data: _Data, common: dict[str, Any], cfg: dict[str, Any]) -> None:
+        self.base, self.data, self.common, self.cfg = base, data, common, cfg
         self.models: dict[str, nn.Module] = {}
         self.histories: dict[str, dict[str, list]] = {}
         self.seconds: dict[str, float] = {}
 
-    def train(self, wanted: Sequence[str], cfg: dict[str, Any]) -> None:
-        """Every run the ``wanted`` strategies need, in a fixed order (the results depend on none of it:
-        each run has its own copy of the initial weights and the same seed)."""
+    def stage1(self, wanted: Sequence[str]) -> None:
+        """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
+        weights and the same seed: the order of the runs changes nothing)."""
         wanted = set(wanted)
         if wanted & {"source_only", "naive"}:
-            self.align("source_only", 0.0, cfg["align_epochs"])
+            self.align("source_only", 0.0)
         if wanted & {"mmd_only", "mmd", "ensemble"}:
-            self.align("mmd_only", cfg["lambda_mmd"], cfg["align_epochs"])
-        if "naive" in wanted:
-            self.finetune("naive", "source_only", cfg["finetune_epochs"], cfg["finetune_policy"])
-        if wanted & {"mmd", "ensemble"}:
-            self.finetune("mmd", "mmd_only", cfg["finetune_epochs"], cfg["finetune_policy"])
-        if wanted & {"scratch", "ensemble"}:
-            self.finetune("scratch", "", cfg["scratch_epochs"], None)
-        if "ensemble" in wanted:
-            self.models["ensemble"] = EnsembleModel([self.models["mmd"], self.models["scratch"]])
-            self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
+            self.align("mmd_only", self.cfg["lambda_mmd"])
 
-    def align(self, name: str, lam: float, epochs: int) -> None:
+    def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "") -> dict[str, nn.Module]:
+        """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
+        ``label`` names a cross-validation fold."""
+        wanted = set(wanted)
+        needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
+        out: dict[str, nn.Module] = {}
+        for s in FINETUNED:
+            if s in needs:
+                out[s] = self.finetune(s, labeled, keep=not label, label=label)
+        if "ensemble" in wanted:
+            out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
+            if not label:
+                self.models["ensemble"] = out["ensemble"]
+                self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
+        return out
+
+    def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
+        """Each label-using strategy trained once per fold without that fold's labels and scored on it;
+        each label-free strategy's one model scored on every label."""
+        xl, yl = self.data.labeled  # type: ignore[misc]
+        logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
+                for s in STRATEGIES if s in wanted}
+        for s in ("source_only", "mmd_only"):
+            if s in logp:
+                logp[s] = _log_proba(self.models[s], xl)
+        for k, held in enumerate(folds):
+            train = torch.ones(yl.shape[0], dtype=torch.bool)
+            train[held] = False
+            fold_models = self.stage2(wanted, (xl[train], yl[train]), label=f"fold {k + 1}/{len(folds)} ")
+            for s, m in fold_models.items():
+                if s in logp:
+                    logp[s][held] = _log_proba(m, xl[held])
+        return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
+
+    def align(self, name: str, lam: float) -> None:
         """Stage 1 from the initial weights: source labels, plus λ·MMD² toward the unlabelled target when λ > 0."""
         t0 = time.perf_counter()
-        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, align_epochs=epochs, **self.common)
+        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, align_epochs=self.cfg["align_epochs"],
+                                  **self.common)
         trainer.label = f"{name}: "
         d = self.data
-        trainer.align((d.xs, d.ys), d.xu if lam > 0 else None)
+        trainer.align(d.source, d.target_unlabeled if lam > 0 else None)
         self.models[name] = trainer.model
         self.histories[name] = {"align": trainer.history["align"], "finetune": []}
         self.seconds[name] = time.perf_counter() - t0
 
-    def finetune(self, name: str, start: str, epochs: int, policy: FreezingPolicy | None) -> None:
-        """Stage 2 on the target labels, from the model of strategy ``start`` ("": the initial weights)."""
+    def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str) -> nn.Module:
+        """Stage 2 of strategy ``name`` on ``labeled``, from its stage-1 model (scratch: the initial weights)."""
         t0 = time.perf_counter()
+        start = FINETUNED[name]
+        scratch = name == "scratch"
+        policy: FreezingPolicy | None = None if scratch else self.cfg["finetune_policy"]
         trainer = TwoStageTrainer(copy.deepcopy(self.models[start] if start else self.base), lambda_mmd=0.0,
-                                  finetune_epochs=epochs, finetune_policy=copy.deepcopy(policy), **self.common)
-        trainer.label = f"{name}: "
-        trainer.finetune(self.data.labeled)
-        self.models[name] = trainer.model
-        self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
-                                "finetune": trainer.history["finetune"]}
-        self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
+                                  finetune_epochs=self.cfg["scratch_epochs" if scratch else "finetune_epochs"],
+                                  finetune_policy=copy.deepcopy(policy), **self.common)
+        trainer.label = f"{label}{name}: "
+        trainer.finetune(labeled)
+        if keep:
+            self.models[name] = trainer.model
+            self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
+                                    "finetune": trainer.history["finetune"]}
+            self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
+        return trainer.model
 
 
-def _evaluate(models: dict[str, nn.Module], data: _Data, device: torch.device,
-              dtype: torch.dtype) -> tuple[dict[str, float], dict[str, float]]:
-    """Target test accuracy of every model, and the MMD² between its source and target embeddings."""
-    accuracy, mmd = {}, {}
-    n_mmd = min(EMBEDDING_MMD_SAMPLES, data.xs.shape[0], data.xu.shape[0])
+def _log_proba(model: nn.Module, x: Tensor) -> Tensor:
+    """Log class probabilities of ``x`` (CPU, float64), in eval mode."""
+    p = next(model.parameters())
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([torch.log_softmax(model(b.to(p.device, p.dtype)).double(), 1).cpu()
+                          for b in x.split(EVAL_BATCH)])
+
+
+def _test_batches(test: tuple[Tensor, Tensor] | DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    if isinstance(test, tuple):
+        yield from zip(test[0].split(EVAL_BATCH), test[1].split(EVAL_BATCH))
+        return
+    for batch in test:
+        x, y = inp.split_batch(batch, True, "target_test")
+        yield x, inp.as_labels(y, "labels from target_test")
+
+
+def _test_accuracy(models: dict[str, nn.Module], data: _Data, device: torch.device,
+                   dtype: torch.dtype) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Target test accuracy of every model and its per-sample correctness (one pass over the test data,
+    every model on each batch, so that a shuffling DataLoader still pairs the samples)."""
+    if data.test is None:
+        return {}, {}
+    correct: dict[str, list[Tensor]] = {s: [] for s in models}
+    with torch.no_grad():
+        for x, y in _test_batches(data.test):
+            x = x.to(device, dtype)
+            for s, m in models.items():
+                with eval_mode(m):
+                    correct[s].append(m(x).argmax(1).cpu() == y)
+    flat = {s: torch.cat(c) for s, c in correct.items()}
+    return {s: float(c.double().mean()) for s, c in flat.items()}, flat
+
+
+def _embedding_mmd2(models: dict[str, nn.Module], data: _Data, device: torch.device,
+                    dtype: torch.dtype) -> dict[str, float]:
+    """MMD² between source and target embeddings of every model with ``embed`` (the first rows of each)."""
+    xs = _first_rows(data.source, EMBEDDING_MMD_SAMPLES, True)
+    xu = _first_rows(data.target_unlabeled, EMBEDDING_MMD_SAMPLES, False)
+    n = min(xs.shape[0], xu.shape[0])
+    out = {}
     for s, m in models.items():
-        with torch.no_grad(), eval_mode(m):
-            logits = torch.cat([m(b.to(device, dtype)).cpu() for b in data.xt.split(EVAL_BATCH)])
-            accuracy[s] = float((logits.argmax(1) == data.yt).double().mean())
-            if hasattr(m, "embed"):
-                zs = m.embed(data.xs[:n_mmd].to(device, dtype)).flatten(1).double()
-                zu = m.embed(data.xu[:n_mmd].to(device, dtype)).flatten(1).double()
-                mmd[s] = float(mmd2(zs, zu))
-    return accuracy, mmd
+        if hasattr(m, "embed"):
+            with torch.no_grad(), eval_mode(m):
+                zs = m.embed(xs[:n].to(device, dtype)).flatten(1).double()
+                zu = m.embed(xu[:n].to(device, dtype)).flatten(1).double()
+            out[s] = float(mmd2(zs, zu))
+    return out
+
+
+def _paired(accuracy: dict[str, float], test_correct: dict[str, Tensor], estimate: dict[str, Estimate],
+            data: _Data) -> PairedComparison | None:
+    """The best transfer strategy against scratch, sample by sample: on the test set when there is one,
+    else on the cross-validated predictions of the target labels."""
+    if test_correct:
+        best = best_transfer(accuracy)
+        if best is None or "scratch" not in accuracy:
+            return None
+        n = test_correct["scratch"].numel()
+        return compare_paired(best, "scratch", test_correct[best], test_correct["scratch"],
+                              f"the target test set ({n} samples)")
+    ran = [s for s in TRANSFER_STRATEGIES if s in estimate]
+    if not ran or "scratch" not in estimate:
+        return None
+    best = min(ran, key=lambda s: (-estimate[s].mean, estimate[s].loss))  # report.best's order
+    n = estimate["scratch"].correct.numel()
+    return compare_paired(best, "scratch", estimate[best].correct, estimate["scratch"].correct,
+                          f"cross-validation over {n} target labels")

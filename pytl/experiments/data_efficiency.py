@@ -78,7 +78,9 @@ def data_efficiency_curve(
     for s in seeds:
         sp = splits[s]
         run_cfg = {**cfg, "num_classes": cfg.get("num_classes") or sp.num_classes()}
-        common = dict(source=sp.source, target_unlabeled=sp.target_unlabeled, target_test=sp.target_test, seed=s)
+        # a curve measures on its test set: no cross-validation of the labels (folds=None)
+        common = dict(source=sp.source, target_unlabeled=sp.target_unlabeled, target_test=sp.target_test, seed=s,
+                      folds=None)
         stage1 = [st for st, need in (("source_only", "naive"), ("mmd_only", "mmd")) if need in strategies]
         pre = compare_strategies(**common, strategies=stage1, model=models[s], **run_cfg) if stage1 else None
         order = stratified_order(sp.target_labeled[1], s)

@@ -79,7 +79,8 @@ def divergence_sweep(
         for a in grid:
             t0 = time.perf_counter()
             sp = splits[(s, a)]
-            r = compare_strategies(**sp.as_dict(), seed=s, strategies=list(strategies), model=models[s], **cfg)
+            r = compare_strategies(**sp.as_dict(), folds=None, seed=s, strategies=list(strategies), model=models[s],
+                                   **cfg)
             for st in strategies:
                 acc[(st, a)].append(r.accuracy[st])
             div[a].append(input_mmd2(sp))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pytl import _inputs as inp
+from pytl.experiments.estimate import Estimate, PairedComparison, format_p
 from pytl.experiments.strategies import STRATEGIES, best_transfer, describe, negative_transfer
 from pytl.train import eval_mode
 
@@ -20,11 +21,16 @@ __all__ = ["ComparisonReport", "SeedSummary", "format_table", "summarize"]
 
 @dataclass
 class ComparisonReport:
-    """Result of ``compare_strategies`` for one seed.
+    """Result of ``compare_strategies`` for one seed. Every number says where it comes from:
 
-    accuracy: strategy → target test accuracy (strategies in STRATEGIES order).
+    accuracy: strategy → accuracy on the target *test* set (empty when none was given).
+    estimate: strategy → ``Estimate`` (``.mean``, ``.std``, per-fold ``.folds``) cross-validated over the
+    target labels (empty without labels or with ``folds=None``).
+    paired: the best transfer strategy against scratch, sample by sample (test set, else the
+    cross-validated predictions): its exact sign test decides ``verdict``.
     embedding_mmd2: strategy → MMD² between source and target embeddings of its final model (the
     tutorial's rule of thumb: < 0.1 looks transferable, > 0.5 does not).
+    models: strategy → its model trained on all the target labels.
     """
 
     accuracy: dict[str, float]
@@ -35,26 +41,76 @@ class ComparisonReport:
     histories: dict[str, dict[str, list]] = field(repr=False)
     config: dict[str, Any] = field(repr=False)
     seed: int = 0
+    estimate: dict[str, Estimate] = field(default_factory=dict, repr=False)
+    paired: PairedComparison | None = field(default=None, repr=False)
+    cv_seconds: float = 0.0
 
     @property
     def negative_transfer(self) -> bool | None:
-        """True exactly when the best of "naive" and "mmd" is below "scratch"; None when not all ran."""
-        return negative_transfer(self.accuracy)
+        """With a test set: True exactly when the best of "naive" and "mmd" is below "scratch" on it.
+        Without one, from the cross-validated paired comparison: True for a significant loss, False for a
+        significant gain, None when it is inconclusive. None also when the strategies needed did not run."""
+        rule = negative_transfer(self.accuracy)
+        if rule is not None or self.accuracy or self.paired is None:
+            return rule
+        return {"negative transfer": True, "transfer helps": False}.get(self.paired.verdict)
+
+    @property
+    def verdict(self) -> str | None:
+        """"transfer helps", "negative transfer" or "inconclusive" (``paired``'s exact sign test at the 5%
+        level); None when scratch or every transfer strategy is missing."""
+        return None if self.paired is None else self.paired.verdict
+
+    @property
+    def best(self) -> str | None:
+        """The strategy with the best cross-validated accuracy (ensemble included); equal accuracies are
+        decided by the lower held-out cross-entropy, then by STRATEGIES order. None without an estimate."""
+        if not self.estimate:
+            return None
+        ranked = [s for s in STRATEGIES if s in self.estimate]
+        return min(ranked, key=lambda s: (-self.estimate[s].mean, self.estimate[s].loss, ranked.index(s)))
+
+    @property
+    def best_model(self) -> nn.Module:
+        """The model of ``best``, trained on all the target labels: the one to ship."""
+        if self.best is None:
+            raise ValueError("no best model: it is chosen by the cross-validated estimate, which needs target_labeled "
+                             "and folds (compare_strategies(..., target_labeled=(X, y), folds=5))")
+        return self.models[self.best]
+
+    def _model(self, strategy: str) -> nn.Module:
+        if strategy == "best":
+            return self.best_model
+        if strategy not in self.models:
+            raise KeyError(f"no model for {strategy!r}; trained: {sorted(self.models)} (or 'best')")
+        return self.models[strategy]
 
     def predict_proba(self, strategy: str, X: Any) -> Tensor:
-        """Class probabilities of one strategy's model on X (CPU tensor)."""
-        if strategy not in self.models:
-            raise KeyError(f"no model for {strategy!r}; trained: {sorted(self.models)}")
-        model = self.models[strategy]
+        """Class probabilities of one strategy's model ("best": ``best_model``) on X (CPU tensor)."""
+        model = self._model(strategy)
         x = inp.as_features(X, "X")
         p = next(model.parameters())
         with torch.no_grad(), eval_mode(model):
-            return F.softmax(model(x.to(p.device, p.dtype)), dim=1).cpu()
+            return torch.cat([F.softmax(model(b.to(p.device, p.dtype)), dim=1).cpu() for b in x.split(4096)])
+
+    def predict(self, strategy: str, X: Any) -> Tensor:
+        """Predicted classes of one strategy's model ("best": ``best_model``) on X."""
+        return self.predict_proba(strategy, X).argmax(1)
+
+    def scores(self) -> tuple[dict[str, float], str]:
+        """The accuracies a verdict reads, and where they come from: test accuracy when there is a test set,
+        else the cross-validated estimates."""
+        if self.accuracy or not self.estimate:
+            return self.accuracy, "on the target test set"
+        n = next(iter(self.estimate.values())).correct.numel()
+        return {s: e.mean for s, e in self.estimate.items()}, f"cross-validated over {n} target labels"
 
     def explain(self) -> str:
-        """One paragraph for a report: the from-scratch baseline, the best transfer strategy, the gap,
-        and, when transfer does not clearly pay, the remedies in order of cost."""
-        acc, mmd = self.accuracy, self.embedding_mmd2
+        """A paragraph for a report: the from-scratch baseline, the best transfer strategy, the gap and how
+        sure it is, the strategy to ship, the warning signs seen, and, when transfer does not clearly pay,
+        the remedies in order of cost."""
+        acc, where = self.scores()
+        mmd = self.embedding_mmd2
         best = best_transfer(acc)
         if "scratch" not in acc or best is None:
             missing = "target labels (scratch, naive and mmd need them)" if "scratch" not in acc else "naive/mmd"
@@ -62,41 +118,70 @@ class ComparisonReport:
                     f"on the target labels, and this comparison lacks {missing}.")
         gap = 100 * (acc[best] - acc["scratch"])
         text = (f"Trained from scratch on the target labels alone, the model reaches {100 * acc['scratch']:.1f}% "
-                f"target accuracy; the best transfer strategy, {best}, reaches {100 * acc[best]:.1f}% "
+                f"target accuracy ({where}); the best transfer strategy, {best}, reaches {100 * acc[best]:.1f}% "
                 f"({gap:+.1f} points).")
         if best in mmd and math.isfinite(mmd[best]):
             text += (f" Its source-target embedding MMD² is {mmd[best]:.3f} (below 0.1 looks transferable, "
                      f"above 0.5 does not).")
         if "ensemble" in acc:
             text += f" The ensemble of mmd and scratch reaches {100 * acc['ensemble']:.1f}%."
-        if self.negative_transfer:
+        if self.paired is not None:
+            text += " " + self.paired.explain()
+        negative = self.negative_transfer
+        if negative:
             text += (" This is negative transfer: the borrowed knowledge hurts. Remedies, cheapest first: transfer "
                      "fewer layers (freeze less of the backbone or re-initialise its top blocks, "
                      "pytl.freezing.FreezeFirst with a smaller k); regularise fine-tuning toward the pretrained "
                      "weights (pytl.freezing.L2SP); change the source domain; or ship the ensemble with the "
                      "from-scratch model as a safety net.")
+        elif negative is None:
+            text += (" Until more labels settle it, ship the strategy with the best estimate, and treat transfer "
+                     "as unproven here.")
         elif gap < 1.0:
             text += (" Transfer barely pays here (less than a point): before relying on it, try transferring "
                      "fewer layers or L2-SP regularisation, and keep the ensemble as a safety net.")
         else:
             text += " Transfer pays here: no sign of negative transfer on this seed."
-        return text
+        if self.best is not None:
+            e = self.estimate[self.best]
+            text += (f" Best cross-validated estimate: {self.best} ({100 * e.mean:.1f}% ± {100 * e.std:.1f} over "
+                     f"{len(e.folds)} folds); report.best_model is it, trained on all {e.correct.numel()} target "
+                     "labels.")
+        return text + self._warning_signs()
+
+    def _warning_signs(self) -> str:
+        """The tutorial's warning signs seen in the training histories."""
+        import pytl.train  # TODO(merge): from pytl.train import validation_loss_climbs
+
+        validation_loss_climbs = getattr(pytl.train, "validation_loss_climbs", lambda records: False)
+        climbing = [s for s, h in self.histories.items() if validation_loss_climbs(h.get("finetune", []))]
+        if not climbing:
+            return ""
+        return (f" Warning sign: validation loss climbs during fine-tuning ({', '.join(climbing)}): the model "
+                "overfits the few labels; stop earlier (finetune_validation=0.2, patience=...), lower finetune_lr "
+                "or freeze more of the backbone.")
 
     def table(self) -> str:
         return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
-                            config=self.config)
+                            config=self.config, estimate=self.estimate, paired=self.paired, best=self.best)
 
 
 @dataclass
 class SeedSummary:
-    """Accuracies of several ``ComparisonReport`` runs (one per seed): mean, std, per seed."""
+    """Accuracies of several ``ComparisonReport`` runs (one per seed): mean, std, per seed. They are test
+    accuracies when every report has them, else cross-validated estimates (``source`` says which)."""
 
     reports: list[ComparisonReport]
 
     @property
+    def source(self) -> str:
+        return "test accuracy" if all(r.accuracy for r in self.reports) else "cross-validated estimate"
+
+    @property
     def per_seed(self) -> dict[str, list[float]]:
-        keys = [s for s in STRATEGIES if all(s in r.accuracy for r in self.reports)]
-        return {s: [r.accuracy[s] for r in self.reports] for s in keys}
+        scores = [r.scores()[0] if self.source != "test accuracy" else r.accuracy for r in self.reports]
+        keys = [s for s in STRATEGIES if all(s in sc for sc in scores)]
+        return {s: [sc[s] for sc in scores] for s in keys}
 
     @property
     def mean(self) -> dict[str, float]:
@@ -113,7 +198,7 @@ class SeedSummary:
 
     @property
     def negative_transfer(self) -> bool | None:
-        """The same rule as ComparisonReport.negative_transfer, on the mean accuracies."""
+        """The same rule as ComparisonReport.negative_transfer's test-set rule, on the mean accuracies."""
         return negative_transfer(self.mean)
 
     def table(self) -> str:
@@ -121,9 +206,12 @@ class SeedSummary:
         several = len(self.reports) > 1
         mmd = {s: sum(r.embedding_mmd2.get(s, math.nan) for r in self.reports) / len(self.reports) for s in mean}
         seeds = ", ".join(str(r.seed) for r in self.reports)
-        return format_table(mean, self.std if several else None, mmd, self.reports[0].skipped,
-                            title=f"mean ± std over seeds {seeds}" if several else f"seed {seeds}",
-                            config=self.reports[0].config)
+        title = f"mean ± std over seeds {seeds}" if several else f"seed {seeds}"
+        if self.source == "test accuracy":
+            return format_table(mean, self.std if several else None, mmd, self.reports[0].skipped, title=title,
+                                config=self.reports[0].config)
+        return format_table({}, None, mmd, self.reports[0].skipped, title=title, config=self.reports[0].config,
+                            estimate_mean=(mean, self.std if several else None))
 
 
 def summarize(reports: Sequence[ComparisonReport]) -> SeedSummary:
@@ -135,28 +223,51 @@ def summarize(reports: Sequence[ComparisonReport]) -> SeedSummary:
 
 
 def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None, mmd: Mapping[str, float],
-                 skipped: Mapping[str, str], title: str, config: Mapping[str, Any]) -> str:
-    """The comparison table: one line per strategy (accuracy, ± std when given, embedding MMD², what it
-    uses), the skipped strategies, and the negative-transfer verdict."""
-    rows = [("strategy", "target acc", "emb. MMD²", "uses")]
-    for s in STRATEGIES:
-        if s not in accuracy:
-            continue
-        a = f"{100 * accuracy[s]:.1f}%" + (f" ± {100 * std[s]:.1f}" if std is not None else "")
-        m = f"{mmd[s]:.3f}" if s in mmd and math.isfinite(mmd[s]) else "-"
-        rows.append((s, a, m, describe(s, config)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                 skipped: Mapping[str, str], title: str, config: Mapping[str, Any],
+                 estimate: Mapping[str, Estimate] | None = None, paired: PairedComparison | None = None,
+                 best: str | None = None,
+                 estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None) -> str:
+    """The comparison table: one line per strategy (test accuracy ± std when given, cross-validated
+    estimate ± std over folds when given, embedding MMD², what it uses), the skipped strategies, the
+    negative-transfer verdict and the strategy to ship."""
+    if estimate_mean is None and estimate:
+        estimate_mean = ({s: e.mean for s, e in estimate.items()}, {s: e.std for s, e in estimate.items()})
+    head = ["strategy"] + (["target acc"] if accuracy else []) + (["CV estimate"] if estimate_mean else [])
+    rows = [tuple(head + ["emb. MMD²", "uses"])]
+    shown = [s for s in STRATEGIES if s in accuracy or (estimate_mean and s in estimate_mean[0])]
+    for s in shown:
+        cells = [s + (" *" if s == best else "")]
+        if accuracy:
+            cells.append("-" if s not in accuracy else
+                         f"{100 * accuracy[s]:.1f}%" + (f" ± {100 * std[s]:.1f}" if std is not None else ""))
+        if estimate_mean:
+            means, stds = estimate_mean
+            cells.append("-" if s not in means else
+                         f"{100 * means[s]:.1f}%" + (f" ± {100 * stds[s]:.1f}" if stds is not None else ""))
+        cells.append(f"{mmd[s]:.3f}" if s in mmd and math.isfinite(mmd[s]) else "-")
+        cells.append(describe(s, config))
+        rows.append(tuple(cells))
+    cols = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(cols)]
     lines = [f"pytl strategy comparison ({title})"]
     for j, r in enumerate(rows):
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip())
+        cells = [f"{r[0]:<{widths[0]}}"] + [f"{r[i]:>{widths[i]}}" for i in range(1, cols - 1)] + [r[-1]]
+        lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("-" * len(lines[-1]))
     for s, why in skipped.items():
         lines.append(f"({s}: skipped, {why})")
+    if estimate:
+        folds = len(next(iter(estimate.values())).folds)
+        lines.append(f"(CV estimate: mean ± std over {folds} stratified folds of the target labels; * = best, "
+                     "report.best_model)")
     negative = negative_transfer(accuracy)
     if negative is not None:
-        best = best_transfer(accuracy)
+        bt = best_transfer(accuracy)
         verdict = "YES: transfer is worse than scratch" if negative else "no"
-        lines.append(f"negative transfer: {verdict} (best transfer: {best} {100 * accuracy[best]:.1f}% vs scratch "
+        lines.append(f"negative transfer: {verdict} (best transfer: {bt} {100 * accuracy[bt]:.1f}% vs scratch "
                      f"{100 * accuracy['scratch']:.1f}%)")
+    if paired is not None:
+        lines.append(f"verdict: {paired.verdict} ({paired.strategy} vs {paired.baseline} on {paired.source}: "
+                     f"{paired.wins} vs {paired.losses} samples right only for one, sign test {format_p(paired.p_value)})")
     return "\n".join(lines)
