@@ -382,17 +382,15 @@ ES = dict(finetune_lr=0.02, finetune_batch_size=8, progress=False, seed=0)  # va
 @pytest.fixture(scope="module")
 def noisy():
     """40 labels that x[:, 0] predicts only partly: a half held out, the other half is soon overfitted."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 4, generator=g)
-    y = ((x[:, 0] + torch.randn(40, generator=g)) > 0).long()
+    x, y = _noisy_data()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         init = default_model(4, 2, dropout=0.2).state_dict()
     return x, y, init
 
 
-def es_model(init):
-    model = default_model(4, 2, dropout=0.2)
+def es_model(init, dropout=0.2):
+    model = default_model(4, 2, dropout=dropout)
     model.load_state_dict(init)
     return model
 
@@ -617,3 +615,68 @@ def test_early_stopping_under_a_freezing_policy_in_fit(shift):
     # the final model is the best epoch's: its accuracy on the test set is that epoch's record
     assert recs[tr.best_epoch]["target_acc"] == pytest.approx(tr.score(*shift.target_test))
     assert len(recs) == 10 or (tr.stopped_early and len(recs) == tr.best_epoch + 2)
+
+
+def _noisy_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    return x, ((x[:, 0] + torch.randn(40, generator=g)) > 0).long()
+
+
+def _ddp_early_stopping_worker():
+    """One rank of test_early_stopping_under_ddp (run as a subprocess, as torchrun would)."""
+    import os
+
+    import torch.distributed as dist
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=os.environ["ES_RDZV"], rank=rank, world_size=world)
+    x, y = _noisy_data()
+    init = torch.load(os.environ["ES_INIT"], weights_only=True)
+    tr = TwoStageTrainer(es_model(init, dropout=0.0), finetune_epochs=12, finetune_validation=0.5, patience=2, **ES)
+    tr.finetune((x, y))
+    torch.save({"history": tr.history, "state": state(tr.model), "best_epoch": tr.best_epoch,
+                "stopped_early": tr.stopped_early, "world": tr._world},
+               os.path.join(os.environ["ES_OUT"], f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with gloo is not available")
+def test_early_stopping_under_ddp(noisy, tmp_path):
+    """Two gloo ranks: the split is made before sharding, each rank evaluates all of the held-out part,
+    so the ranks agree on every val_loss, the best epoch and the stop, and match one process (no dropout:
+    its masks differ between ranks)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x, y, init = noisy
+    torch.save(init, tmp_path / "init.pt")
+    tests = Path(__file__).resolve().parent
+    code = f"import sys; sys.path.insert(0, {str(tests)!r}); import test_train as t; t._ddp_early_stopping_worker()"
+    procs = []
+    for r in range(2):
+        env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "ES_RDZV": f"file://{tmp_path / 'rdzv'}",
+               "ES_OUT": str(tmp_path), "ES_INIT": str(tmp_path / "init.pt"), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(tests.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    for r, p in enumerate(procs):
+        text, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, f"rank {r}:\n{text[-3000:]}"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["world"] == 2
+    assert ranks[0]["history"] == ranks[1]["history"] and same_state(ranks[0]["state"], ranks[1]["state"])
+    single = TwoStageTrainer(es_model(init, dropout=0.0), finetune_epochs=12, finetune_validation=0.5, patience=2,
+                             **ES)
+    single.finetune((x, y))
+    got, want = ranks[0]["history"]["finetune"], single.history["finetune"]
+    assert (ranks[0]["best_epoch"], ranks[0]["stopped_early"], len(got)) == (single.best_epoch, True, len(want))
+    assert [r["val_loss"] for r in got] == pytest.approx([r["val_loss"] for r in want], rel=1e-4)
+    # the returned model's CE on the held-out rows of the full labels' split is the best epoch's record
+    _, val_idx = stratified_split(y, 0.5, seed=0)
+    model = es_model(ranks[0]["state"], dropout=0.0)
+    assert got[ranks[0]["best_epoch"]]["val_loss"] == pytest.approx(held_out_ce(model, x[val_idx], y[val_idx])[0],
+                                                                     rel=1e-6)
