@@ -1,17 +1,25 @@
 """pytl.train.TwoStageTrainer: both stages, inputs of every kind, seeds, history, λ schedules, bad input."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import pytl.train.steps as steps_mod  # where stage 1 calls the MMD op
 from pytl.data import make_domain_shift
+from pytl.freezing import L2SP, FreezeFirst
 from pytl.models import default_model
-from pytl.train import TwoStageTrainer, lambda_factor
+from pytl.train import TwoStageTrainer, lambda_factor, stratified_split, validation_loss_climbs
+from pytl.train import loop as train_loop
+from pytl.train.prepare import prepare
 
 SMALL = dict(align_epochs=3, finetune_epochs=3, progress=False)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -368,14 +376,6 @@ def test_predict_on_other_features_is_refused(shift):
 
 # ------------------------------------------------------------ early stopping (finetune_validation, patience)
 
-from torch.nn import functional as F  # noqa: E402
-from torch.utils.data import IterableDataset  # noqa: E402
-
-from pytl.freezing import L2SP, FreezeFirst  # noqa: E402
-from pytl.train import loop as train_loop  # noqa: E402
-from pytl.train import stratified_split, validation_loss_climbs  # noqa: E402
-from pytl.train.prepare import prepare  # noqa: E402
-
 ES = dict(finetune_lr=0.02, finetune_batch_size=8, progress=False, seed=0)  # val loss falls to epoch 3, then climbs
 
 
@@ -404,7 +404,8 @@ def held_out_ce(model, x, y):
 
 
 def test_stratified_split_is_stratified_seeded_disjoint_and_complete():
-    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 2)[torch.randperm(20, generator=torch.Generator().manual_seed(5))]
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 2)[order]
     train, val = stratified_split(y, 0.3, seed=4)
     assert set(train.tolist()).isdisjoint(val.tolist()) and sorted(train.tolist() + val.tolist()) == list(range(20))
     assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
@@ -625,8 +626,6 @@ def _noisy_data():
 
 def _ddp_early_stopping_worker():
     """One rank of test_early_stopping_under_ddp (run as a subprocess, as torchrun would)."""
-    import os
-
     import torch.distributed as dist
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
@@ -647,11 +646,6 @@ def test_early_stopping_under_ddp(noisy, tmp_path):
     """Two gloo ranks: the split is made before sharding, each rank evaluates all of the held-out part,
     so the ranks agree on every val_loss, the best epoch and the stop, and match one process (no dropout:
     its masks differ between ranks)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     x, y, init = noisy
     torch.save(init, tmp_path / "init.pt")
     tests = Path(__file__).resolve().parent

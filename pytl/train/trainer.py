@@ -63,6 +63,21 @@ class TwoStageTrainer:
     checkpoint: a file written (rank 0, atomically) after every epoch: model state_dict (no DDP
     ``module.`` prefix), optimizer, RNG and data-order state, history; ``fit``/``align``/``finetune``
     take ``resume_from=`` such a file, from a run on any number of ranks.
+    finetune_validation: None (default) or a fraction in (0, 1) of the target labels held out from
+    fine-tuning, per class (``stratified_split``: round half up, at least one per class of ≥ 2
+    samples, one always left to train on; seeded by ``seed``). After each fine-tuning epoch the record
+    gets ``val_loss`` (mean cross-entropy), ``val_accuracy`` (eval mode; under DDP every rank evaluates
+    all of the held-out part, split off before sharding) and ``best``; at the end the weights (and
+    buffers) of the epoch with the lowest ``val_loss`` (the first on ties) are restored, that record
+    has ``best: True`` and ``best_epoch`` is its ``epoch``. A DataLoader over a map-style dataset is
+    split by index (its labels read once, ``dataset[i][1]``) into two loaders with its batch size; an
+    iterable dataset or a custom sampler is a ValueError. So is a split that holds out nothing (no
+    class with 2 samples), and an ``eval_data`` set named "val" (its keys would collide).
+    patience: None (default) or an int ≥ 1, with finetune_validation only: fine-tuning stops once
+    ``val_loss`` has not improved for that many epochs (the history then has best epoch + patience + 1
+    records; ``stopped_early`` is True). Both settings, and the early-stopping state, go through
+    checkpoints: a resumed run ends as an uninterrupted one. ``pytl.train.validation_loss_climbs``
+    reads such a history for the warning sign "validation loss climbs during fine-tuning".
     """
 
     def __init__(
