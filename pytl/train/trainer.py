@@ -248,7 +248,12 @@ class TwoStageTrainer:
         return (f"TwoStageTrainer(lambda_mmd={self.lambda_mmd:g}, lambda_schedule={self.lambda_schedule!r}, "
                 f"align_epochs={self.align_epochs}, finetune_epochs={self.finetune_epochs}, lr={self.lr:g}, "
                 f"finetune_lr={self.finetune_lr:g}, batch_size={self.batch_size}, device={str(self.device)!r}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}{self._early_stopping_repr()})")
+
+    def _early_stopping_repr(self) -> str:
+        if self.finetune_validation is None:
+            return ""
+        return f", finetune_validation={self.finetune_validation:g}, patience={self.patience}"
 
     # ------------------------------------------------------------------------------------ helpers
 

@@ -99,7 +99,10 @@ def _dataset_labels(loader: DataLoader, name: str) -> Tensor:
         if not isinstance(item, Sequence) or len(item) < 2:
             raise TypeError(f"{where}: dataset[{i}] must be an (x, y) pair to read its label, got "
                             f"{type(item).__name__}")
-        labels.append(torch.as_tensor(item[1]).reshape(-1))
+        label = torch.as_tensor(item[1])
+        if label.numel() != 1:
+            raise ValueError(f"{where}: dataset[{i}][1] must be one class index, got shape {tuple(label.shape)}")
+        labels.append(label.reshape(1))
     return inp.as_labels(torch.cat(labels) if labels else torch.zeros(0), f"labels of {name}'s dataset")
 
 
