@@ -1,17 +1,25 @@
 """pytl.train.TwoStageTrainer: both stages, inputs of every kind, seeds, history, λ schedules, bad input."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import pytl.train.steps as steps_mod  # where stage 1 calls the MMD op
 from pytl.data import make_domain_shift
+from pytl.freezing import L2SP, FreezeFirst
 from pytl.models import default_model
-from pytl.train import TwoStageTrainer, lambda_factor
+from pytl.train import TwoStageTrainer, lambda_factor, stratified_split, validation_loss_climbs
+from pytl.train import loop as train_loop
+from pytl.train.prepare import prepare
 
 SMALL = dict(align_epochs=3, finetune_epochs=3, progress=False)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -364,3 +372,305 @@ def test_predict_on_other_features_is_refused(shift):
         tr.predict(np.zeros((3, 4)))
     with pytest.raises(RuntimeError, match="no model"):
         TwoStageTrainer().predict(np.zeros((3, 2)))
+
+
+# ------------------------------------------------------------ early stopping (finetune_validation, patience)
+
+ES = dict(finetune_lr=0.02, finetune_batch_size=8, progress=False, seed=0)  # val loss falls to epoch 3, then climbs
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """40 labels that x[:, 0] predicts only partly: a half held out, the other half is soon overfitted."""
+    x, y = _noisy_data()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        init = default_model(4, 2, dropout=0.2).state_dict()
+    return x, y, init
+
+
+def es_model(init, dropout=0.2):
+    model = default_model(4, 2, dropout=dropout)
+    model.load_state_dict(init)
+    return model
+
+
+def held_out_ce(model, x, y):
+    """Mean CE and accuracy of ``model`` on (x, y), computed here in eval mode, one batch."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
+
+
+def test_stratified_split_is_stratified_seeded_disjoint_and_complete():
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 2)[order]
+    train, val = stratified_split(y, 0.3, seed=4)
+    assert set(train.tolist()).isdisjoint(val.tolist()) and sorted(train.tolist() + val.tolist()) == list(range(20))
+    assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
+    # per class round(0.3·n) half up, at least 1, at most n − 1: 10 → 3, 7 → 2 (2.1), 1 → 0, 2 → 1
+    assert torch.bincount(y[val], minlength=4).tolist() == [3, 2, 0, 1]
+    assert torch.bincount(y[train], minlength=4).tolist() == [7, 5, 1, 1]
+    again = stratified_split(y, 0.3, seed=4)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    others = [stratified_split(y, 0.3, seed=s)[1].tolist() for s in range(5, 10)]
+    assert any(o != val.tolist() for o in others)
+    # a large fraction leaves one sample of each class in training
+    train9, val9 = stratified_split(y, 0.99, seed=0)
+    assert torch.bincount(y[train9], minlength=4).tolist() == [1, 1, 1, 1]
+
+
+def test_validation_loss_is_the_held_out_ce_and_the_best_epoch_is_restored(noisy):
+    x, y, init = noisy
+    tr = TwoStageTrainer(es_model(init), finetune_epochs=8, finetune_validation=0.5, **ES)
+    tr.finetune((x, y))
+    recs = tr.history["finetune"]
+    train_idx, val_idx = stratified_split(y, 0.5, seed=0)  # the trainer's split: its seed, documented stream
+    losses = [r["val_loss"] for r in recs]
+    assert len(recs) == 8 and not tr.stopped_early
+    assert tr.best_epoch == losses.index(min(losses)) == 3
+    assert [r["best"] for r in recs] == [e == 3 for e in range(8)]
+    assert recs[-1]["val_loss"] > recs[3]["val_loss"]  # so restoring matters
+    # epoch by epoch: a plain run on the training part for e + 1 epochs is the model of epoch e
+    # (evaluating the held-out part draws nothing from the RNGs), and its held-out CE is the record's
+    for e in (0, 3, 7):
+        plain = TwoStageTrainer(es_model(init), finetune_epochs=e + 1, **ES)
+        plain.finetune((x[train_idx], y[train_idx]))
+        assert plain.history["finetune"][-1]["loss"] == recs[e]["loss"]
+        loss, acc = held_out_ce(plain.model, x[val_idx], y[val_idx])
+        assert recs[e]["val_loss"] == pytest.approx(loss, rel=1e-6, abs=1e-7)
+        assert recs[e]["val_accuracy"] == pytest.approx(acc)
+        if e == 3:  # the returned weights are epoch 3's, bit for bit
+            assert same_state(state(tr.model), state(plain.model))
+        if e == 7:
+            assert not same_state(state(tr.model), state(plain.model))
+    # and a validated run stopped at best_epoch + 1 epochs ends with the same weights
+    short = TwoStageTrainer(es_model(init), finetune_epochs=tr.best_epoch + 1, finetune_validation=0.5, **ES)
+    short.finetune((x, y))
+    assert short.best_epoch == 3 and same_state(state(short.model), state(tr.model))
+    assert validation_loss_climbs(recs)
+
+
+def test_patience_stops_at_the_best_epoch_plus_patience(noisy):
+    x, y, init = noisy
+    full = TwoStageTrainer(es_model(init), finetune_epochs=12, finetune_validation=0.5, **ES)
+    full.finetune((x, y))
+    losses = [r["val_loss"] for r in full.history["finetune"]]
+    for patience in (1, 3):
+        # independently: the first epoch that is `patience` epochs after the best so far
+        stop = next(e for e in range(12) if e - losses.index(min(losses[: e + 1])) >= patience)
+        tr = TwoStageTrainer(es_model(init), finetune_epochs=12, finetune_validation=0.5, patience=patience, **ES)
+        tr.finetune((x, y))
+        recs = tr.history["finetune"]
+        assert stop == 3 + patience and len(recs) == losses.index(min(losses)) + patience + 1 == stop + 1
+        assert tr.stopped_early and tr.best_epoch == 3
+        assert [r["val_loss"] for r in recs] == losses[: stop + 1]
+        assert same_state(state(tr.model), state(full.model))  # both restored epoch 3
+    # a patience that never runs out: every epoch, stopped_early False
+    tr = TwoStageTrainer(es_model(init), finetune_epochs=5, finetune_validation=0.5, patience=5, **ES)
+    tr.finetune((x, y))
+    assert len(tr.history["finetune"]) == 5 and not tr.stopped_early
+
+
+def test_without_finetune_validation_nothing_changes(noisy):
+    x, y, init = noisy
+    tr = TwoStageTrainer(es_model(init), finetune_epochs=3, **ES)
+    tr.finetune((x, y))
+    assert tr.best_epoch is None and tr.stopped_early is False
+    assert not {"val_loss", "val_accuracy", "best"} & set(tr.history["finetune"][0])
+
+
+def test_validation_loss_climbs_reads_a_history():
+    def recs(*losses):
+        return [{"epoch": i, "val_loss": v} for i, v in enumerate(losses)]
+
+    assert validation_loss_climbs(recs(1.0, 0.5, 0.56))          # 12% above the minimum
+    assert not validation_loss_climbs(recs(1.0, 0.5, 0.55))      # exactly 10%: not more
+    assert not validation_loss_climbs(recs(1.0, 0.5, 0.54))
+    assert not validation_loss_climbs(recs(1.0, 0.9, 0.5))       # the minimum is the last epoch
+    assert not validation_loss_climbs(recs(0.5, 0.5))            # ties: no climb
+    assert validation_loss_climbs(recs(0.0, 0.1))                # from zero, any rise
+    assert validation_loss_climbs(recs(1.0, 0.5, 0.54), tolerance=0.05)
+    assert not validation_loss_climbs(recs(0.5))
+    assert not validation_loss_climbs([])
+    assert not validation_loss_climbs([{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 2.0}])  # no validation
+    assert validation_loss_climbs([{"val_loss": None}, *recs(0.5, 0.6)])
+    with pytest.raises(ValueError, match="tolerance"):
+        validation_loss_climbs(recs(1.0, 2.0), tolerance=-0.1)
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(finetune_validation="0.2"), TypeError, "finetune_validation must be a finite number"),
+    (dict(finetune_validation=True), TypeError, "finetune_validation"),
+    (dict(finetune_validation=0), ValueError, r"finetune_validation must be a finite number > 0.0 and < 1.0, got 0"),
+    (dict(finetune_validation=1.0), ValueError, "finetune_validation"),
+    (dict(finetune_validation=1.5), ValueError, "finetune_validation"),
+    (dict(finetune_validation=float("nan")), ValueError, "finetune_validation"),
+    (dict(finetune_validation=0.2, patience=0), ValueError, "patience must be None or an int >= 1"),
+    (dict(finetune_validation=0.2, patience=2.0), TypeError, "patience must be None or an int"),
+    (dict(patience=3), ValueError, "patience=3 needs finetune_validation"),
+])
+def test_bad_early_stopping_settings(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        TwoStageTrainer(**kwargs)
+
+
+class _Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+def test_bad_early_stopping_inputs_fail_before_training(shift):
+    xl, yl = (torch.as_tensor(a) for a in shift.target_labeled)
+    one_each = (xl[[0, 1]], torch.tensor([0, 1]))
+    cases = [
+        (dict(target_labeled=one_each), {}, "finetune_validation=0.2 holds out nothing: target_labeled has no class "
+                                            r"with at least 2 samples \(samples per class: \[1, 1\]\)"),
+        (dict(target_labeled=DataLoader(_Stream(xl, yl), batch_size=8)), {}, "IterableDataset cannot be split"),
+        (dict(target_labeled=DataLoader(TensorDataset(xl, yl), batch_size=8,
+                                        sampler=torch.utils.data.SubsetRandomSampler(range(40)))), {},
+         "custom sampler or batch sampler"),
+        (dict(), dict(eval_data={"val": shift.target_test}), "eval_data has a set named 'val'"),
+    ]
+    for change, extra, words in cases:
+        torch.manual_seed(0)
+        model = default_model(2, 2)
+        before = state(model)
+        tr = TwoStageTrainer(model, finetune_validation=0.2, **SMALL)
+        with pytest.raises(ValueError, match=words):
+            tr.check_inputs(**_with(shift, **change), **extra)
+        with pytest.raises(ValueError, match=words):
+            tr.fit(**_with(shift, **change), **extra)
+        assert same_state(before, state(model)) and tr.history == {"align": [], "finetune": []}
+
+
+def test_a_dataloader_is_split_like_arrays(shift):
+    xl, yl = (torch.as_tensor(a) for a in shift.target_labeled)
+    tr = TwoStageTrainer(finetune_validation=0.3, **SMALL, seed=1)
+    tr.fit(shift.source, shift.target_unlabeled, DataLoader(TensorDataset(xl, yl), batch_size=10, shuffle=True))
+    recs = tr.history["finetune"]
+    train_idx, val_idx = stratified_split(yl, 0.3, seed=1)
+    per_class = torch.bincount(yl).tolist()
+    assert val_idx.numel() == sum(math.floor(0.3 * n + 0.5) for n in per_class) and len(recs) == 3
+    loss, acc = held_out_ce(tr.model, xl[val_idx].float(), yl[val_idx])
+    assert recs[tr.best_epoch]["best"] and recs[tr.best_epoch]["val_loss"] == pytest.approx(loss, rel=1e-6)
+    assert recs[tr.best_epoch]["val_accuracy"] == pytest.approx(acc)
+    # the loaders: Subsets of the same indices as for arrays, the batch size kept, the training one shuffled
+    p = prepare(tr, None, None, DataLoader(TensorDataset(xl, yl), batch_size=10, shuffle=True), None, "finetune")
+    train, val = p.target_labeled, p.target_validation
+    assert train.dataset.indices == train_idx.tolist() and val.dataset.indices == val_idx.tolist()
+    assert train.batch_size == val.batch_size == 10
+    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("when", ["mid-run", "at the stop"])
+def test_resume_with_early_stopping_is_bit_identical(noisy, tmp_path, monkeypatch, when):
+    x, y, init = noisy
+    kw = dict(finetune_epochs=12, finetune_validation=0.5, patience=3, finetune_policy=L2SP(0.01), **ES)
+    straight = TwoStageTrainer(es_model(init), **kw)
+    straight.finetune((x, y))
+    n = len(straight.history["finetune"])
+    assert straight.stopped_early and n == straight.best_epoch + 4 < 12
+    # mid-run: one epoch past the best, so the checkpoint's best weights are not its current ones
+    stop_after = straight.best_epoch + 2 if when == "mid-run" else n  # the checkpoint after epoch stop_after - 1
+    ckpt = str(tmp_path / "ckpt.pt")
+    save = train_loop.save_checkpoint
+
+    def save_then_die(trainer, stage, epoch, *args, **kwargs):
+        save(trainer, stage, epoch, *args, **kwargs)
+        if epoch == stop_after:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted), monkeypatch.context() as patch:
+        patch.setattr(train_loop, "save_checkpoint", save_then_die)
+        TwoStageTrainer(es_model(init), checkpoint=ckpt, **kw).finetune((x, y))
+    # the resumed run starts from other weights: everything comes from the checkpoint
+    resumed = TwoStageTrainer(default_model(4, 2, dropout=0.2), **kw)
+    resumed.finetune((x, y), resume_from=ckpt)
+    assert same_state(state(resumed.model), state(straight.model))
+    assert resumed.history == straight.history
+    assert (resumed.best_epoch, resumed.stopped_early) == (straight.best_epoch, True)
+    # a checkpoint without the early-stopping state cannot feed a run that needs it
+    plain = str(tmp_path / "plain.pt")
+    TwoStageTrainer(es_model(init), finetune_epochs=2, checkpoint=plain, **ES).finetune((x, y))
+    with pytest.raises(ValueError, match="run without finetune_validation"), pytest.warns(UserWarning, match="differ"):
+        TwoStageTrainer(es_model(init), **kw).finetune((x, y), resume_from=plain)
+
+
+def test_early_stopping_under_a_freezing_policy_in_fit(shift):
+    tr = TwoStageTrainer(finetune_validation=0.2, patience=1, finetune_policy=FreezeFirst(1), finetune_lr=0.05,
+                         align_epochs=2, finetune_epochs=10, progress=False, seed=0)
+    tr.fit(shift.source, shift.target_unlabeled, shift.target_labeled, eval_data=shift.target_test)
+    recs = tr.history["finetune"]
+    assert sum(r["best"] for r in recs) == 1 and recs[tr.best_epoch]["best"]
+    assert tr.history["align"] and "val_loss" not in tr.history["align"][0]
+    # the final model is the best epoch's: its accuracy on the test set is that epoch's record
+    assert recs[tr.best_epoch]["target_acc"] == pytest.approx(tr.score(*shift.target_test))
+    assert len(recs) == 10 or (tr.stopped_early and len(recs) == tr.best_epoch + 2)
+
+
+def _noisy_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    return x, ((x[:, 0] + torch.randn(40, generator=g)) > 0).long()
+
+
+def _ddp_early_stopping_worker():
+    """One rank of test_early_stopping_under_ddp (run as a subprocess, as torchrun would)."""
+    import torch.distributed as dist
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=os.environ["ES_RDZV"], rank=rank, world_size=world)
+    x, y = _noisy_data()
+    init = torch.load(os.environ["ES_INIT"], weights_only=True)
+    tr = TwoStageTrainer(es_model(init, dropout=0.0), finetune_epochs=12, finetune_validation=0.5, patience=2, **ES)
+    tr.finetune((x, y))
+    torch.save({"history": tr.history, "state": state(tr.model), "best_epoch": tr.best_epoch,
+                "stopped_early": tr.stopped_early, "world": tr._world},
+               os.path.join(os.environ["ES_OUT"], f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with gloo is not available")
+def test_early_stopping_under_ddp(noisy, tmp_path):
+    """Two gloo ranks: the split is made before sharding, each rank evaluates all of the held-out part,
+    so the ranks agree on every val_loss, the best epoch and the stop, and match one process (no dropout:
+    its masks differ between ranks)."""
+    x, y, init = noisy
+    torch.save(init, tmp_path / "init.pt")
+    tests = Path(__file__).resolve().parent
+    code = f"import sys; sys.path.insert(0, {str(tests)!r}); import test_train as t; t._ddp_early_stopping_worker()"
+    procs = []
+    for r in range(2):
+        env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "ES_RDZV": f"file://{tmp_path / 'rdzv'}",
+               "ES_OUT": str(tmp_path), "ES_INIT": str(tmp_path / "init.pt"), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(tests.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    for r, p in enumerate(procs):
+        text, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, f"rank {r}:\n{text[-3000:]}"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["world"] == 2
+    assert ranks[0]["history"] == ranks[1]["history"] and same_state(ranks[0]["state"], ranks[1]["state"])
+    single = TwoStageTrainer(es_model(init, dropout=0.0), finetune_epochs=12, finetune_validation=0.5, patience=2,
+                             **ES)
+    single.finetune((x, y))
+    got, want = ranks[0]["history"]["finetune"], single.history["finetune"]
+    assert (ranks[0]["best_epoch"], ranks[0]["stopped_early"], len(got)) == (single.best_epoch, True, len(want))
+    assert [r["val_loss"] for r in got] == pytest.approx([r["val_loss"] for r in want], rel=1e-4)
+    # the returned model's CE on the held-out rows of the full labels' split is the best epoch's record
+    _, val_idx = stratified_split(y, 0.5, seed=0)
+    model = es_model(ranks[0]["state"], dropout=0.0)
+    assert got[ranks[0]["best_epoch"]]["val_loss"] == pytest.approx(held_out_ce(model, x[val_idx], y[val_idx])[0],
+                                                                     rel=1e-6)

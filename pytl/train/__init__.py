@@ -14,7 +14,8 @@ prints and writes checkpoints (docs/distributed.md). ``checkpoint=`` writes one 
 
 The package, layer by layer: trainer.py (settings, public API) → loop.py (the one stage loop) →
 steps.py (each stage's batches and loss, λ schedules, the DDP objective) → batches.py, evaluate.py,
-metrics.py, checkpoint.py, ddp.py, with prepare.py (every check before training) beside them.
+metrics.py, checkpoint.py, ddp.py, validation.py (fine-tuning's held-out split and early stopping), with
+prepare.py (every check before training) beside them.
 """
 
 from pytl.train.checkpoint import CHECKPOINT_FORMAT
@@ -22,6 +23,8 @@ from pytl.train.evaluate import eval_mode
 from pytl.train.prepare import resolve_device
 from pytl.train.steps import LAMBDA_SCHEDULES, ScheduleLike, lambda_factor
 from pytl.train.trainer import OPTIMIZERS, EvalData, OptimizerLike, TwoStageTrainer
+from pytl.train.validation import CLIMB_TOLERANCE, stratified_split, validation_loss_climbs
 
-__all__ = ["CHECKPOINT_FORMAT", "LAMBDA_SCHEDULES", "OPTIMIZERS", "EvalData", "OptimizerLike", "ScheduleLike",
-           "TwoStageTrainer", "eval_mode", "lambda_factor", "resolve_device"]
+__all__ = ["CHECKPOINT_FORMAT", "CLIMB_TOLERANCE", "LAMBDA_SCHEDULES", "OPTIMIZERS", "EvalData", "OptimizerLike",
+           "ScheduleLike", "TwoStageTrainer", "eval_mode", "lambda_factor", "resolve_device", "stratified_split",
+           "validation_loss_climbs"]

@@ -1,8 +1,9 @@
 """The engine: one loop that runs either stage, epoch by epoch.
 
 It applies the stage's freezing policy and builds the optimizer, runs the steps the stage describes
-(steps.py), keeps the epoch's record (means, what the policy unfroze, eval metrics), stops on a
-diverged loss and writes checkpoints, the way pytorch/ignite's engine runs a step function with its
+(steps.py), keeps the epoch's record (means, what the policy unfroze, eval metrics, the stage's own
+keys such as the validation loss), stops on a diverged loss or when the stage says so (early stopping),
+and writes checkpoints, the way pytorch/ignite's engine runs a step function with its
 handlers. Whatever happens, the policy's freezing is undone and the progress bar closed at the end.
 """
 
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
               resume: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One stage, epoch by epoch: the policy's schedule, the steps, the epoch's record (means, eval
-    metrics), the divergence stop and the checkpoint. ``stage`` supplies the batches and the loss."""
+    metrics), the divergence stop and the checkpoint. ``stage`` supplies the batches and the loss, and may
+    add to each record and stop early (``after_epoch``) and act once at the end (``finish``: fine-tuning
+    restores its best epoch's weights)."""
     model = t._require_model()
     policy = with_frozen_batchnorm(stage.policy)
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -52,6 +55,8 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
             bar = Progress(stage.epochs - epoch, f"{t.label}{stage.name}", t.progress and t._rank == 0)
             step_fn: nn.Module | None = None
             for epoch in range(epoch, stage.epochs):
+                if stage.stopped():  # early stopping ended the stage (a checkpoint written at the stop)
+                    break
                 unfrozen = policy.on_epoch_start(model, epoch, opt)
                 if step_fn is None or unfrozen:
                     step_fn = ddp.step_module(t, model)
@@ -74,10 +79,14 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
                 if unfrozen:
                     rec["unfrozen"] = unfrozen
                 rec.update(evaluate(t, ev))
+                stop = stage.after_epoch(epoch, model, rec)
                 records.append(rec)
                 bar.update(1, **{k: rec[k] for k in stage.bar_keys if rec.get(k) is not None})
                 save_checkpoint(t, stage.name, epoch + 1, model, start_state, opt, gen, records,
                                 **stage.checkpoint_state())
+                if stop:
+                    break
+            stage.finish(model, records)
         except Exception as e:
             ddp.raise_if_collective(t, e, stage.name, epoch)
             raise

@@ -19,6 +19,7 @@ from pytl._validation import warn_user
 from pytl.models import Standardize, default_model
 from pytl.train import ddp
 from pytl.train.evaluate import eval_mode
+from pytl.train.validation import split_target
 
 if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
@@ -29,8 +30,9 @@ class Prepared(NamedTuple):
 
     source: Any
     target_unlabeled: Any
-    target_labeled: Any
+    target_labeled: Any  # with finetune_validation, the training part only
     eval_sets: dict[str, Any]
+    target_validation: Any = None  # with finetune_validation, the held-out part (not sharded)
 
 
 def resolve_device(device: Any, model: nn.Module | None = None) -> torch.device:
@@ -74,6 +76,9 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
         raise ValueError("target_labeled (X, y) is required for fine-tuning")
     tl = inp.as_labeled(target_labeled, "target_labeled") if target_labeled is not None else None
     ev = eval_sets(eval_data)
+    if t.finetune_validation is not None and tl is not None and "val" in ev:
+        raise ValueError("eval_data has a set named 'val', whose record keys (val_loss) would collide with "
+                         "finetune_validation's (val_loss, val_accuracy); rename it")
     ref_shape = _common_shape(t, src, tu, tl, ev, stage)
 
     model = t.model
@@ -95,8 +100,11 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
     for name, data in [("source", src), ("target_labeled", tl)] + [(f"eval_data[{k!r}]", v) for k, v in ev.items()]:
         if isinstance(data, tuple):
             inp.check_label_range(data[1], num_classes, f"{name}[1] (y)")
+    val = None
     if tl is not None:
         check_enough_labels(tl, num_classes)
+        if t.finetune_validation is not None:  # before sharding: every rank holds out, and evaluates, the same part
+            tl, val = split_target(t, tl)
     t.model, t.num_classes, t._sample_shape = model, num_classes, ref_shape
     dtype = param_dtype(model)
 
@@ -109,7 +117,7 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
     return Prepared(ddp.shard_input(t, None if src is None else cast(src), "source", t.batch_size),
                     ddp.shard_input(t, None if tu is None else cast(tu), "target_unlabeled", t.target_batch_size),
                     ddp.shard_input(t, None if tl is None else cast(tl), "target_labeled", t.finetune_batch_size),
-                    {k: cast(v) for k, v in ev.items()})
+                    {k: cast(v) for k, v in ev.items()}, None if val is None else cast(val))
 
 
 def _common_shape(t: TwoStageTrainer, src: Any, tu: Any, tl: Any, ev: dict[str, Any], stage: str) -> tuple[int, ...]:

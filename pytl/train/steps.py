@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pytl.ops import mmd2
 from pytl.train import ddp
 from pytl.train.batches import TargetBatches, batches, steps_per_epoch
+from pytl.train.validation import EarlyStopping
 
 if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
@@ -114,6 +115,17 @@ class Stage:
         """The stage's own state in a checkpoint (keyword arguments of checkpoint.save_checkpoint)."""
         return {}
 
+    def after_epoch(self, epoch: int, model: nn.Module, rec: dict[str, Any]) -> bool:
+        """After the epoch's record is made (adds to it); True stops the stage after this epoch."""
+        return False
+
+    def stopped(self) -> bool:
+        """Whether the stage has stopped before its last epoch (restored from a checkpoint too)."""
+        return False
+
+    def finish(self, model: nn.Module, records: list[dict[str, Any]]) -> None:
+        """After the last epoch (or the stop), before the policy is released."""
+
 
 class AlignStage(Stage):
     """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
@@ -168,18 +180,42 @@ class AlignStage(Stage):
 
 
 class FinetuneStage(Stage):
-    """Stage 2: passes over the labelled target samples, cross-entropy only."""
+    """Stage 2: passes over the labelled target samples, cross-entropy only. With a validation part
+    (``finetune_validation``), early stopping (validation.py): its loss after every epoch, the best
+    epoch's weights restored at the end, the patience stop."""
 
-    name, rng_offset, advice, bar_keys = "finetune", 2, "lower finetune_lr", ("loss",)
+    name, rng_offset, advice, bar_keys = "finetune", 2, "lower finetune_lr", ("loss", "val_loss")
 
-    def __init__(self, trainer: TwoStageTrainer, target_labeled: Any) -> None:
+    def __init__(self, trainer: TwoStageTrainer, target_labeled: Any, validation: Any = None) -> None:
         self.t, self.data = trainer, target_labeled
         self.policy, self.lr, self.epochs = trainer.finetune_policy, trainer.finetune_lr, trainer.finetune_epochs
+        self.early = None if validation is None else EarlyStopping(trainer, validation)
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
         super().begin(gen, resume, model, policy)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"finetune_policy {policy!r} freezes every parameter; nothing would train")
+        if resume is not None and self.early is not None:
+            if resume.get("validation") is None:
+                raise ValueError("resume_from is a fine-tuning checkpoint of a run without finetune_validation; "
+                                 "resume it with finetune_validation=None (its early-stopping state is missing)")
+            self.early.load_state(resume["validation"])
+
+    def after_epoch(self, epoch: int, model: nn.Module, rec: dict[str, Any]) -> bool:
+        return False if self.early is None else self.early.after_epoch(epoch, model, rec, self.advice)
+
+    def stopped(self) -> bool:
+        return self.early is not None and self.early.stopped
+
+    def finish(self, model: nn.Module, records: list[dict[str, Any]]) -> None:
+        t = self.t
+        t.best_epoch = None if self.early is None else self.early.best_epoch
+        t.stopped_early = self.stopped()
+        if self.early is not None:
+            self.early.finish(model, records)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {} if self.early is None else {"validation": self.early.state()}
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
         return batches(self.t, self.data, self.t.finetune_batch_size, self.gen, labeled=True, name="target_labeled",

@@ -63,6 +63,21 @@ class TwoStageTrainer:
     checkpoint: a file written (rank 0, atomically) after every epoch: model state_dict (no DDP
     ``module.`` prefix), optimizer, RNG and data-order state, history; ``fit``/``align``/``finetune``
     take ``resume_from=`` such a file, from a run on any number of ranks.
+    finetune_validation: None (default) or a fraction in (0, 1) of the target labels held out from
+    fine-tuning, per class (``stratified_split``: round half up, at least one per class of ≥ 2
+    samples, one always left to train on; seeded by ``seed``). After each fine-tuning epoch the record
+    gets ``val_loss`` (mean cross-entropy), ``val_accuracy`` (eval mode; under DDP every rank evaluates
+    all of the held-out part, split off before sharding) and ``best``; at the end the weights (and
+    buffers) of the epoch with the lowest ``val_loss`` (the first on ties) are restored, that record
+    has ``best: True`` and ``best_epoch`` is its ``epoch``. A DataLoader over a map-style dataset is
+    split by index (its labels read once, ``dataset[i][1]``) into two loaders with its batch size; an
+    iterable dataset or a custom sampler is a ValueError. So is a split that holds out nothing (no
+    class with 2 samples), and an ``eval_data`` set named "val" (its keys would collide).
+    patience: None (default) or an int ≥ 1, with finetune_validation only: fine-tuning stops once
+    ``val_loss`` has not improved for that many epochs (the history then has best epoch + patience + 1
+    records; ``stopped_early`` is True). Both settings, and the early-stopping state, go through
+    checkpoints: a resumed run ends as an uninterrupted one. ``pytl.train.validation_loss_climbs``
+    reads such a history for the warning sign "validation loss climbs during fine-tuning".
     """
 
     def __init__(
@@ -92,6 +107,8 @@ class TwoStageTrainer:
         distributed: bool | None = None,
         mmd_scope: str = "global",
         checkpoint: str | os.PathLike | None = None,
+        finetune_validation: float | None = None,
+        patience: int | None = None,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
@@ -134,6 +151,16 @@ class TwoStageTrainer:
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path or None, got {type(checkpoint).__name__}")
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.finetune_validation = None if finetune_validation is None else check_float(
+            finetune_validation, "finetune_validation", 0.0, 1.0, strict_min=True, strict_max=True)
+        self.patience = check_optional_int(patience, "patience", 1)
+        if self.patience is not None and self.finetune_validation is None:
+            raise ValueError(f"patience={self.patience} needs finetune_validation (the held-out fraction of the "
+                             "target labels whose loss it watches); pass finetune_validation=0.2, say")
+        #: after fine-tuning with finetune_validation: the epoch (record "epoch") whose weights were restored
+        self.best_epoch: int | None = None
+        #: after fine-tuning: whether patience stopped it before finetune_epochs
+        self.stopped_early = False
         self._rank, self._world = 0, 1  # set at the start of each fit/align/finetune (ddp.setup_ranks)
         self.history: dict[str, list[dict[str, Any]]] = {"align": [], "finetune": []}
         #: per stage, the freezing summary (trainable/frozen counts and lr per block) at its start
@@ -150,7 +177,7 @@ class TwoStageTrainer:
         All inputs are checked before the first step. ``resume_from``: a checkpoint file of this
         trainer's settings; training continues after its last epoch (a fine-tuning checkpoint skips
         stage 1) and, for array inputs, ends with the weights of an uninterrupted run."""
-        src, tu, tl, ev = prepare(self, source, target_unlabeled, target_labeled, eval_data, stage="fit")
+        src, tu, tl, ev, val = prepare(self, source, target_unlabeled, target_labeled, eval_data, stage="fit")
         ckpt = read_checkpoint(self, resume_from)
         if ckpt is not None and ckpt["stage"] == "finetune" and tl is None:
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: pass target_labeled")
@@ -158,13 +185,13 @@ class TwoStageTrainer:
             run_stage(self, AlignStage(self, src, tu), ev, ckpt)
             ckpt = None
         if tl is not None:
-            run_stage(self, FinetuneStage(self, tl), ev, ckpt)
+            run_stage(self, FinetuneStage(self, tl, val), ev, ckpt)
         return self
 
     def align(self, source: Any, target_unlabeled: Any = None, *, eval_data: EvalData = None,
               resume_from: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         """Stage 1 only; returns its per-epoch history. ``lambda_mmd=0`` trains on the source alone."""
-        src, tu, _, ev = prepare(self, source, target_unlabeled, None, eval_data, stage="align")
+        src, tu, _, ev, _ = prepare(self, source, target_unlabeled, None, eval_data, stage="align")
         ckpt = read_checkpoint(self, resume_from)
         if ckpt is not None and ckpt["stage"] != "align":
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: resume it with "
@@ -175,14 +202,14 @@ class TwoStageTrainer:
                  resume_from: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         """Stage 2 only (on the current model); returns its per-epoch history. ``resume_from``: a
         fine-tuning checkpoint continues; a stage-1 checkpoint provides the weights to fine-tune."""
-        _, _, tl, ev = prepare(self, None, None, target_labeled, eval_data, stage="finetune")
+        _, _, tl, ev, val = prepare(self, None, None, target_labeled, eval_data, stage="finetune")
         ckpt = read_checkpoint(self, resume_from)
         if ckpt is not None and ckpt["stage"] == "align":
             self._require_model().load_state_dict(ckpt["model"])
             self.history = {"align": ckpt["history"]["align"] + ckpt["records"],
                             "finetune": ckpt["history"]["finetune"]}
             ckpt = None
-        return run_stage(self, FinetuneStage(self, tl), ev, ckpt)
+        return run_stage(self, FinetuneStage(self, tl, val), ev, ckpt)
 
     def check_inputs(self, source: Any, target_unlabeled: Any = None, target_labeled: Any = None, *,
                      eval_data: EvalData = None) -> None:
@@ -221,7 +248,12 @@ class TwoStageTrainer:
         return (f"TwoStageTrainer(lambda_mmd={self.lambda_mmd:g}, lambda_schedule={self.lambda_schedule!r}, "
                 f"align_epochs={self.align_epochs}, finetune_epochs={self.finetune_epochs}, lr={self.lr:g}, "
                 f"finetune_lr={self.finetune_lr:g}, batch_size={self.batch_size}, device={str(self.device)!r}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}{self._early_stopping_repr()})")
+
+    def _early_stopping_repr(self) -> str:
+        if self.finetune_validation is None:
+            return ""
+        return f", finetune_validation={self.finetune_validation:g}, patience={self.patience}"
 
     # ------------------------------------------------------------------------------------ helpers
 
