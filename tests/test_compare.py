@@ -167,6 +167,8 @@ BAD = [
     ("iterable dataset", dict(target_unlabeled=Stream()), TypeError, "IterableDataset"),
     ("folds > labels per class", dict(folds=26), ValueError, r"folds=26 but class 0 has 25, class 1 has 25"),
     ("one fold", dict(folds=1), ValueError, "folds must be an int >= 2"),
+    ("patience without validation", dict(patience=3), ValueError, "patience=3 needs finetune_validation"),
+    ("validation fraction", dict(finetune_validation=1.5), ValueError, "finetune_validation"),
     ("float folds", dict(folds=2.0), TypeError, "folds must be an int"),
     ("unlabelled target-labeled loader", dict(target_labeled=torch.utils.data.DataLoader(torch.zeros(8, 2))),
      TypeError, "target_labeled must yield"),

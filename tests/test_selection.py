@@ -178,3 +178,25 @@ def test_dataloaders_and_datasets_are_accepted(shift):
     assert set(r.accuracy) == set(STRATEGIES) and all(0 <= a <= 1 for a in r.accuracy.values())
     assert set(r.embedding_mmd2) == set(STRATEGIES) - {"ensemble"}
     assert all(math.isfinite(v) for v in r.embedding_mmd2.values())
+
+
+def test_early_stopping_reaches_every_fine_tuning_and_explain_reports_the_climbing_validation_loss(shift):
+    """finetune_validation / patience pass through to each trainer; an over-long, high-lr fine-tuning on
+    30 labels shows the tutorial's warning sign, and explain() reports it."""
+    d = shift.as_dict()
+    r = compare_strategies(**d, folds=3, strategies=["scratch", "mmd"], align_epochs=2, finetune_epochs=60,
+                           finetune_lr=0.05, finetune_validation=0.3, num_threads=1)
+    from pytl.train import validation_loss_climbs
+
+    for s in ("scratch", "mmd"):
+        records = r.histories[s]["finetune"]
+        assert all("val_loss" in rec for rec in records)
+        assert sum(bool(rec["best"]) for rec in records) == 1
+    climbing = [s for s in ("scratch", "mmd") if validation_loss_climbs(r.histories[s]["finetune"])]
+    assert climbing, [[round(rec["val_loss"], 3) for rec in r.histories[s]["finetune"]] for s in ("scratch", "mmd")]
+    assert f"validation loss climbs during fine-tuning ({', '.join(climbing)})" in r.explain()
+    stopped = compare_strategies(**d, folds=3, strategies=["scratch"], align_epochs=2, finetune_epochs=60,
+                                 finetune_lr=0.05, finetune_validation=0.3, patience=2, num_threads=1)
+    records = stopped.histories["scratch"]["finetune"]
+    best = next(i for i, rec in enumerate(records) if rec["best"])
+    assert len(records) == best + 2 + 1 < 60

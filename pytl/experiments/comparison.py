@@ -45,7 +45,8 @@ __all__ = ["compare_strategies"]
 
 #: the options that compare_strategies hands to every trainer unchanged
 TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size", "finetune_batch_size",
-                   "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads")
+                   "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads",
+                   "finetune_validation", "patience")
 EMBEDDING_MMD_SAMPLES = 1024  # rows per domain for the embedding MMD² of each strategy's model
 _STATS_ROWS = -1  # _first_rows: every row of an array, the first EMBEDDING_MMD_SAMPLES of a DataLoader
 #: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from pytl import _inputs as inp
 from pytl.experiments.estimate import Estimate, PairedComparison, format_p
 from pytl.experiments.strategies import STRATEGIES, best_transfer, describe, negative_transfer
-from pytl.train import eval_mode
+from pytl.train import eval_mode, validation_loss_climbs
 
 __all__ = ["ComparisonReport", "SeedSummary", "format_table", "summarize"]
 
@@ -150,16 +150,17 @@ class ComparisonReport:
         return text + self._warning_signs()
 
     def _warning_signs(self) -> str:
-        """The tutorial's warning signs seen in the training histories."""
-        import pytl.train  # TODO(merge): from pytl.train import validation_loss_climbs
-
-        validation_loss_climbs = getattr(pytl.train, "validation_loss_climbs", lambda records: False)
+        """The tutorial's warning sign seen in the fine-tuning histories (which record a validation loss
+        when ``finetune_validation`` is set): validation loss climbing while training goes on."""
         climbing = [s for s, h in self.histories.items() if validation_loss_climbs(h.get("finetune", []))]
         if not climbing:
             return ""
-        return (f" Warning sign: validation loss climbs during fine-tuning ({', '.join(climbing)}): the model "
-                "overfits the few labels; stop earlier (finetune_validation=0.2, patience=...), lower finetune_lr "
-                "or freeze more of the backbone.")
+        restored = [s for s in climbing if any(r.get("best") for r in self.histories[s]["finetune"])]
+        text = (f" Warning sign: validation loss climbs during fine-tuning ({', '.join(climbing)}): the model "
+                "overfits the few labels")
+        if restored:
+            text += f" (the weights of the best validation epoch were restored for {', '.join(restored)})"
+        return text + "; lower finetune_lr, freeze more of the backbone (pytl.freezing) or fine-tune fewer epochs."
 
     def table(self) -> str:
         return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",

@@ -62,6 +62,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "weight_decay": 0.0,
     "optimizer": "adam",
     "finetune_policy": None,       # None: fine-tune every layer (a pytl.freezing policy otherwise)
+    "finetune_validation": None,   # a fraction of the target labels held out to stop fine-tuning early (None: off)
+    "patience": None,              # epochs without a better validation loss before stopping (needs the above)
     "mmd_sigmas": None,
     "mmd_estimator": "biased",
     "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
