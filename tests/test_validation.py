@@ -315,3 +315,118 @@ def test_bad_options():
         pv.score("entropy", m, None, XT, temperature=0.1)
     with pytest.raises(ValueError, match="batch_size"):
         pv.score("entropy", m, None, XT, batch_size=0)
+
+
+# ------------------------------------------------------------------------------------ select_lambda
+
+FAST = {"align_epochs": 2, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def shift():
+    d = pytl.make_domain_shift(0, n_source=120, n_target_unlabeled=100, n_target_labeled=0, n_target_test=10)
+    return d.source, d.target_unlabeled
+
+
+@pytest.fixture(scope="module")
+def selection(shift):
+    torch.set_num_threads(1)
+    return pytl.select_lambda(*shift, lambdas=(0, 0.5, 2), criterion="dev", seed=1, **FAST)
+
+
+def test_select_lambda_scores_are_the_criterion_on_the_held_out_split(selection, shift):
+    (xs, ys), xu = shift
+    val = selection.validation_indices.numpy()
+    assert selection.criterion == "dev" and selection.lambdas == (0.0, 0.5, 2.0)
+    assert list(selection.scores) == [0.0, 0.5, 2.0] and set(selection.models) == {0.0, 0.5, 2.0}
+    for lam, m in selection.models.items():
+        assert selection.scores[lam] == pv.score("dev", m, (xs[val], ys[val]), xu)
+    best = max(selection.scores.values())
+    assert selection.best == min(lam for lam, s in selection.scores.items() if s == best)
+    # the held-out split: stratified 20 %, disjoint from the training rows, together all rows
+    tr = selection.train_indices.numpy()
+    assert len(val) == 24 and np.bincount(ys[val]).tolist() == [12, 12]
+    assert sorted(np.concatenate([tr, val]).tolist()) == list(range(120))
+
+
+def test_select_lambda_never_trains_on_the_held_out_rows(shift):
+    """The model of each λ is bit-for-bit the one a TwoStageTrainer trains by hand on the remaining rows."""
+    (xs, ys), xu = shift
+    torch.manual_seed(5)
+    init = pytl.models.default_model(2, 2)
+    sel = pytl.select_lambda((xs, ys), xu, lambdas=(0.0, 1.0), criterion="entropy", seed=3, model=init, **FAST)
+    tr = sel.train_indices.numpy()
+    for lam in (0.0, 1.0):
+        t = pytl.TwoStageTrainer(copy.deepcopy(init), lambda_mmd=lam, seed=3, num_classes=2, progress=False, **FAST)
+        t.align((xs[tr], ys[tr]), xu if lam > 0 else None)
+        for a, b in zip(t.model.state_dict().values(), sel.models[lam].state_dict().values()):
+            assert torch.equal(a, b)
+    # and the held-out rows change nothing: replacing them by garbage labels gives the same models
+    ys2 = ys.copy()
+    ys2[sel.validation_indices.numpy()] = 1 - ys2[sel.validation_indices.numpy()]
+    sel2 = pytl.select_lambda((xs, ys2), xu, lambdas=(0.0, 1.0), criterion="entropy", seed=3, model=init, **FAST)
+    assert torch.equal(sel2.validation_indices, sel.validation_indices)
+    for lam in (0.0, 1.0):
+        assert all(torch.equal(a, b) for a, b in zip(sel2.models[lam].state_dict().values(),
+                                                     sel.models[lam].state_dict().values()))
+
+
+def test_select_lambda_ties_go_to_the_smaller_lambda(shift, monkeypatch):
+    from pytl.experiments import lambda_selection as ls
+    fixed = {"snd": lambda *a, **k: 1.0}
+    monkeypatch.setattr(ls, "CRITERIA", fixed)
+    sel = pytl.select_lambda(*shift, lambdas=(2, 0.5, 1), criterion="snd", align_epochs=0)
+    assert sel.best == 0.5 and sel.ranking() == [0.5, 1.0, 2.0]
+
+
+def test_select_lambda_table_and_explain(selection):
+    table, text = selection.table(), selection.explain()
+    assert "not an accuracy" in table and "<- chosen" in table
+    assert "rank models; they do not measure accuracy" in text and f"λ = {selection.best:g}" in text
+    assert "LambdaSelection(best=" in repr(selection)
+
+
+def test_select_lambda_is_reproducible_and_leaves_the_rng_alone(shift, selection):
+    state = torch.get_rng_state()
+    again = pytl.select_lambda(*shift, lambdas=(0, 0.5, 2), criterion="dev", seed=1, **FAST)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert again.scores == selection.scores and again.best == selection.best
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"lambdas": ()}, ValueError, "lambdas is empty"),
+    ({"lambdas": (0, -1)}, ValueError, r"lambdas\[1\] must be a finite number >= 0"),
+    ({"lambdas": (0, float("inf"))}, ValueError, r"lambdas\[1\]"),
+    ({"lambdas": (0, 0.5, 0.5)}, ValueError, "unique"),
+    ({"lambdas": 0.5}, TypeError, "lambdas must be a sequence"),
+    ({"lambdas": ("a",)}, TypeError, r"lambdas\[0\]"),
+    ({"criterion": "acc"}, ValueError, r"criterion must be one of \('iwv', 'dev'"),
+    ({"source_validation": 0.0}, ValueError, "source_validation must be"),
+    ({"source_validation": 1}, ValueError, "source_validation must be"),
+    ({"source_validation": 0.001}, ValueError, "holds out 0 of the 60 source samples of class 0"),
+    ({"source_validation": 0.999}, ValueError, "holds out 60 of the 60"),
+    ({"lambda_mmd": 0.5}, TypeError, "lambdas="),
+    ({"epochs": 3}, TypeError, "unknown option"),
+    ({"lr": -1.0}, ValueError, "lr must be"),
+    ({"criterion_options": {"folds": 0}}, ValueError, "folds must be"),
+    ({"criterion_options": {"bogus": 1}}, TypeError, "bogus"),
+    ({"model": nn.Sequential(nn.Linear(2, 2)), "lambdas": (0,)}, TypeError, r"embed\(x\)"),
+    ({"seed": -1}, ValueError, "seed"),
+])
+def test_select_lambda_checks_every_argument_before_training(shift, monkeypatch, kwargs, error, match):
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking")
+
+    monkeypatch.setattr(pytl.TwoStageTrainer, "align", no_training)
+    with pytest.raises(error, match=match):
+        pytl.select_lambda(*shift, **{**FAST, **kwargs})
+
+
+def test_select_lambda_bad_data(shift):
+    (xs, ys), xu = shift
+    with pytest.raises(ValueError, match="feature size mismatch"):
+        pytl.select_lambda((xs, ys), np.zeros((5, 3)), **FAST)
+    with pytest.raises(TypeError, match="DataLoader"):
+        pytl.select_lambda(DataLoader(TensorDataset(torch.tensor(xs), torch.tensor(ys))), xu, **FAST)
+    with pytest.raises(ValueError, match="holds out 1 of the 1 source samples of class 1"):
+        pytl.select_lambda((xs[:3], np.array([0, 0, 1])), xu, source_validation=0.5, **FAST)
