@@ -15,6 +15,7 @@ from pytl.ops import mmd2, rbf_kernel_matmul
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
 from pytl import diagnostics  # noqa: E402
+from pytl import validation  # noqa: E402  (label-free model selection; experiments uses it)
 from pytl import experiments  # noqa: E402
 from pytl.experiments import (
     ComparisonReport,
@@ -24,6 +25,7 @@ from pytl.experiments import (
     data_efficiency_curve,
     divergence_sweep,
     layer_transferability,
+    select_lambda,
     summarize,
 )
 from pytl import compare, curves, plot  # noqa: E402  (old module paths; plot imports matplotlib only when it draws)
@@ -72,6 +74,8 @@ __all__ = [
     "plot",
     "proxy_a_distance",
     "rbf_kernel_matmul",
+    "select_lambda",
     "summarize",
+    "validation",
     "__version__",
 ]

@@ -9,6 +9,8 @@
   that print with ``.table()`` and draw with :mod:`pytl.plot`; :func:`find_crossover` (``crossover.py``)
   is where transfer stops paying. ``splits.py`` adapts a curve's data, ``curve_args.py`` checks its
   arguments.
+* :func:`select_lambda` (``lambda_selection.py``) trains stage 1 once per λ and picks λ with a label-free
+  criterion of :mod:`pytl.validation`, returning a :class:`LambdaSelection`.
 
 A new strategy goes into ``strategies.py`` (name, description, what it needs) and the training plan of
 ``comparison.py``; a new curve is a new module that returns a :class:`CurveTable`.
@@ -19,6 +21,7 @@ from pytl.experiments.crossover import Crossover, find_crossover
 from pytl.experiments.data_efficiency import DATA_EFFICIENCY_STRATEGIES, data_efficiency_curve
 from pytl.experiments.divergence import divergence_sweep
 from pytl.experiments.ensemble import EnsembleModel
+from pytl.experiments.lambda_selection import LambdaSelection, select_lambda
 from pytl.experiments.layers import LAYER_SERIES, layer_transferability
 from pytl.experiments.report import ComparisonReport, SeedSummary, summarize
 from pytl.experiments.strategies import (
@@ -44,6 +47,7 @@ __all__ = [
     "CurveTable",
     "DivergenceSweep",
     "EnsembleModel",
+    "LambdaSelection",
     "SeedSummary",
     "compare_strategies",
     "data_efficiency_curve",
@@ -51,6 +55,7 @@ __all__ = [
     "find_crossover",
     "layer_transferability",
     "resolve_config",
+    "select_lambda",
     "select_strategies",
     "summarize",
 ]
