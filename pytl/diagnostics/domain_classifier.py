@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pytl._samples import as_matrix, check_same_features
 from pytl._validation import check_choice, check_int, check_optional_int
 
-__all__ = ["CLASSIFIERS", "MIN_PAD_SAMPLES", "proxy_a_distance"]
+__all__ = ["CLASSIFIERS", "MIN_PAD_SAMPLES", "proxy_a_distance", "train_domain_classifier"]
 
 CLASSIFIERS = ("linear", "mlp")
 MIN_PAD_SAMPLES = 4  # per domain: 2 to train on and 2 held out
@@ -24,7 +24,7 @@ def as_domains(xs: Any, xt: Any) -> tuple[Tensor, Tensor]:
     return xs, xt
 
 
-def _train_domain_classifier(X: Tensor, labels: Tensor, classifier: str, seed: int) -> nn.Module:
+def train_domain_classifier(X: Tensor, labels: Tensor, classifier: str, seed: int) -> nn.Module:
     """Full-batch training of a linear (logistic regression, L-BFGS) or one-hidden-layer MLP (Adam)
     domain classifier on standardised float64 features; returns a module producing logits."""
     d = X.shape[1]
@@ -109,7 +109,7 @@ def proxy_a_distance(
     X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
     if not bool(torch.isfinite(X_train).all()) or not bool(torch.isfinite(X_test).all()):
         raise ValueError("xs and xt must be finite (found NaN or inf)")
-    model = _train_domain_classifier(X_train, y_train, classifier, seed)
+    model = train_domain_classifier(X_train, y_train, classifier, seed)
     with torch.no_grad():
         pred = (model(X_test)[:, 0] > 0).double()
     eps = float((pred != y_test).double().mean())

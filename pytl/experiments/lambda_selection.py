@@ -22,7 +22,7 @@ from pytl._validation import check_float, check_int
 from pytl.experiments.comparison import TRAINER_OPTIONS
 from pytl.experiments.strategies import resolve_config
 from pytl.models import Standardize, default_model
-from pytl.train import TwoStageTrainer, resolve_device
+from pytl.train import TwoStageTrainer, resolve_device, stratified_split
 from pytl.validation.criteria import CRITERIA, check_criterion
 
 __all__ = ["DEFAULT_LAMBDAS", "LambdaSelection", "select_lambda", "split_source"]
@@ -163,24 +163,17 @@ def select_lambda(
 
 
 def split_source(ys: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Stratified, seeded split of the rows of labels ``ys``: per class c of n_c rows, round(fraction · n_c)
-    (half up) are held out. Returns (train, held-out) indices, each sorted. ValueError when a class would
-    have no row on one side."""
-    perm = torch.randperm(ys.shape[0], generator=torch.Generator().manual_seed(seed))
-    held = []
-    for c in torch.unique(ys).tolist():
-        rows = perm[ys[perm] == c]
-        n_c = rows.numel()
-        k = int(math.floor(fraction * n_c + 0.5))
+    """The held-out source rows: the trainer's stratified, seeded split (``pytl.train.stratified_split``,
+    the one ``finetune_validation`` uses), which must leave every class on both sides. Returns (train,
+    held-out) indices, each sorted."""
+    train, val = stratified_split(ys, fraction, seed)
+    for c, n_c in zip(*(t.tolist() for t in torch.unique(ys, return_counts=True))):
+        k = int((ys[val] == c).sum())
         if k < 1 or k > n_c - 1:
             raise ValueError(f"source_validation={fraction:g} holds out {k} of the {n_c} source samples of class {c}; "
                              "every class needs at least one sample to train on and one to validate on (change "
                              "source_validation or add source samples)")
-        held.append(rows[:k])
-    val = torch.sort(torch.cat(held)).values
-    mask = torch.ones(ys.shape[0], dtype=torch.bool)
-    mask[val] = False
-    return mask.nonzero()[:, 0], val
+    return train, val
 
 
 def _check_lambdas(lambdas: Any) -> tuple[float, ...]:

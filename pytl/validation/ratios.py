@@ -32,7 +32,7 @@ from torch import Tensor
 
 from pytl._samples import check_same_features
 from pytl._validation import check_choice, check_int
-from pytl.diagnostics.domain_classifier import CLASSIFIERS, _train_domain_classifier
+from pytl.diagnostics.domain_classifier import CLASSIFIERS, train_domain_classifier
 from pytl.validation import outputs
 from pytl.validation.outputs import LOSSES, per_sample_loss
 
@@ -79,7 +79,7 @@ def _log_ratios(fit_source: Tensor, target: Tensor, query: Tensor, classifier: s
     if not bool(keep.any()):  # nothing varies: the classifier can only learn the prior, w = 1 everywhere
         return torch.zeros(query.shape[0], dtype=torch.float64)
     mean, std = mean[keep], std[keep]
-    model = _train_domain_classifier((X[:, keep] - mean) / std, labels, classifier, seed)
+    model = train_domain_classifier((X[:, keep] - mean) / std, labels, classifier, seed)
     with torch.no_grad():
         logit = model((query[:, keep] - mean) / std)[:, 0]
     # the prior correction n_s / n_t, with the counts the classifier was trained on
