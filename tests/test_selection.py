@@ -147,15 +147,14 @@ def test_few_labels_are_inconclusive_and_explain_says_why():
     assert r.best == min(r.estimate, key=lambda s: r.estimate[s].loss) == "mmd"
 
 
-def test_no_best_without_labels(shift):
-    d = shift.as_dict()
-    d.pop("target_labeled")
-    r = compare_strategies(**d, **TINY)
-    assert r.best is None and r.estimate == {} and r.verdict is None
+def test_no_best_without_cross_validation(shift):
+    r = compare_strategies(**shift.as_dict(), folds=None, **TINY)
+    assert r.best is None and r.estimate == {} and r.label_free == {}
+    assert r.verdict == r.paired.verdict  # from the test set
     with pytest.raises(ValueError, match="needs target_labeled"):
         r.best_model
-    with pytest.raises(KeyError, match="no model for 'mmd'"):
-        r.predict("mmd", shift.target_test[0])
+    with pytest.raises(KeyError, match="no model for 'dann'"):
+        r.predict("dann", shift.target_test[0])
 
 
 def test_dataloaders_and_datasets_are_accepted(shift):
@@ -200,3 +199,47 @@ def test_early_stopping_reaches_every_fine_tuning_and_explain_reports_the_climbi
     records = stopped.histories["scratch"]["finetune"]
     best = next(i for i, rec in enumerate(records) if rec["best"])
     assert len(records) == best + 2 + 1 < 60
+
+
+def test_without_labels_the_label_free_scores_rank_and_best_follows_the_criterion(shift):
+    import pytl.validation as pv
+    from pytl.experiments.folds import split_source
+
+    d = shift.as_dict()
+    d.pop("target_labeled")
+    r = compare_strategies(**d, seed=3, criterion="snd", **TINY)
+    xs, ys = (torch.as_tensor(a) for a in shift.source)
+    train, val = split_source(ys, 0.2, 3)
+    for s in ("source_only", "mmd_only"):
+        for name in pv.CRITERIA:
+            expected = pv.score(name, r.models[s], (xs[val], ys[val]), shift.target_unlabeled)
+            assert r.label_free[s][name] == pytest.approx(expected, rel=1e-12, abs=1e-15), (s, name)
+    assert r.criterion == "snd"
+    assert r.best == max(("source_only", "mmd_only"), key=lambda s: r.label_free[s]["snd"])
+    assert r.best_model is r.models[r.best]
+    assert "snd score" in r.table() and "they do not measure accuracy" in r.explain()
+    # the held-out rows are not trained on: the same models come from training on the other rows alone
+    alone = compare_strategies((xs[train], ys[train]), shift.target_unlabeled, shift.target_test,
+                               seed=3, source_validation=(xs[val], ys[val]), **TINY)
+    for s in ("source_only", "mmd_only"):
+        assert all(torch.equal(a, b) for a, b in zip(alone.models[s].parameters(), r.models[s].parameters()))
+        assert alone.label_free[s] == r.label_free[s]
+
+
+@pytest.mark.parametrize("change, exc, words", [
+    (dict(criterion="accuracy"), ValueError, "criterion must be one of"),
+    (dict(source_validation=1.0), ValueError, "source_validation must be"),
+    (dict(source=DataLoader(TensorDataset(torch.zeros(8, 2), torch.tensor([0, 1] * 4)), batch_size=4)), ValueError,
+     "pass source_validation=\\(X, y\\)"),
+])
+def test_label_free_settings_are_checked_before_training(shift, monkeypatch, change, exc, words):
+    import pytl.experiments.comparison as cmp
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(cmp.TwoStageTrainer, "align", no_training)
+    d = {**shift.as_dict(), **TINY, **change}
+    d.pop("target_labeled")
+    with pytest.raises(exc, match=words):
+        compare_strategies(**d)

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pytl import _inputs as inp
-from pytl._validation import check_int
+from pytl._validation import check_float, check_int
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
-from pytl.experiments.folds import check_folds, stratified_folds
+from pytl.experiments.folds import check_folds, split_source, stratified_folds
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.strategies import (
     NEEDS_TARGET_LABELS,
@@ -40,6 +40,8 @@ from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, eval_mode, resolve_device
 from pytl.train.evaluate import EVAL_BATCH
+from pytl.validation import CRITERIA
+from pytl.validation.criteria import check_criterion
 
 __all__ = ["compare_strategies"]
 
@@ -102,7 +104,10 @@ def compare_strategies(
     # ---- check every input before anything trains
     data = _check_data(source, target_unlabeled, target_test, target_labeled, cfg, seed)
     skipped: dict[str, str] = {}
-    if data.labeled is None:
+    source_val = None
+    if data.labeled is None:  # rank by a label-free criterion on held-out source rows
+        check_criterion(cfg["criterion"])
+        data, source_val = _hold_out_source(data, cfg["source_validation"], seed)
         skipped = {s: "no target labels" for s in wanted if s in NEEDS_TARGET_LABELS}
         wanted = [s for s in wanted if s not in NEEDS_TARGET_LABELS]
         if not wanted:
@@ -138,12 +143,14 @@ def compare_strategies(
     dtype = next(base.parameters()).dtype
     accuracy, test_correct = _test_accuracy(models, data, device, dtype)
     paired = _paired(accuracy, test_correct, estimate, data)
+    label_free = {} if source_val is None else _label_free_scores(models, source_val, data.target_unlabeled)
     return ComparisonReport(accuracy=accuracy, embedding_mmd2=_embedding_mmd2(models, data, device, dtype),
                             seconds={s: runs.seconds[s] for s in models}, skipped=skipped, models=models,
                             histories={s: runs.histories[s] for s in models if s in runs.histories},
                             config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
                                     "folds": None if fold_index is None else len(fold_index)},
-                            seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds)
+                            seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
+                            criterion=None if source_val is None else cfg["criterion"])
 
 
 class _Data(NamedTuple):
@@ -206,6 +213,29 @@ def _check_data(source: Any, target_unlabeled: Any, target_test: Any, target_lab
 
         num_classes = infer_num_classes(source, labeled, {} if test is None else {"target_test": test})
     return _Data(source, xu, test, labeled, check_int(num_classes, "num_classes", 2))
+
+
+def _hold_out_source(data: _Data, source_validation: Any, seed: int) -> tuple[_Data, tuple[Tensor, Tensor]]:
+    """Without target labels: the source rows the label-free criteria score on, and the data without them.
+    ``source_validation``: a fraction of an array source (stratified, seeded), or a labelled set (X, y)."""
+    if isinstance(source_validation, (tuple, list)):
+        held = inp.as_labeled(source_validation, "source_validation")
+        assert isinstance(held, tuple)
+        return data, held
+    if isinstance(data.source, DataLoader):
+        raise ValueError("without target labels the strategies are ranked on held-out source samples, and a "
+                         "DataLoader source cannot be split from outside: pass source_validation=(X, y), labelled "
+                         "source samples that are not in the loader")
+    fraction = check_float(source_validation, "source_validation", 0.0, 1.0, strict_min=True, strict_max=True)
+    train, val = split_source(data.source[1], fraction, seed)
+    xs, ys = data.source
+    return data._replace(source=(xs[train], ys[train])), (xs[val], ys[val])
+
+
+def _label_free_scores(models: dict[str, nn.Module], source_val: tuple[Tensor, Tensor],
+                       target: Tensor | DataLoader) -> dict[str, dict[str, float]]:
+    """Every criterion of pytl.validation for every model: strategy → criterion → score (higher is better)."""
+    return {s: {name: float(f(m, source_val, target)) for name, f in CRITERIA.items()} for s, m in models.items()}
 
 
 def _first_rows(data: Any, n: int, labeled: bool) -> Tensor:

@@ -1,4 +1,5 @@
-"""Stratified k-fold splits of the few target labels, for cross-validated estimates without a test set."""
+"""Splits of labelled data: stratified k-fold splits of the few target labels (cross-validated estimates
+without a test set), and the held-out source rows that label-free criteria score on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import torch
 from torch import Tensor
 
 from pytl._validation import check_int
+from pytl.train import stratified_split
 
-__all__ = ["check_folds", "stratified_folds"]
+__all__ = ["check_folds", "split_source", "stratified_folds"]
 
 
 def check_folds(folds: object, y: Tensor) -> int:
@@ -40,3 +42,17 @@ def stratified_folds(y: Tensor, folds: int, seed: int) -> list[Tensor]:
         assignment[idx] = (torch.arange(idx.numel()) + start) % folds
         start = (start + idx.numel()) % folds
     return [(assignment == k).nonzero()[:, 0] for k in range(folds)]
+
+
+def split_source(ys: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The held-out source rows: the trainer's stratified, seeded split (``pytl.train.stratified_split``,
+    the one ``finetune_validation`` uses), which must leave every class on both sides. Returns (train,
+    held-out) indices, each sorted."""
+    train, val = stratified_split(ys, fraction, seed)
+    for c, n_c in zip(*(t.tolist() for t in torch.unique(ys, return_counts=True))):
+        k = int((ys[val] == c).sum())
+        if k < 1 or k > n_c - 1:
+            raise ValueError(f"source_validation={fraction:g} holds out {k} of the {n_c} source samples of class {c}; "
+                             "every class needs at least one sample to train on and one to validate on (change "
+                             "source_validation or add source samples)")
+    return train, val

@@ -22,10 +22,11 @@ from pytl._validation import check_float, check_int
 from pytl.experiments.comparison import TRAINER_OPTIONS
 from pytl.experiments.strategies import resolve_config
 from pytl.models import Standardize, default_model
-from pytl.train import TwoStageTrainer, resolve_device, stratified_split
+from pytl.experiments.folds import split_source
+from pytl.train import TwoStageTrainer, resolve_device
 from pytl.validation.criteria import CRITERIA, check_criterion
 
-__all__ = ["DEFAULT_LAMBDAS", "LambdaSelection", "select_lambda", "split_source"]
+__all__ = ["DEFAULT_LAMBDAS", "LambdaSelection", "select_lambda"]
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -160,20 +161,6 @@ def select_lambda(
                              train_indices=train_idx, validation_indices=val_idx, histories=histories, seed=seed)
     result.best = result.ranking()[0]
     return result
-
-
-def split_source(ys: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """The held-out source rows: the trainer's stratified, seeded split (``pytl.train.stratified_split``,
-    the one ``finetune_validation`` uses), which must leave every class on both sides. Returns (train,
-    held-out) indices, each sorted."""
-    train, val = stratified_split(ys, fraction, seed)
-    for c, n_c in zip(*(t.tolist() for t in torch.unique(ys, return_counts=True))):
-        k = int((ys[val] == c).sum())
-        if k < 1 or k > n_c - 1:
-            raise ValueError(f"source_validation={fraction:g} holds out {k} of the {n_c} source samples of class {c}; "
-                             "every class needs at least one sample to train on and one to validate on (change "
-                             "source_validation or add source samples)")
-    return train, val
 
 
 def _check_lambdas(lambdas: Any) -> tuple[float, ...]:

@@ -28,6 +28,9 @@ class ComparisonReport:
     target labels (empty without labels or with ``folds=None``).
     paired: the best transfer strategy against scratch, sample by sample (test set, else the
     cross-validated predictions): its exact sign test decides ``verdict``.
+    label_free: without target labels, strategy → {criterion → score} for every criterion of
+    pytl.validation (higher is better), scored on held-out source rows and the unlabelled target;
+    ``criterion`` is the one that picks ``best``. Such scores rank models; they do not measure accuracy.
     embedding_mmd2: strategy → MMD² between source and target embeddings of its final model (the
     tutorial's rule of thumb: < 0.1 looks transferable, > 0.5 does not).
     models: strategy → its model trained on all the target labels.
@@ -44,6 +47,8 @@ class ComparisonReport:
     estimate: dict[str, Estimate] = field(default_factory=dict, repr=False)
     paired: PairedComparison | None = field(default=None, repr=False)
     cv_seconds: float = 0.0
+    label_free: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    criterion: str | None = None
 
     @property
     def negative_transfer(self) -> bool | None:
@@ -64,9 +69,13 @@ class ComparisonReport:
     @property
     def best(self) -> str | None:
         """The strategy with the best cross-validated accuracy (ensemble included); equal accuracies are
-        decided by the lower held-out cross-entropy, then by STRATEGIES order. None without an estimate."""
+        decided by the lower held-out cross-entropy, then by STRATEGIES order. Without target labels, the
+        strategy with the highest label-free score of ``criterion``. None when neither exists."""
         if not self.estimate:
-            return None
+            if not self.label_free or self.criterion is None:
+                return None
+            ranked = [s for s in STRATEGIES if s in self.label_free]
+            return max(ranked, key=lambda s: self.label_free[s][self.criterion])  # type: ignore[index]
         ranked = [s for s in STRATEGIES if s in self.estimate]
         return min(ranked, key=lambda s: (-self.estimate[s].mean, self.estimate[s].loss, ranked.index(s)))
 
@@ -75,7 +84,8 @@ class ComparisonReport:
         """The model of ``best``, trained on all the target labels: the one to ship."""
         if self.best is None:
             raise ValueError("no best model: it is chosen by the cross-validated estimate, which needs target_labeled "
-                             "and folds (compare_strategies(..., target_labeled=(X, y), folds=5))")
+                             "and folds (compare_strategies(..., target_labeled=(X, y), folds=5)), or without target "
+                             "labels by a label-free criterion")
         return self.models[self.best]
 
     def _model(self, strategy: str) -> nn.Module:
@@ -115,7 +125,7 @@ class ComparisonReport:
         if "scratch" not in acc or best is None:
             missing = "target labels (scratch, naive and mmd need them)" if "scratch" not in acc else "naive/mmd"
             return (f"No negative-transfer check was possible: it compares transfer with a from-scratch baseline "
-                    f"on the target labels, and this comparison lacks {missing}.")
+                    f"on the target labels, and this comparison lacks {missing}." + self._label_free_text())
         gap = 100 * (acc[best] - acc["scratch"])
         text = (f"Trained from scratch on the target labels alone, the model reaches {100 * acc['scratch']:.1f}% "
                 f"target accuracy ({where}); the best transfer strategy, {best}, reaches {100 * acc[best]:.1f}% "
@@ -149,6 +159,18 @@ class ComparisonReport:
                      "labels.")
         return text + self._warning_signs()
 
+    def _label_free_text(self) -> str:
+        """Without target labels: what the label-free criterion ranks first, and what such a score cannot say."""
+        if not self.label_free or self.criterion is None or self.best is None:
+            return ""
+        c = self.criterion
+        order = sorted(self.label_free, key=lambda s: -self.label_free[s][c])
+        ranked = " > ".join(f"{s} ({self.label_free[s][c]:.4g})" for s in order)
+        return (f" Without labels, the label-free criterion {c!r} (pytl.validation) ranks {ranked}; report.best is "
+                f"{self.best}. Label-free scores rank models; they do not measure accuracy, and a criterion can "
+                "rank wrongly (docs/validation.md says when). A few labelled target samples, cross-validated, "
+                "would say more.")
+
     def _warning_signs(self) -> str:
         """The tutorial's warning sign seen in the fine-tuning histories (which record a validation loss
         when ``finetune_validation`` is set): validation loss climbing while training goes on."""
@@ -163,8 +185,12 @@ class ComparisonReport:
         return text + "; lower finetune_lr, freeze more of the backbone (pytl.freezing) or fine-tune fewer epochs."
 
     def table(self) -> str:
+        scores = None
+        if self.label_free and self.criterion is not None:
+            scores = (self.criterion, {s: v[self.criterion] for s, v in self.label_free.items()})
         return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
-                            config=self.config, estimate=self.estimate, paired=self.paired, best=self.best)
+                            config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
+                            label_free=scores)
 
 
 @dataclass
@@ -227,15 +253,18 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
                  skipped: Mapping[str, str], title: str, config: Mapping[str, Any],
                  estimate: Mapping[str, Estimate] | None = None, paired: PairedComparison | None = None,
                  best: str | None = None,
-                 estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None) -> str:
+                 estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None,
+                 label_free: tuple[str, Mapping[str, float]] | None = None) -> str:
     """The comparison table: one line per strategy (test accuracy ± std when given, cross-validated
     estimate ± std over folds when given, embedding MMD², what it uses), the skipped strategies, the
     negative-transfer verdict and the strategy to ship."""
     if estimate_mean is None and estimate:
         estimate_mean = ({s: e.mean for s, e in estimate.items()}, {s: e.std for s, e in estimate.items()})
     head = ["strategy"] + (["target acc"] if accuracy else []) + (["CV estimate"] if estimate_mean else [])
+    head += [f"{label_free[0]} score"] if label_free else []
     rows = [tuple(head + ["emb. MMD²", "uses"])]
-    shown = [s for s in STRATEGIES if s in accuracy or (estimate_mean and s in estimate_mean[0])]
+    shown = [s for s in STRATEGIES if s in accuracy or (estimate_mean and s in estimate_mean[0])
+             or (label_free and s in label_free[1])]
     for s in shown:
         cells = [s + (" *" if s == best else "")]
         if accuracy:
@@ -245,6 +274,8 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
             means, stds = estimate_mean
             cells.append("-" if s not in means else
                          f"{100 * means[s]:.1f}%" + (f" ± {100 * stds[s]:.1f}" if stds is not None else ""))
+        if label_free:
+            cells.append(f"{label_free[1][s]:.4g}" if s in label_free[1] else "-")
         cells.append(f"{mmd[s]:.3f}" if s in mmd and math.isfinite(mmd[s]) else "-")
         cells.append(describe(s, config))
         rows.append(tuple(cells))
@@ -262,6 +293,9 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
         folds = len(next(iter(estimate.values())).folds)
         lines.append(f"(CV estimate: mean ± std over {folds} stratified folds of the target labels; * = best, "
                      "report.best_model)")
+    if label_free:
+        lines.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
+                     "does not measure accuracy; * = best)")
     negative = negative_transfer(accuracy)
     if negative is not None:
         bt = best_transfer(accuracy)

@@ -67,6 +67,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mmd_sigmas": None,
     "mmd_estimator": "biased",
     "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
+    # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
+    # this fraction of the source held out from training (or a labelled (X, y) source set of your own)
+    "criterion": "im",
+    "source_validation": 0.2,
     "device": "cpu",
     "progress": False,
     "num_threads": None,           # torch CPU threads while training (None: torch's setting)
