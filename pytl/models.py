@@ -196,7 +196,8 @@ class ConvEncoder(nn.Module):
         blocks: list[nn.Module] = []
         width, size = in_channels, image_size
         for out in sizes:
-            layers: list[nn.Module] = [nn.Conv2d(width, out, kernel_size, padding=kernel_size // 2, bias=not batch_norm)]
+            conv = nn.Conv2d(width, out, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+            layers: list[nn.Module] = [conv]
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out))
             layers += [nn.ReLU(), nn.MaxPool2d(2)]
