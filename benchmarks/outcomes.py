@@ -111,14 +111,14 @@ def _test_accuracy(report: Any, test: tuple[np.ndarray, np.ndarray]) -> float:
 # ---------------------------------------------------------------------------------------------------
 # The markdown
 # ---------------------------------------------------------------------------------------------------
-def _ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+def _ms(values: list[float], scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
     """mean ± std (sample std over seeds) of the finite values, in percent by default."""
     v = [x * scale for x in values if x is not None and math.isfinite(x)]
     if not v:
         return "—"
     mean = sum(v) / len(v)
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:{'+' if signed else ''}.{digits}f} ± {std:.{digits}f}"
 
 
 def pair_section(name: str, runs: list[dict[str, Any]]) -> str:
@@ -140,10 +140,29 @@ def pair_section(name: str, runs: list[dict[str, Any]]) -> str:
             f"| {s} | {_ms([r['accuracy'].get(s) for r in runs])} | {_ms(est) if est else '—'} | "
             f"{f'{picked}/{len(runs)}' if has_best else '—'} | "
             f"{_ms([r['mmd2'].get(s) for r in runs], 1.0, 3)} | {_ms([r['seconds'].get(s) for r in runs], 1.0, 0)} |")
-    lines += ["", _best_table(runs), ""]
+    lines += ["", _gains(runs), "", _best_table(runs), ""]
     walls = [r["wall"] for r in runs]
-    lines.append(f"Wall time per seed: {_ms(walls, 1.0, 0)} s (of which cross-validation "
-                 f"{_ms([r['cv_seconds'] for r in runs], 1.0, 0)} s); {sum(walls) / 60:.1f} min for the pair.")
+    cv = [r["cv_seconds"] for r in runs]
+    lines.append(f"Wall time per seed: {_ms(walls, 1.0, 0)} s"
+                 + (f" (of which cross-validation {_ms(cv, 1.0, 0)} s)" if any(cv) else "")
+                 + f"; {sum(walls) / 60:.1f} min for the pair.")
+    return "\n".join(lines)
+
+
+#: the differences that say whether each ingredient of the recipe pays, per seed (paired: same data, same start)
+GAINS = (("mmd", "scratch", "transfer + MMD against target labels alone"),
+         ("mmd", "naive", "MMD alignment before fine-tuning against plain fine-tuning"),
+         ("naive", "scratch", "plain fine-tuning against target labels alone"),
+         ("mmd_only", "source_only", "MMD alignment without any target label"))
+
+
+def _gains(runs: list[dict[str, Any]]) -> str:
+    """Paired differences of test accuracy (points, mean ± std over seeds) and on how many seeds each is > 0."""
+    lines = ["Paired differences in test accuracy (points; mean ± std over seeds; seeds where positive):", ""]
+    for a, b, what in GAINS:
+        diffs = [r["accuracy"][a] - r["accuracy"][b] for r in runs if a in r["accuracy"] and b in r["accuracy"]]
+        if diffs:
+            lines.append(f"- {a} − {b}: {_ms(diffs, signed=True)} ({sum(d > 0 for d in diffs)}/{len(diffs)}): {what}")
     return "\n".join(lines)
 
 
