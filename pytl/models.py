@@ -1,4 +1,5 @@
-"""Models: an MLP encoder, a classifier head, and ``TransferModel`` (encoder + head, head swap).
+"""Models: an MLP encoder, a small CNN encoder for images, a classifier head, and ``TransferModel``
+(encoder + head, head swap).
 
 Transfer learning keeps the encoder (what is general) and replaces the head (what is task
 specific), so the model is split into exactly those two parts: ``embed(x)`` is where MMD aligns the
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from pytl._validation import check_bool, check_choice, check_float, check_int
 
-__all__ = ["ClassifierHead", "MLPEncoder", "Standardize", "TransferModel", "default_model"]
+__all__ = ["ClassifierHead", "ConvEncoder", "MLPEncoder", "Standardize", "TransferModel", "default_cnn",
+           "default_model"]
 
 ActivationLike = Union[str, Callable[[], nn.Module]]
 
@@ -92,6 +94,16 @@ class Standardize(nn.Module):
         x = torch.cat([s.detach().reshape(s.shape[0], -1).double() for s in samples])
         return cls(x.mean(0), x.std(0, unbiased=False))
 
+    @classmethod
+    def fit_channels(cls, *samples: Tensor) -> Standardize:
+        """Per-channel statistics of pooled images (each (N, C, H, W)): C features, for ``ConvEncoder``."""
+        for s in samples:
+            if not isinstance(s, Tensor) or s.dim() != 4:
+                shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                raise ValueError(f"fit_channels takes image tensors (N, C, H, W), got {shape}")
+        x = torch.cat([s.detach().double().transpose(0, 1).reshape(s.shape[1], -1) for s in samples], dim=1)
+        return cls(x.mean(1), x.std(1, unbiased=False))
+
     def forward(self, x: Tensor) -> Tensor:
         return (x.flatten(1) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
@@ -138,6 +150,79 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.standardize(x.flatten(1)))
+
+
+class ConvEncoder(nn.Module):
+    """A LeNet-like CNN for small images: [standardize], ``len(channels)`` blocks of
+    Conv2d → [BatchNorm2d] → ReLU → MaxPool2d(2), then flatten → Linear → [BatchNorm1d] → ReLU → [Dropout].
+
+    Inputs are (N, in_channels, image_size, image_size); the embedding is (N, ``embedding``). Each conv
+    block and the final dense block is one entry of ``self.blocks``, so freezing policies see
+    ``len(channels) + 1`` encoder blocks. ``standardize``: a ``Standardize`` with ``in_channels``
+    features (per channel, ``Standardize.fit_channels``) or C·H·W features (per pixel, ``Standardize.fit``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (32, 64),
+        embedding: int = 128,
+        kernel_size: int = 5,
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+        standardize: Standardize | None = None,
+    ) -> None:
+        super().__init__()
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        sizes = _check_sizes(channels, "channels", allow_empty=False)
+        min_size = 2 ** len(sizes)
+        image_size = check_int(image_size, "image_size", minimum=min_size)
+        embedding = check_int(embedding, "embedding", minimum=1)
+        kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd int >= 1 (the convolutions keep the image size), "
+                             f"got {kernel_size}")
+        dropout = _check_dropout(dropout)
+        batch_norm = check_bool(batch_norm, "batch_norm")
+        if standardize is not None:
+            if not isinstance(standardize, Standardize):
+                raise TypeError(f"standardize must be a Standardize module or None, got {type(standardize).__name__}")
+            pixels = in_channels * image_size * image_size
+            if standardize.mean.numel() not in (in_channels, pixels):
+                raise ValueError(f"standardize has {standardize.mean.numel()} features; expected {in_channels} "
+                                 f"(per channel) or {pixels} (per pixel) for {in_channels}×{image_size}×{image_size} "
+                                 "images")
+        blocks: list[nn.Module] = []
+        width, size = in_channels, image_size
+        for out in sizes:
+            conv = nn.Conv2d(width, out, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+            layers: list[nn.Module] = [conv]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            blocks.append(nn.Sequential(*layers))
+            width, size = out, size // 2
+        blocks.append(nn.Sequential(nn.Flatten(1), *_dense_layers(width * size * size, embedding, nn.ReLU, dropout,
+                                                                  batch_norm)))
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.out_features = embedding
+        self.standardize = standardize if standardize is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"ConvEncoder expects images of shape (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+        st = self.standardize
+        if isinstance(st, Standardize):
+            if st.mean.numel() == self.in_channels:
+                x = (x - st.mean.to(x.dtype).view(1, -1, 1, 1)) / st.std.to(x.dtype).view(1, -1, 1, 1)
+            else:
+                x = st(x).view_as(x)
+        return self.blocks(x)
 
 
 class ClassifierHead(nn.Module):
@@ -370,4 +455,38 @@ def default_model(
         hidden_sizes = (w, w)
     encoder = MLPEncoder(in_features, hidden_sizes, activation=activation, dropout=dropout, batch_norm=batch_norm,
                          standardize=standardize)
+    return TransferModel(encoder, ClassifierHead(encoder.out_features, num_classes))
+
+
+def default_cnn(
+    num_classes: int,
+    in_channels: int = 1,
+    image_size: int = 28,
+    channels: Sequence[int] = (32, 64),
+    embedding: int = 128,
+    kernel_size: int = 5,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    standardize: Standardize | None = None,
+    *,
+    seed: int | None = None,
+) -> TransferModel:
+    """A ``ConvEncoder`` with a linear head: the image counterpart of ``default_model``.
+
+    Pass it as ``model=`` to ``compare_strategies`` or ``TwoStageTrainer`` for inputs of shape
+    (N, in_channels, image_size, image_size). ``standardize``: input statistics, e.g.
+    ``Standardize.fit_channels(X_source, X_target)`` (pooled over both domains, so the shift stays for
+    MMD to remove), or None for raw inputs. ``seed``: initial weights drawn from
+    ``torch.manual_seed(seed)`` inside a fork of the global RNG (the caller's RNG state is untouched);
+    None draws them from the global RNG as it is.
+    """
+    if seed is not None:
+        seed = check_int(seed, "seed", 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return default_cnn(num_classes, in_channels, image_size, channels, embedding, kernel_size, dropout,
+                               batch_norm, standardize)
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    encoder = ConvEncoder(in_channels, image_size, channels, embedding, kernel_size=kernel_size, dropout=dropout,
+                          batch_norm=batch_norm, standardize=standardize)
     return TransferModel(encoder, ClassifierHead(encoder.out_features, num_classes))

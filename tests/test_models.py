@@ -1,11 +1,12 @@
-"""pytl.models: the MLP encoder, the head, Standardize and the head swap of any backbone."""
+"""pytl.models: the MLP and CNN encoders, the head, Standardize and the head swap of any backbone."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pytl.models import ClassifierHead, MLPEncoder, Standardize, TransferModel, default_model, default_width
+from pytl.models import (ClassifierHead, ConvEncoder, MLPEncoder, Standardize, TransferModel, default_cnn,
+                         default_model, default_width)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,6 +91,118 @@ def test_default_model_sizes_itself_from_the_data():
     assert m.encoder.standardize is st
     with pytest.raises(ValueError, match="features"):
         default_model(5, 2, standardize=st)
+
+
+# ----------------------------------------------------------------------------- CNN encoder
+
+
+def test_conv_encoder_structure_and_shapes():
+    enc = ConvEncoder(in_channels=3, image_size=28, channels=(8, 16), embedding=32, dropout=0.1)
+    assert enc.out_features == 32 and len(enc.blocks) == 3  # two conv blocks, then the dense block
+    assert [type(m) for m in enc.blocks[0]] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert enc.blocks[0][0].bias is None and enc.blocks[0][0].kernel_size == (5, 5)
+    assert [type(m) for m in enc.blocks[2]] == [nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout]
+    assert enc.blocks[2][1].in_features == 16 * 7 * 7  # 28 -> 14 -> 7
+    assert enc(torch.randn(4, 3, 28, 28)).shape == (4, 32)
+    plain = ConvEncoder(1, image_size=9, channels=(4,), embedding=5, kernel_size=3, batch_norm=False)
+    assert [type(m) for m in plain.blocks[0]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert plain.blocks[1][1].in_features == 4 * 4 * 4  # odd sizes are floored by the pooling
+    assert plain(torch.randn(2, 1, 9, 9)).shape == (2, 5)
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 9, 9\), got \(2, 81\)"):
+        plain(torch.randn(2, 81))
+
+
+def test_default_cnn_embed_head_and_freezing_blocks():
+    from pytl.freezing import blocks
+
+    m = default_cnn(10, in_channels=3, channels=(4, 8), embedding=16, seed=0)
+    x = torch.randn(5, 3, 28, 28)
+    m.eval()
+    z = m.embed(x)
+    assert z.shape == (5, 16) and m(x).shape == (5, 10)
+    assert torch.equal(m(x), m.head(z))
+    assert m.num_classes == 10
+    assert [b.name for b in blocks(m)] == ["encoder.blocks.0", "encoder.blocks.1", "encoder.blocks.2", "head"]
+
+
+def test_default_cnn_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b = default_cnn(3, channels=(4,), embedding=8, seed=7), default_cnn(3, channels=(4,), embedding=8, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    c = default_cnn(3, channels=(4,), embedding=8, seed=8)
+    assert not torch.equal(a.encoder.blocks[0][0].weight, c.encoder.blocks[0][0].weight)
+
+
+def test_conv_encoder_standardizes_per_channel_or_per_pixel():
+    x = torch.rand(6, 3, 8, 8) * torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1, 1) + 5
+    y = torch.rand(4, 3, 8, 8)
+    st = Standardize.fit_channels(x, y)
+    pooled = torch.cat([x, y]).double()
+    assert st.mean.shape == (3,)
+    assert torch.allclose(st.mean.double(), pooled.mean((0, 2, 3)))
+    assert torch.allclose(st.std.double(), pooled.std((0, 2, 3), unbiased=False), rtol=1e-5)
+    enc = ConvEncoder(3, image_size=8, channels=(2,), embedding=4, batch_norm=False, standardize=st)
+    seen = []
+    enc.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    enc(torch.cat([x, y]))
+    assert torch.allclose(seen[0].mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(seen[0].std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    per_pixel = ConvEncoder(3, image_size=8, channels=(2,), embedding=4, standardize=Standardize.fit(x))
+    assert per_pixel(x).shape == (6, 4)
+    with pytest.raises(ValueError, match="fit_channels takes image tensors"):
+        Standardize.fit_channels(torch.randn(3, 4))
+
+
+def test_cnn_trains_on_a_tiny_problem():
+    """Class 0 has a bright top half, class 1 a bright bottom half: the loss falls and the fit is perfect."""
+    from pytl.train import TwoStageTrainer
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    x = torch.rand(64, 1, 8, 8, generator=g) * 0.5
+    x[y == 0, :, :4] += 1.0
+    x[y == 1, :, 4:] += 1.0
+    model = default_cnn(2, image_size=8, channels=(4,), embedding=8, seed=0)
+    tr = TwoStageTrainer(model, finetune_epochs=8, batch_size=16, lr=1e-2, seed=0, progress=False)
+    tr.finetune((x, y))
+    losses = [r["loss"] for r in tr.history["finetune"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert tr.score(x, y) == 1.0
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(in_channels=0), ValueError, "in_channels must be an int >= 1"),
+    (dict(in_channels=1.0), TypeError, "in_channels must be an int"),
+    (dict(image_size=3), ValueError, "image_size must be an int >= 4"),  # two poolings need 4 pixels
+    (dict(image_size="28"), TypeError, "image_size"),
+    (dict(channels=()), ValueError, "channels"),
+    (dict(channels=16), TypeError, "channels"),
+    (dict(channels=(8, 0)), ValueError, r"channels\[1\]"),
+    (dict(embedding=0), ValueError, "embedding"),
+    (dict(kernel_size=4), ValueError, "kernel_size must be an odd int"),
+    (dict(kernel_size=3.0), TypeError, "kernel_size"),
+    (dict(dropout=1.0), ValueError, "dropout"),
+    (dict(batch_norm=1), TypeError, "batch_norm must be True or False"),
+    (dict(standardize="yes"), TypeError, "standardize must be a Standardize"),
+    (dict(in_channels=3, standardize=Standardize(torch.zeros(2), torch.ones(2))), ValueError,
+     "expected 3 \\(per channel\\) or 2352 \\(per pixel\\)"),
+])
+def test_conv_encoder_rejects_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        ConvEncoder(**kwargs)
+
+
+def test_default_cnn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        default_cnn(0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        default_cnn(10, seed=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        default_cnn(10, seed=-1)
+    with pytest.raises(ValueError, match="in_channels"):
+        default_cnn(10, in_channels=0, seed=0)
 
 
 # ----------------------------------------------------------------------------- head swap
