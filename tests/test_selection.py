@@ -243,3 +243,31 @@ def test_label_free_settings_are_checked_before_training(shift, monkeypatch, cha
     d.pop("target_labeled")
     with pytest.raises(exc, match=words):
         compare_strategies(**d)
+
+
+def _report_with_estimates(**correct):
+    from pytl.experiments.report import ComparisonReport
+
+    folds = [torch.arange(0, 20, 2), torch.arange(1, 20, 2)]
+    est = {}
+    for s, bits in correct.items():
+        c = torch.tensor(bits, dtype=torch.bool)
+        p_right = torch.where(c, torch.tensor(0.9), torch.tensor(0.1)).double()
+        y = torch.zeros(20, dtype=torch.int64)
+        est[s] = Estimate.from_predictions(torch.stack([p_right, 1 - p_right], 1).log(), y, folds)
+    return ComparisonReport(accuracy={}, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={},
+                            config={}, estimate=est)
+
+
+def test_a_label_free_strategy_must_beat_the_fine_tuned_ones_significantly_to_be_best():
+    """Fine-tuned strategies are estimated by fold models with fewer labels than the shipped one: a
+    label-free strategy wins only with a significant paired lead."""
+    base = [1] * 12 + [0] * 8
+    slight = [1] * 14 + [0] * 6                      # 2 more right: p = 0.5
+    clear = [1] * 12 + [0] * 0 + [1] * 8             # 8 more right: p = 2/2**8 < 0.05
+    r = _report_with_estimates(mmd_only=slight, mmd=base, scratch=[0] * 20)
+    assert r.estimate["mmd_only"].mean > r.estimate["mmd"].mean and r.best == "mmd"
+    r = _report_with_estimates(mmd_only=clear, mmd=base, scratch=[0] * 20)
+    assert r.best == "mmd_only"
+    r = _report_with_estimates(mmd_only=slight, source_only=base)  # no fine-tuned strategy: the best mean
+    assert r.best == "mmd_only"
