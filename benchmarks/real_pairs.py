@@ -68,7 +68,7 @@ def load_pair(name: str, seed: int, labels_per_class: int = 5, *, n_source: int 
     ``n_source``, ``n_unlabeled``, ``n_test``: sample counts (default ``SIZES[name]``; None there takes
     everything the data has left after the other splits). Too many for the data is a ValueError.
     """
-    from pytl._validation import check_int, check_optional_int
+    from pytl._checks import check_int, check_optional_int
 
     name = pair_name(name)
     seed = check_int(seed, "seed", 0)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pytl._validation import check_choice, check_float, check_int
+from pytl._checks import check_choice, check_float, check_int
 
 __all__ = ["SHAPES", "DomainShift", "make_domain_shift"]
 

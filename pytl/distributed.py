@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from pytl._validation import check_float, check_int
+from pytl._checks import check_float, check_int
 
 __all__ = [
     "MMD_SCOPES",

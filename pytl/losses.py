@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pytl import distributed as _dist
-from pytl._validation import check_choice
+from pytl._checks import check_choice
 from pytl.ops import ESTIMATORS, SigmasLike, WeightsLike, mmd2
 
 __all__ = ["MMDLoss"]

@@ -16,7 +16,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from pytl._validation import check_bool, check_choice, check_float, check_int
+from pytl._checks import check_bool, check_choice, check_float, check_int
 
 __all__ = ["ClassifierHead", "ConvEncoder", "MLPEncoder", "Standardize", "TransferModel", "default_cnn",
            "default_model"]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from pytl import distributed as _dist
 from pytl._loader import load_ops
-from pytl._validation import check_choice
+from pytl._checks import check_choice
 from pytl.bandwidths import (  # noqa: F401  (re-exported: the bandwidth helpers lived here)
     LADDER_EXPONENTS,
     MEDIAN_MAX_POINTS,

@@ -72,7 +72,7 @@ def test_as_dict_feeds_compare_strategies():
     (dict(num_classes=3), ValueError, "moons"),
     (dict(shift=(1.0, 2.0, 3.0)), ValueError, "shift"),
     (dict(shift=(1.0, float("inf"))), ValueError, "shift must be two finite numbers"),
-    (dict(shift="up"), TypeError, "shift"),  # text is a wrong type (was ValueError before pytl._validation)
+    (dict(shift="up"), TypeError, "shift"),  # text is a wrong type (was ValueError before pytl._checks)
     (dict(shift=("a", "b")), TypeError, "shift must be two numbers"),
     (dict(shift=3.0), TypeError, "shift must be two numbers"),
     (dict(noise=-0.1), ValueError, "noise"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pytl._validation import check_choice, check_float, check_int
+from pytl._checks import check_choice, check_float, check_int
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, as_domains, proxy_a_distance
 from pytl.diagnostics.permutation_test import mmd_test
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pytl._samples import as_matrix, check_same_features
-from pytl._validation import check_choice, check_int, check_optional_int
+from pytl._checks import check_choice, check_int, check_optional_int
 
 __all__ = ["CLASSIFIERS", "MIN_PAD_SAMPLES", "proxy_a_distance", "train_domain_classifier"]
 

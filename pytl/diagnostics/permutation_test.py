@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pytl import ops
 from pytl._samples import as_matrix, check_pair
-from pytl._validation import check_int, check_optional_int
+from pytl._checks import check_int, check_optional_int
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 
 __all__ = ["MMDTestResult", "mmd_test", "split_chunks"]

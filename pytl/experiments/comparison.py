@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pytl import _inputs as inp
-from pytl._validation import check_float, check_int
+from pytl._checks import check_float, check_int
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import check_folds, split_source, stratified_folds

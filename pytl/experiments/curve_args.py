@@ -1,7 +1,7 @@
 """The curve drivers' arguments: grids, seeds, strategies, options and the model, checked before the
 first training step, and resolved per seed.
 
-The element checks are the library's own (pytl._validation: a wrong type is a TypeError, a value out
+The element checks are the library's own (pytl._checks: a wrong type is a TypeError, a value out
 of range a ValueError); the messages name the whole grid, which is what the caller passed.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from pytl._validation import check_float, check_int
+from pytl._checks import check_float, check_int
 from pytl.experiments.strategies import resolve_config
 
 __all__ = ["RESERVED", "check_angles", "check_int_grid", "check_model_arg", "check_seeds", "curve_config", "log",

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytl._validation import check_int
+from pytl._checks import check_int
 from pytl.data import make_domain_shift
 from pytl.experiments.comparison import compare_strategies
 from pytl.experiments.crossover import find_crossover

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pytl._validation import check_int
+from pytl._checks import check_int
 from pytl.train import stratified_split
 
 __all__ = ["check_folds", "split_source", "stratified_folds"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pytl import _inputs as inp
-from pytl._validation import check_float, check_int
+from pytl._checks import check_float, check_int
 from pytl.experiments.comparison import TRAINER_OPTIONS
 from pytl.experiments.strategies import resolve_config
 from pytl.models import Standardize, default_model

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pytl import _inputs as inp
-from pytl._validation import check_int
+from pytl._checks import check_int
 from pytl.data import make_domain_shift
 from pytl.experiments.curve_args import check_int_grid, check_model_arg, check_seeds, log, model_for
 from pytl.experiments.splits import Splits, as_splits, data_for

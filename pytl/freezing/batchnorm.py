@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pytl._validation import check_choice
+from pytl._checks import check_choice
 from pytl.freezing.block import blocks
 from pytl.freezing.policy import FreezingPolicy
 

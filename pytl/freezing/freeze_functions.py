@@ -9,7 +9,7 @@ from typing import Union
 
 from torch import nn
 
-from pytl._validation import check_int
+from pytl._checks import check_int
 from pytl.freezing.block import blocks
 
 __all__ = ["Pattern", "compile_patterns", "freeze", "freeze_all_but_head", "freeze_by_name", "freeze_first",

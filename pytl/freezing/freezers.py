@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pytl._validation import check_int
+from pytl._checks import check_int
 from pytl.freezing.freeze_functions import (
     Pattern,
     compile_patterns,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pytl._validation import check_float, check_int, check_optional_int
+from pytl._checks import check_float, check_int, check_optional_int
 from pytl.freezing.block import blocks
 from pytl.freezing.freeze_functions import freeze
 from pytl.freezing.policy import FreezingPolicy

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pytl._validation import check_float
+from pytl._checks import check_float
 from pytl.freezing.policy import FreezingPolicy
 
 __all__ = ["L2SP"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytl._validation import check_float
+from pytl._checks import check_float
 from pytl.freezing.block import Block
 from pytl.freezing.policy import FreezingPolicy
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pytl._validation import check_float
+from pytl._checks import check_float
 from pytl.freezing.block import blocks
 
 if TYPE_CHECKING:  # policy.py imports summary from here

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pytl import _inputs as inp
 from pytl import distributed as pd
-from pytl._validation import warn_user
+from pytl._checks import warn_user
 from pytl.freezing import FreezingPolicy
 
 if TYPE_CHECKING:

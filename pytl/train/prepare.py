@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._validation import warn_user
+from pytl._checks import warn_user
 from pytl.models import Standardize, default_model
 from pytl.train import ddp
 from pytl.train.evaluate import eval_mode

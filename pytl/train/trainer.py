@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
 from pytl import distributed as pd
-from pytl._validation import check_choice, check_float, check_int, check_optional_int
+from pytl._checks import check_choice, check_float, check_int, check_optional_int
 from pytl.freezing import FreezingPolicy
 from pytl.ops import ESTIMATORS, mmd2
 from pytl.train.checkpoint import read_checkpoint

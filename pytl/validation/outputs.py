@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._validation import check_choice, check_int
+from pytl._checks import check_choice, check_int
 from pytl.train import eval_mode
 from pytl.train.evaluate import EVAL_BATCH
 from pytl.train.prepare import param_dtype

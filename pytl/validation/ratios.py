@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from pytl._samples import check_same_features
-from pytl._validation import check_choice, check_int
+from pytl._checks import check_choice, check_int
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, train_domain_classifier
 from pytl.validation import outputs
 from pytl.validation.outputs import LOSSES, per_sample_loss

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pytl._validation import check_float, check_optional_int
+from pytl._checks import check_float, check_optional_int
 from pytl.train.evaluate import EVAL_BATCH
 from pytl.validation import outputs
 
