@@ -86,7 +86,10 @@ def compare_strategies(
     target_test: optional labelled target data; when given, ``report.accuracy`` holds each strategy's
     accuracy on it and the verdict is taken on it.
 
-    Strategies that need target labels are skipped (``report.skipped``) when ``target_labeled`` is None.
+    Strategies that need target labels are skipped (``report.skipped``) when ``target_labeled`` is None;
+    the others are then ranked by every label-free criterion of ``pytl.validation`` (``report.label_free``;
+    ``criterion`` picks ``report.best``), scored on a ``source_validation`` fraction of the source that is
+    held out from training (stratified, seeded), or on a labelled (X, y) source set you pass there.
     Inputs are (X, y) pairs of arrays or tensors (X: samples first, any feature shape), DataLoaders
     (yielding (x, y) or x) or map-style Datasets (batched with ``batch_size``, shuffled with a generator
     seeded by ``seed``); ``target_labeled`` is gathered into memory (it is the few labels). Every input
