@@ -37,7 +37,7 @@ from pytl.diagnostics import (
     proxy_a_distance,
 )
 from pytl.data import make_domain_shift
-from pytl.models import ClassifierHead, MLPEncoder, TransferModel
+from pytl.models import ClassifierHead, ConvEncoder, MLPEncoder, TransferModel
 from pytl.train import TwoStageTrainer
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierHead",
     "ComparisonReport",
+    "ConvEncoder",
     "CurveTable",
     "DivergenceReport",
     "DivergenceSweep",
