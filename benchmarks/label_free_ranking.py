@@ -1,13 +1,18 @@
 """How well does each label-free criterion rank models by their target accuracy?
 
     python benchmarks/label_free_ranking.py                     # the tutorial's 2-D problem, 5 seeds
-    python benchmarks/label_free_ranking.py --pair NAME         # a pair of benchmarks/real_pairs.py
+    python benchmarks/label_free_ranking.py --pair NAME         # a pair of benchmarks/real_pairs.py (CNN)
     python benchmarks/label_free_ranking.py --seeds 0 1 --align-epochs 30   # quicker
+    python benchmarks/label_free_ranking.py --pair mnist->mnist-m --lambdas 0 0.1 0.5 2 --seeds 0 1
 
 For every seed: the pair's data, then ``pytl.select_lambda`` trains stage 1 (CE + λ·MMD²) once per λ of
 the grid on 80 % of the source (stratified, seeded), and every criterion of pytl.validation scores
 every model on the held-out 20 % and the unlabelled target; the true target test accuracy is measured
-beside. Per criterion:
+beside. The tutorial pair uses select_lambda's default model (100 epochs by default); a real pair
+(``real_pairs.load_pair(name, seed)``, "->" accepted for "→") uses ``real_pairs.model_for``'s CNN,
+seeded with the seed, its input statistics fitted on the training 80 % of the source and the unlabelled
+target (the held-out 20 % stays unseen, as with select_lambda's own model), passed as ``model=``, and
+20 epochs by default (benchmarks/outcomes.py's CONFIG); lr 1e-3 and batch 64 either way. Per criterion:
 
 * Spearman's rank correlation between score and target accuracy over the λ grid, per seed, then the
   mean ± std over seeds (1: the criterion orders the models exactly as their accuracy does);
@@ -54,18 +59,54 @@ VARIANTS = [
 LAMBDAS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+SOURCE_VALIDATION = 0.2  # select_lambda's default: the held-out fraction of the source
+#: stage-1 epochs when --align-epochs is not given: select_lambda's default (100) on the tutorial problem,
+#: benchmarks/outcomes.py's CONFIG (20) on a real pair (a CNN epoch on 2,000 digits takes seconds)
+ALIGN_EPOCHS = {"tutorial": 100, "real": 20}
+
+
+def real_pairs_module():
+    """benchmarks/real_pairs.py (imported only when a real pair is asked for: it needs the bench extra)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        import real_pairs  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise SystemExit(f"a real pair needs benchmarks/real_pairs.py: {e}") from None
+    return real_pairs
+
+
+def pair_name(name: str) -> str:
+    """"tutorial" or the canonical name of a real pair (SystemExit listing the choices otherwise)."""
+    if name == "tutorial":
+        return name
+    real_pairs = real_pairs_module()
+    try:
+        return real_pairs.pair_name(name)
+    except ValueError:
+        raise SystemExit(f"--pair {name}: unknown; choose 'tutorial' or one of {list(real_pairs.PAIR_NAMES)}") from None
+
+
 def load_pair(name: str, seed: int) -> dict[str, Any]:
     """The splits of pair ``name`` for ``seed``: source (X, y), target_unlabeled X, target_test (X, y)."""
     if name == "tutorial":
         return pytl.make_domain_shift(seed).as_dict()
-    try:  # the real pairs live in benchmarks/real_pairs.py (another module, imported only when asked for)
-        import real_pairs  # type: ignore[import-not-found]
-    except ImportError:
-        raise SystemExit(f"--pair {name}: only 'tutorial' is built in, and benchmarks/real_pairs.py (which holds the "
-                         "other pairs) is not there") from None
-    if name not in real_pairs.PAIR_NAMES:
-        raise SystemExit(f"--pair {name}: unknown; choose 'tutorial' or one of {list(real_pairs.PAIR_NAMES)}")
-    return real_pairs.load_pair(name, seed)
+    return real_pairs_module().load_pair(pair_name(name), seed)
+
+
+def initial_model(name: str, seed: int, d: dict[str, Any]) -> torch.nn.Module | None:
+    """The model select_lambda starts from: None (its own default) on the tutorial problem, else the pair's
+    CNN with input statistics of the source rows select_lambda trains on (same split) and the target."""
+    if name == "tutorial":
+        return None
+    from pytl.experiments.folds import split_source
+
+    xs, ys = d["source"]
+    train_idx, _ = split_source(torch.as_tensor(ys), SOURCE_VALIDATION, seed)
+    train_idx = train_idx.numpy()
+    stats_pair = {"source": (xs[train_idx], ys[train_idx]), "target_unlabeled": d["target_unlabeled"]}
+    return real_pairs_module().model_for(name, seed, stats_pair)
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -110,9 +151,11 @@ def run_seed(pair: str, seed: int, lambdas: tuple[float, ...], align_epochs: int
     xs, ys = (np.asarray(a) for a in d["source"])
     xu = np.asarray(d["target_unlabeled"])
     xt, yt = (np.asarray(a) for a in d["target_test"])
+    model = initial_model(pair, seed, {"source": (xs, ys), "target_unlabeled": xu})
     t0 = time.perf_counter()
-    sel = pytl.select_lambda((xs, ys), xu, lambdas, criterion="entropy", seed=seed, align_epochs=align_epochs,
-                             num_threads=1)
+    sel = pytl.select_lambda((xs, ys), xu, lambdas, criterion="entropy", seed=seed, model=model,
+                             source_validation=SOURCE_VALIDATION, align_epochs=align_epochs, lr=1e-3,
+                             batch_size=64, num_threads=1)
     train_s = time.perf_counter() - t0
     val = sel.validation_indices.numpy()
     source_val = (xs[val], ys[val])
@@ -175,12 +218,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pair", default="tutorial", help="'tutorial' (pytl.data.make_domain_shift) or a real_pairs name")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
-    p.add_argument("--align-epochs", type=int, default=100)
+    p.add_argument("--align-epochs", type=int, default=None,
+                   help="stage-1 epochs per λ (default: 100 on the tutorial problem, 20 on a real pair)")
     p.add_argument("--json", help="also write the raw results to this file")
     args = p.parse_args(argv)
     lambdas = tuple(args.lambdas)
     if 0.0 not in lambdas:
         p.error("--lambdas must include 0 (source-only, the baseline of the gain)")
+    if len(set(lambdas)) != len(lambdas):
+        p.error("--lambdas must be unique")
+    args.pair = pair_name(args.pair)
+    if args.align_epochs is None:
+        args.align_epochs = ALIGN_EPOCHS["tutorial" if args.pair == "tutorial" else "real"]
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     runs = []

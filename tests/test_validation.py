@@ -406,9 +406,9 @@ def test_select_lambda_is_reproducible_and_leaves_the_rng_alone(shift, selection
     ({"lambda_mmd": 0.5}, TypeError, "lambdas="),
     ({"epochs": 3}, TypeError, "unknown option"),
     ({"lr": -1.0}, ValueError, "lr must be"),
-    ({"criterion_options": {"folds": 0}}, ValueError, "folds must be"),
+    ({"criterion": "dev", "criterion_options": {"folds": 0}}, ValueError, "folds must be"),
     ({"criterion_options": {"bogus": 1}}, TypeError, "bogus"),
-    ({"model": nn.Sequential(nn.Linear(2, 2)), "lambdas": (0,)}, TypeError, r"embed\(x\)"),
+    ({"model": nn.Sequential(nn.Linear(2, 2)), "lambdas": (0,), "criterion": "dev"}, TypeError, r"embed\(x\)"),
     ({"seed": -1}, ValueError, "seed"),
 ])
 def test_select_lambda_checks_every_argument_before_training(shift, monkeypatch, kwargs, error, match):

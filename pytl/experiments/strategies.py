@@ -68,7 +68,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mmd_estimator": "biased",
     "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
-    # this fraction of the source held out from training (or a labelled (X, y) source set of your own)
+    # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
+    # "im", as select_lambda's default: the criterion that ranked best in benchmarks/label_free_ranking.py
     "criterion": "im",
     "source_validation": 0.2,
     "device": "cpu",
