@@ -28,8 +28,9 @@ class Estimate:
     mean: mean of the per-fold accuracies; std: their sample standard deviation (ddof = 1);
     folds: the per-fold accuracies; correct: per target label (in the order given), whether the model
     that held it out predicted it right (label-free strategies: their one model, on every label);
-    loss: the mean held-out cross-entropy over every label, which breaks ties between equal accuracies
-    (frequent with a few labels: 10 labels give accuracies in steps of 10 points).
+    loss: the mean held-out cross-entropy over every label: what ``ComparisonReport.best`` ranks by,
+    since it separates strategies whose accuracies a few labels cannot (10 labels give accuracies in
+    steps of 10 points).
     """
 
     mean: float
