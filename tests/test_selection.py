@@ -83,7 +83,13 @@ def test_estimate_is_the_mean_and_sample_std_of_fold_accuracies_and_the_held_out
     accs = [1.0, 1 / 3, 2 / 3]
     assert e.folds == pytest.approx(accs)
     assert e.mean == pytest.approx(np.mean(accs)) and e.std == pytest.approx(np.std(accs, ddof=1))
-    assert e.loss == pytest.approx(-np.log(p_right.numpy()).mean())
+    # the loss is the cross-entropy at the best temperature: a dense grid over T, computed with numpy
+    lp = log_proba.numpy()
+    grid = np.exp(np.linspace(-4, 4, 80001))
+    nll = [np.mean(np.log(np.exp(lp / t).sum(1)) - lp[np.arange(9), y.numpy()] / t) for t in grid]
+    k = int(np.argmin(nll))
+    assert e.loss == pytest.approx(nll[k], abs=1e-9) and e.temperature == pytest.approx(grid[k], rel=1e-3)
+    assert e.loss <= -np.log(p_right.numpy()).mean()  # T = 1 is one of the temperatures
     assert e.correct.tolist() == (p_right > 0.5).tolist()
 
 
