@@ -15,6 +15,7 @@ from pytl import _inputs as inp
 from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired, format_p
 from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, describe, negative_transfer
 from pytl.train import eval_mode, validation_loss_climbs
+from pytl.train.evaluate import EVAL_BATCH
 
 __all__ = ["ComparisonReport", "SeedSummary", "format_table", "summarize"]
 
@@ -72,20 +73,14 @@ class ComparisonReport:
     def best(self) -> str | None:
         """The strategy to ship, by the cross-validated estimate (ensemble included).
 
-        The lowest held-out cross-entropy at its best temperature (``Estimate.loss``) wins; equal losses
-        are decided by the higher mean accuracy, then by STRATEGIES order. The cross-entropy uses every
-        prediction's confidence, so it separates strategies whose accuracies a few labels cannot (50
-        labels move an accuracy in steps of 2 points); the temperature takes out calibration, which the
-        shipped argmax does not use. Over nine real-pair runs (benchmarks/OUTCOMES.md) the pick fell
-        4.6 points short in all of the better of mmd and scratch on the test set (2.6 at worst), against
-        8.2 (4.8) picking by accuracy; without the temperature, an under-trained but more accurate
-        scratch lost to a confident mmd by 14 points on a short run.
-        One correction: the estimate of a strategy that fine-tunes on the labels comes from fold models
-        that saw (k−1)/k of them, so it is pessimistic (the shipped model sees them all; 7 points on
-        MNIST→MNIST-M with 50 labels), while a label-free strategy ("source_only", "mmd_only") is scored as
-        shipped. So a label-free strategy is picked over the best fine-tuned one only when it is
-        significantly more accurate on the same labels (paired sign test, 5%).
-        Without target labels: the highest label-free score of ``criterion``. None when neither exists."""
+        The lowest held-out cross-entropy at its best temperature (``Estimate.loss``) wins, then the higher
+        mean accuracy, then STRATEGIES order: the cross-entropy separates what a few labels' accuracies
+        cannot, and the temperature takes out calibration, which the shipped argmax does not use (the
+        measurements behind this choice: docs/python_layer.md). A label-free strategy ("source_only",
+        "mmd_only") is scored as shipped, a fine-tuned one by fold models with (k−1)/k of the labels, a
+        pessimistic estimate: so the former is picked over the best fine-tuned strategy only when it is
+        significantly more accurate on the same labels (paired sign test, 5%). Without target labels: the
+        highest label-free score of ``criterion``. None when neither exists."""
         if not self.estimate:
             if not self.label_free or self.criterion is None:
                 return None
@@ -123,7 +118,7 @@ class ComparisonReport:
         x = inp.as_features(X, "X")
         p = next(model.parameters())
         with torch.no_grad(), eval_mode(model):
-            return torch.cat([F.softmax(model(b.to(p.device, p.dtype)), dim=1).cpu() for b in x.split(4096)])
+            return torch.cat([F.softmax(model(b.to(p.device, p.dtype)), dim=1).cpu() for b in x.split(EVAL_BATCH)])
 
     def predict(self, strategy: str, X: Any) -> Tensor:
         """Predicted classes of one strategy's model ("best": ``best_model``) on X."""
