@@ -22,7 +22,7 @@ CHECKPOINT_FORMAT = "pytl.TwoStageTrainer.checkpoint/1"
 RESUME_SETTINGS = ("lambda_mmd", "lambda_schedule", "align_epochs", "finetune_epochs", "lr", "finetune_lr",
                    "batch_size", "target_batch_size", "finetune_batch_size", "weight_decay", "optimizer",
                    "align_policy", "finetune_policy", "mmd_sigmas", "mmd_estimator", "mmd_scope", "seed",
-                   "finetune_validation", "patience")
+                   "finetune_validation", "patience", "amp")
 
 
 def settings_of(t: TwoStageTrainer) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def settings_of(t: TwoStageTrainer) -> dict[str, Any]:
 def save_checkpoint(t: TwoStageTrainer, stage: str, epoch: int, model: nn.Module, start_state: Any,
                     opt: torch.optim.Optimizer, gen: torch.Generator, records: list[dict[str, Any]],
                     step: int = 0, lam: float = 0.0, target: dict[str, Any] | None = None,
-                    validation: dict[str, Any] | None = None) -> None:
+                    validation: dict[str, Any] | None = None, scaler: dict[str, Any] | None = None) -> None:
     """After each epoch: rank 0 writes everything a resumed run needs (atomically: a crash while
     writing leaves the previous checkpoint). Plain types and tensors only (torch.load weights_only)."""
     if t.checkpoint is None:
@@ -57,6 +57,7 @@ def save_checkpoint(t: TwoStageTrainer, stage: str, epoch: int, model: nn.Module
         "stage_start_model": start_state, "optimizer": opt.state_dict(), "generator": gen.get_state(),
         "rng": rngs, "step": step, "lambda": lam, "target": target,
         "validation": validation,  # fine-tuning's early-stopping state (best loss, epoch, weights; stopped)
+        "scaler": scaler,  # amp on CUDA: the GradScaler's scale and growth tracker
         "history": t.history, "records": records, "policy_summary": t.policy_summary,
         "num_classes": t.num_classes, "sample_shape": list(t._sample_shape or ()),
         "settings": settings_of(t), "world_size": t._world,

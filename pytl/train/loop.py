@@ -20,6 +20,7 @@ from pytl.train import ddp
 from pytl.train.checkpoint import restore, save_checkpoint
 from pytl.train.evaluate import evaluate
 from pytl.train.metrics import Sums, check_finite
+from pytl.train.precision import Precision
 from pytl.train.steps import Stage, objective
 
 if TYPE_CHECKING:
@@ -49,8 +50,10 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
             policy.apply(model)
             opt = make_optimizer(t.optimizer, param_groups(model, stage.lr, policy, t.weight_decay))
             t.policy_summary[stage.name] = f"policy: {policy!r}\n{summary(model, opt)}"
+            precision = Precision(t)
             if resume is not None:
                 epoch, records = restore(t, stage.name, resume, model, policy, opt, gen)
+                precision.load_state_dict(resume.get("scaler"))
             stage.begin(gen, resume, model, policy)
             bar = Progress(stage.epochs - epoch, f"{t.label}{stage.name}", t.progress and t._rank == 0)
             step_fn: nn.Module | None = None
@@ -64,12 +67,13 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
                 sums = Sums()
                 for x, y, n in stage.batches(epoch):
                     assert y is not None
-                    out = stage.loss(step_fn, x, y, n)
-                    pen = policy.penalty(model)
-                    loss = out.loss if pen is None else out.loss + pen
+                    with precision.autocast():
+                        out = stage.loss(step_fn, x, y, n)
+                        pen = policy.penalty(model)
+                        loss = out.loss if pen is None else out.loss + pen
                     opt.zero_grad(set_to_none=True)
-                    objective(t, loss, out, pen).backward()
-                    opt.step()
+                    precision.backward(objective(t, loss, out, pen))
+                    precision.step(opt)
                     stage.after_step()
                     sums.add(x.shape[0], loss=loss, ce=out.ce, mmd2=out.mmd2, penalty=pen,
                              correct=(out.logits.argmax(1) == y).sum())
@@ -83,7 +87,7 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
                 records.append(rec)
                 bar.update(1, **{k: rec[k] for k in stage.bar_keys if rec.get(k) is not None})
                 save_checkpoint(t, stage.name, epoch + 1, model, start_state, opt, gen, records,
-                                **stage.checkpoint_state())
+                                scaler=precision.state_dict(), **stage.checkpoint_state())
                 if stop:
                     break
             stage.finish(model, records)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
 from pytl import distributed as pd
-from pytl._checks import check_choice, check_float, check_int, check_optional_int
+from pytl._checks import check_bool, check_choice, check_float, check_int, check_optional_int
 from pytl.freezing import FreezingPolicy
 from pytl.ops import ESTIMATORS, mmd2
 from pytl.train.checkpoint import read_checkpoint
@@ -60,6 +60,9 @@ class TwoStageTrainer:
     of a single-process run (a DataLoader gets a DistributedSampler and keeps its per-rank batch size).
     mmd_scope: "global" (default) gathers the embeddings of all ranks and computes the MMD² of the
     global batch (pytl.distributed); "per_rank" computes it on each rank's shard (cheaper, noisier).
+    amp: mixed precision for the training steps (precision.py): the forward under ``torch.autocast``,
+    bfloat16 on the CPU, float16 with a GradScaler on CUDA; the weights, the optimizer and the MMD
+    statistic (the pytl ops run in float32 under autocast) stay float32.
     checkpoint: a file written (rank 0, atomically) after every epoch: model state_dict (no DDP
     ``module.`` prefix), optimizer, RNG and data-order state, history; ``fit``/``align``/``finetune``
     take ``resume_from=`` such a file, from a run on any number of ranks.
@@ -109,6 +112,7 @@ class TwoStageTrainer:
         checkpoint: str | os.PathLike | None = None,
         finetune_validation: float | None = None,
         patience: int | None = None,
+        amp: bool = False,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
@@ -151,6 +155,7 @@ class TwoStageTrainer:
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path or None, got {type(checkpoint).__name__}")
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.amp = check_bool(amp, "amp")
         self.finetune_validation = None if finetune_validation is None else check_float(
             finetune_validation, "finetune_validation", 0.0, 1.0, strict_min=True, strict_max=True)
         self.patience = check_optional_int(patience, "patience", 1)
