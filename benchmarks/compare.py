@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py            # the main sizes (a few minutes on 2 cores)
     python benchmarks/compare.py --quick    # small sizes, for CI (under a minute)
+    python benchmarks/compare.py --minibatch   # the training regime: mini-batches of wide embeddings (minibatch.py)
 
 Implementations: "pytl" (pytl.mmd2, fused kernels), "naive" (pytl.testing.mmd2_reference: full n x n,
 m x m and n x m matrices from |a|^2 + |b|^2 - 2ab, one exp pass per bandwidth, autograd through
@@ -251,8 +252,15 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling", action="store_true", help="also time pytl with 1 thread vs all threads")
     parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                         help="also measure the first case's ratios side by side in one process, ROUNDS rounds")
+    parser.add_argument("--minibatch", action="store_true",
+                        help="the training-regime grid instead: n = m 32..1024 x d 64..2048, default and fixed "
+                             "bandwidths, pytl vs the usual torch code in one process (benchmarks/minibatch.py)")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.minibatch:
+        from minibatch import run_grid  # benchmarks/minibatch.py (the script's folder)
+
+        return run_grid(args.quick, max(args.repeats, 7))
     if args.worker:
         impl, n, d, bwd, reps, threads = args.worker
         print(json.dumps(worker(impl, int(n), int(d), bool(int(bwd)), int(reps), int(threads))))
