@@ -86,6 +86,7 @@ class TargetBatches:
 
     def __init__(self, trainer: TwoStageTrainer, data: Any, gen: torch.Generator) -> None:
         self.trainer, self.data, self.gen = trainer, data, gen
+        self.dtype = trainer._param_dtype()  # looked up once: finding a model's dtype walks its modules
         self.passes = 0
         self.pending: list[Tensor] = []  # arrays: global index batches left in this pass
         self._loader_pass: Iterator[Batch] | None = None
@@ -104,7 +105,7 @@ class TargetBatches:
         n = idx.numel()
         if t._world > 1:
             idx = pd.shard(idx, t._rank, t._world)
-        return self.data[idx].to(t.device, t._param_dtype()), n
+        return self.data[idx].to(t.device, self.dtype), n
 
     def _next_from_loader(self) -> Tensor:
         while True:
