@@ -40,23 +40,11 @@ def evaluate(t: TwoStageTrainer, ev: dict[str, Any]) -> dict[str, float]:
     if not ev:
         return out
     model = t._require_model()
-    gen = torch.Generator().manual_seed(0)
     with eval_mode(model):
         for name, data in ev.items():
-            correct, loss, n = 0, 0.0, 0
-            if isinstance(data, DataLoader):
-                pairs = ((xb, yb) for xb, yb, _ in batches(t, data, 0, gen, labeled=True, name=f"eval_data[{name!r}]",
-                                                           min_size=1))
-            else:
-                x, y = data
-                if t._world > 1:
-                    x, y = x.tensor_split(t._world)[t._rank], y.tensor_split(t._world)[t._rank]
-                pairs = ((xb.to(t.device), yb.to(t.device)) for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)))
-            for xb, yb in pairs:
-                logits = model(xb)
-                loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(1) == yb).sum())
-                n += xb.shape[0]
+            if isinstance(data, tuple) and t._world > 1:  # each rank its part of an array
+                data = tuple(v.tensor_split(t._world)[t._rank] for v in data)
+            correct, loss, n = labeled_sums(t, model, data, f"eval_data[{name!r}]")
             if t._world > 1:
                 counts = [torch.tensor(float(v), device=t.device) for v in (correct, loss, n)]
                 correct_t, loss_t, n_t = pd.all_reduce_sum(counts)
@@ -64,6 +52,25 @@ def evaluate(t: TwoStageTrainer, ev: dict[str, Any]) -> dict[str, float]:
             out[f"{name}_acc"] = correct / max(n, 1)
             out[f"{name}_loss"] = loss / max(n, 1)
     return out
+
+
+@torch.no_grad()
+def labeled_sums(t: TwoStageTrainer, model: nn.Module, data: Any, name: str) -> tuple[int, float, int]:
+    """(correct, summed cross-entropy, samples) of ``model`` on all of ``data``, an (X, y) pair or a
+    DataLoader (every batch, even of one sample), on the trainer's device; the caller sets eval mode."""
+    if isinstance(data, DataLoader):
+        pairs: Any = ((xb, yb) for xb, yb, _ in batches(t, data, 0, torch.Generator(), labeled=True, name=name,
+                                                        min_size=1))
+    else:
+        x, y = data
+        pairs = ((xb.to(t.device), yb.to(t.device)) for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)))
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in pairs:
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+        n += xb.shape[0]
+    return correct, loss, n
 
 
 @torch.no_grad()

@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
 
 from pytl import _inputs as inp
-from pytl.train.batches import batches
-from pytl.train.evaluate import EVAL_BATCH, eval_mode
+from pytl.train.evaluate import eval_mode, labeled_sums
 
 if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
@@ -122,19 +120,8 @@ def _subset_loader(loader: DataLoader, idx: Tensor, sampler: Any) -> DataLoader:
 def validation_metrics(t: TwoStageTrainer, model: nn.Module, data: Any) -> dict[str, float]:
     """``val_loss`` (mean cross-entropy) and ``val_accuracy`` of ``model`` on all of ``data``, in eval mode.
     Not sharded: under DDP each rank evaluates every held-out sample."""
-    correct, loss, n = 0, 0.0, 0
     with eval_mode(model):
-        if isinstance(data, DataLoader):
-            pairs: Any = ((xb, yb) for xb, yb, _ in batches(t, data, 0, torch.Generator(), labeled=True,
-                                                            name="target_labeled (validation part)", min_size=1))
-        else:
-            x, y = data
-            pairs = ((xb.to(t.device), yb.to(t.device)) for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)))
-        for xb, yb in pairs:
-            logits = model(xb)
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-            n += xb.shape[0]
+        correct, loss, n = labeled_sums(t, model, data, "target_labeled (validation part)")
     return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1)}
 
 
