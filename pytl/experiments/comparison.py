@@ -425,7 +425,7 @@ def _paired(accuracy: dict[str, float], test_correct: dict[str, Tensor], estimat
     ran = [s for s in TRANSFER_STRATEGIES if s in estimate]
     if not ran or "scratch" not in estimate:
         return None
-    best = min(ran, key=lambda s: (estimate[s].loss, -estimate[s].mean))  # report.best's order
+    best = min(ran, key=lambda s: estimate[s].rank_key())  # report.best's order
     n = estimate["scratch"].correct.numel()
     return compare_paired(best, "scratch", estimate[best].correct, estimate["scratch"].correct,
                           f"cross-validation over {n} target labels")

@@ -55,6 +55,10 @@ class Estimate:
         loss, temperature = calibrated_cross_entropy(log_proba, y)
         return cls(mean, std, accs, correct, loss, temperature)
 
+    def rank_key(self) -> tuple[float, float]:
+        """Sorts the better estimate first: the lower calibrated held-out cross-entropy, then the higher accuracy."""
+        return (self.loss, -self.mean)
+
     def __repr__(self) -> str:
         return (f"Estimate(mean={self.mean:.4f}, std={self.std:.4f}, folds={[round(a, 4) for a in self.folds]}, "
                 f"loss={self.loss:.4f}, temperature={self.temperature:.3g})")

@@ -87,7 +87,7 @@ class ComparisonReport:
             ranked = [s for s in STRATEGIES if s in self.label_free]
             return max(ranked, key=lambda s: self.label_free[s][self.criterion])  # type: ignore[index]
         ranked = [s for s in STRATEGIES if s in self.estimate]
-        ranked.sort(key=lambda s: (self.estimate[s].loss, -self.estimate[s].mean, STRATEGIES.index(s)))
+        ranked.sort(key=lambda s: (*self.estimate[s].rank_key(), STRATEGIES.index(s)))
         top = ranked[0]
         tuned = [s for s in ranked if s not in LABEL_FREE]
         if top in LABEL_FREE and tuned:
@@ -223,7 +223,10 @@ class SeedSummary:
 
     @property
     def per_seed(self) -> dict[str, list[float]]:
-        scores = [r.scores()[0] if self.source != "test accuracy" else r.accuracy for r in self.reports]
+        if self.source == "test accuracy":
+            scores = [r.accuracy for r in self.reports]
+        else:  # as the docstring says: every report's estimate, even where some have a test set
+            scores = [{s: e.mean for s, e in r.estimate.items()} for r in self.reports]
         keys = [s for s in STRATEGIES if all(s in sc for sc in scores)]
         return {s: [sc[s] for sc in scores] for s in keys}
 
