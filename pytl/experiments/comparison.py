@@ -15,17 +15,25 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._checks import check_float, check_int
+from pytl._checks import check_int
+from pytl.experiments.comparison_data import (
+    LOADER_ROWS,
+    ComparisonData,
+    check_data,
+    first_rows,
+    hold_out_source,
+    initial_model,
+)
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
-from pytl.experiments.folds import check_folds, split_source, stratified_folds
+from pytl.experiments.folds import check_folds, stratified_folds
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.strategies import (
     NEEDS_TARGET_LABELS,
@@ -36,7 +44,6 @@ from pytl.experiments.strategies import (
     select_strategies,
 )
 from pytl.freezing import FreezingPolicy
-from pytl.models import Standardize, default_model
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, eval_mode, resolve_device
 from pytl.train.evaluate import EVAL_BATCH
@@ -49,8 +56,7 @@ __all__ = ["compare_strategies"]
 TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size", "finetune_batch_size",
                    "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads",
                    "finetune_validation", "patience")
-EMBEDDING_MMD_SAMPLES = 1024  # rows per domain for the embedding MMD² of each strategy's model
-_STATS_ROWS = -1  # _first_rows: every row of an array, the first EMBEDDING_MMD_SAMPLES of a DataLoader
+EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
 #: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
 FINETUNED = {"scratch": "", "naive": "source_only", "mmd": "mmd_only"}
 
@@ -105,12 +111,12 @@ def compare_strategies(
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
 
     # ---- check every input before anything trains
-    data = _check_data(source, target_unlabeled, target_test, target_labeled, cfg, seed)
+    data = check_data(source, target_unlabeled, target_test, target_labeled, cfg, seed)
     skipped: dict[str, str] = {}
     source_val = None
     if data.labeled is None:  # rank by a label-free criterion on held-out source rows
         check_criterion(cfg["criterion"])
-        data, source_val = _hold_out_source(data, cfg["source_validation"], seed)
+        data, source_val = hold_out_source(data, cfg["source_validation"], seed)
         skipped = {s: "no target labels" for s in wanted if s in NEEDS_TARGET_LABELS}
         wanted = [s for s in wanted if s not in NEEDS_TARGET_LABELS]
         if not wanted:
@@ -124,7 +130,7 @@ def compare_strategies(
                             finetune_epochs=cfg["finetune_epochs"], finetune_policy=cfg["finetune_policy"], **common)
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
-    base = _initial_model(model, data, cfg, seed).to(device)
+    base = initial_model(model, data.source, data.target_unlabeled, data.num_classes, cfg, seed).to(device)
     # ...and its checks of the model against the data (classes, feature shape, embed/head for MMD).
     probe.model = copy.deepcopy(base)
     probe.check_inputs(data.source, data.target_unlabeled, data.labeled,
@@ -156,124 +162,10 @@ def compare_strategies(
                             criterion=None if source_val is None else cfg["criterion"])
 
 
-class _Data(NamedTuple):
-    """The comparison's checked inputs: tensors or DataLoaders, target labels as tensors, the class count."""
-
-    source: tuple[Tensor, Tensor] | DataLoader
-    target_unlabeled: Tensor | DataLoader
-    test: tuple[Tensor, Tensor] | DataLoader | None
-    labeled: tuple[Tensor, Tensor] | None
-    num_classes: int
-
-
-def _as_loader_if_dataset(value: Any, name: str, cfg: dict[str, Any], seed: int, shuffle: bool) -> Any:
-    """A map-style Dataset batched as the trainer would batch arrays; anything else unchanged."""
-    if isinstance(value, IterableDataset):
-        raise TypeError(f"{name} is an IterableDataset; wrap it in a DataLoader")
-    if isinstance(value, Dataset):
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(value, batch_size=cfg["batch_size"], shuffle=shuffle, generator=generator)
-    return value
-
-
-def _gather_labeled(loader: DataLoader, name: str) -> tuple[Tensor, Tensor]:
-    """Every (x, y) of a DataLoader, concatenated: the few target labels fit in memory."""
-    xs, ys = [], []
-    for batch in loader:
-        x, y = inp.split_batch(batch, True, name)
-        xs.append(x)
-        ys.append(y)
-    if not xs:
-        raise ValueError(f"{name} is empty: the DataLoader yields no batches")
-    return inp.as_labeled((torch.cat(xs), torch.cat(ys)), name)  # type: ignore[return-value]
-
-
-def _check_data(source: Any, target_unlabeled: Any, target_test: Any, target_labeled: Any, cfg: dict[str, Any],
-                seed: int) -> _Data:
-    """Converts the inputs: arrays to checked tensors, map-style Datasets to DataLoaders, the target labels
-    into memory. Shapes, label ranges and label counts are then checked by the trainer (check_inputs)."""
-    source = inp.as_labeled(_as_loader_if_dataset(source, "source", cfg, seed, True), "source")
-    xu = inp.as_unlabeled(_as_loader_if_dataset(target_unlabeled, "target_unlabeled", cfg, seed, True),
-                          "target_unlabeled")
-    test = None
-    if target_test is not None:
-        test = inp.as_labeled(_as_loader_if_dataset(target_test, "target_test", cfg, seed, False), "target_test")
-    labeled = None
-    if target_labeled is not None:
-        labeled = inp.as_labeled(_as_loader_if_dataset(target_labeled, "target_labeled", cfg, seed, False),
-                                 "target_labeled")
-        if isinstance(labeled, DataLoader):
-            labeled = _gather_labeled(labeled, "target_labeled")
-    ref = inp.sample_shape(source, True, "source")
-    for name, d, lab in (("target_unlabeled", xu, False), ("target_test", test, True), ("target_labeled", labeled, True)):
-        shape = None if d is None else inp.sample_shape(d, lab, name)
-        if shape is not None and shape != ref:
-            raise ValueError(f"feature size mismatch: {name} has samples of shape {inp.format_shape(shape)} but source "
-                             f"has {inp.format_shape(ref)}; both domains must share a feature space")
-    num_classes = cfg["num_classes"]
-    if num_classes is None:
-        from pytl.train.prepare import infer_num_classes  # the trainer's rule: 1 + the largest label seen
-
-        num_classes = infer_num_classes(source, labeled, {} if test is None else {"target_test": test})
-    return _Data(source, xu, test, labeled, check_int(num_classes, "num_classes", 2))
-
-
-def _hold_out_source(data: _Data, source_validation: Any, seed: int) -> tuple[_Data, tuple[Tensor, Tensor]]:
-    """Without target labels: the source rows the label-free criteria score on, and the data without them.
-    ``source_validation``: a fraction of an array source (stratified, seeded), or a labelled set (X, y)."""
-    if isinstance(source_validation, (tuple, list)):
-        held = inp.as_labeled(source_validation, "source_validation")
-        assert isinstance(held, tuple)
-        return data, held
-    if isinstance(data.source, DataLoader):
-        raise ValueError("without target labels the strategies are ranked on held-out source samples, and a "
-                         "DataLoader source cannot be split from outside: pass source_validation=(X, y), labelled "
-                         "source samples that are not in the loader")
-    fraction = check_float(source_validation, "source_validation", 0.0, 1.0, strict_min=True, strict_max=True)
-    train, val = split_source(data.source[1], fraction, seed)
-    xs, ys = data.source
-    return data._replace(source=(xs[train], ys[train])), (xs[val], ys[val])
-
-
 def _label_free_scores(models: dict[str, nn.Module], source_val: tuple[Tensor, Tensor],
                        target: Tensor | DataLoader) -> dict[str, dict[str, float]]:
     """Every criterion of pytl.validation for every model: strategy → criterion → score (higher is better)."""
     return {s: {name: float(f(m, source_val, target)) for name, f in CRITERIA.items()} for s, m in models.items()}
-
-
-def _first_rows(data: Any, n: int, labeled: bool) -> Tensor:
-    """The first ``n`` feature rows of a tensor or an (X, y) pair (all of them for n = -1), or of a
-    DataLoader (in its order, drawn under a fixed seed; at most EMBEDDING_MMD_SAMPLES for n = -1)."""
-    if isinstance(data, tuple):
-        return data[0] if n < 0 else data[0][:n]
-    if isinstance(data, Tensor):
-        return data if n < 0 else data[:n]
-    n = EMBEDDING_MMD_SAMPLES if n < 0 else n
-    rows, have = [], 0
-    with torch.random.fork_rng(devices=[]):  # a shuffling loader's order must not depend on the caller's RNG
-        torch.manual_seed(inp.PEEK_SEED)
-        for batch in data:
-            x, _ = inp.split_batch(batch, labeled, "a DataLoader")
-            rows.append(x)
-            have += x.shape[0]
-            if have >= n:
-                break
-    return torch.cat(rows)[:n]
-
-
-def _initial_model(model: nn.Module | None, data: _Data, cfg: dict[str, Any], seed: int) -> nn.Module:
-    """The weights every strategy starts from: a copy of ``model``, or the default MLP seeded with ``seed``
-    (inputs standardised by the pooled statistics of the source and target inputs: of all the rows of an
-    array, of the first rows of a DataLoader)."""
-    if model is not None:
-        return copy.deepcopy(model)
-    xs = _first_rows(data.source, _STATS_ROWS, True)
-    stats = None
-    if cfg["standardize"]:
-        xu = _first_rows(data.target_unlabeled, _STATS_ROWS, False)
-        stats = Standardize.fit(*(x if x.is_floating_point() else x.float() for x in (xs, xu)))
-    return default_model(inp.prod(tuple(xs.shape[1:])), data.num_classes, cfg["hidden_sizes"], cfg["activation"],
-                         cfg["dropout"], cfg["batch_norm"], standardize=stats, seed=seed)
 
 
 class _Runs:
@@ -281,7 +173,7 @@ class _Runs:
     strategies (and the cross-validation folds) that start from it; models, histories and seconds by
     strategy name (the models trained on all the labels)."""
 
-    def __init__(self, base: nn.Module, data: _Data, common: dict[str, Any], cfg: dict[str, Any]) -> None:
+    def __init__(self, base: nn.Module, data: ComparisonData, common: dict[str, Any], cfg: dict[str, Any]) -> None:
         self.base, self.data, self.common, self.cfg = base, data, common, cfg
         self.models: dict[str, nn.Module] = {}
         self.histories: dict[str, dict[str, list]] = {}
@@ -378,7 +270,7 @@ def _test_batches(test: tuple[Tensor, Tensor] | DataLoader) -> Iterator[tuple[Te
         yield x, inp.as_labels(y, "labels from target_test")
 
 
-def _test_accuracy(models: dict[str, nn.Module], data: _Data, device: torch.device,
+def _test_accuracy(models: dict[str, nn.Module], data: ComparisonData, device: torch.device,
                    dtype: torch.dtype) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Target test accuracy of every model and its per-sample correctness (one pass over the test data,
     every model on each batch, so that a shuffling DataLoader still pairs the samples)."""
@@ -395,11 +287,11 @@ def _test_accuracy(models: dict[str, nn.Module], data: _Data, device: torch.devi
     return {s: float(c.double().mean()) for s, c in flat.items()}, flat
 
 
-def _embedding_mmd2(models: dict[str, nn.Module], data: _Data, device: torch.device,
+def _embedding_mmd2(models: dict[str, nn.Module], data: ComparisonData, device: torch.device,
                     dtype: torch.dtype) -> dict[str, float]:
     """MMD² between source and target embeddings of every model with ``embed`` (the first rows of each)."""
-    xs = _first_rows(data.source, EMBEDDING_MMD_SAMPLES, True)
-    xu = _first_rows(data.target_unlabeled, EMBEDDING_MMD_SAMPLES, False)
+    xs = first_rows(data.source, EMBEDDING_MMD_SAMPLES, True)
+    xu = first_rows(data.target_unlabeled, EMBEDDING_MMD_SAMPLES, False)
     n = min(xs.shape[0], xu.shape[0])
     out = {}
     for s, m in models.items():
@@ -412,7 +304,7 @@ def _embedding_mmd2(models: dict[str, nn.Module], data: _Data, device: torch.dev
 
 
 def _paired(accuracy: dict[str, float], test_correct: dict[str, Tensor], estimate: dict[str, Estimate],
-            data: _Data) -> PairedComparison | None:
+            data: ComparisonData) -> PairedComparison | None:
     """The best transfer strategy against scratch, sample by sample: on the test set when there is one,
     else on the cross-validated predictions of the target labels."""
     if test_correct:

@@ -21,7 +21,7 @@ from pytl import _inputs as inp
 from pytl._checks import check_float, check_int
 from pytl.experiments.comparison import TRAINER_OPTIONS
 from pytl.experiments.strategies import resolve_config
-from pytl.models import Standardize, default_model
+from pytl.experiments.comparison_data import initial_model
 from pytl.experiments.folds import split_source
 from pytl.train import TwoStageTrainer, resolve_device
 from pytl.validation.criteria import CRITERIA, check_criterion
@@ -140,13 +140,8 @@ def select_lambda(
     common = {k: cfg[k] for k in TRAINER_OPTIONS}
     common.update(num_classes=num_classes, device=device, seed=seed, align_epochs=cfg["align_epochs"])
     probe = TwoStageTrainer(None, lambda_mmd=max(lams), **common)  # the trainer's checks of the settings
-    if model is not None:
-        base = copy.deepcopy(model)
-    else:
-        stats = Standardize.fit(x_train, xu) if cfg["standardize"] else None
-        base = default_model(inp.prod(tuple(xs.shape[1:])), num_classes, cfg["hidden_sizes"], cfg["activation"],
-                             cfg["dropout"], cfg["batch_norm"], standardize=stats, seed=seed)
-    base = base.to(device)
+    # compare_strategies' initial model, its statistics from the training rows only (source_val stays unseen)
+    base = initial_model(model, (x_train, y_train), xu, num_classes, cfg, seed).to(device)
     probe.model = copy.deepcopy(base)
     probe.check_inputs((x_train, y_train), xu if max(lams) > 0 else None)
     CRITERIA[criterion](probe.model, source_val, xu, **options)  # the criterion's own checks, before training
