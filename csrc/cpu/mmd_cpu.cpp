@@ -20,11 +20,14 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/bandwidths.h"
+#include "mmd_cpu.h"
 #include "register_gemm.h"
 #include "simd.h"
 
@@ -337,22 +340,6 @@ struct PreparedSide {
   }
 };
 
-// Block normalisations: T_k = a Sxx + b Syy + c Sxy, the self sums over ordered pairs i != j.
-struct BlockScales {
-  double a, b, c;
-};
-BlockScales block_scales(int64_t n, int64_t m, bool unbiased) {
-  const double dn = static_cast<double>(n), dm = static_cast<double>(m);
-  return {unbiased ? 1.0 / (dn * (dn - 1.0)) : 1.0 / (dn * dn), unbiased ? 1.0 / (dm * (dm - 1.0)) : 1.0 / (dm * dm),
-          -2.0 / (dn * dm)};
-}
-
-struct MMDResult {
-  std::vector<double> terms;        // (K) in the caller's order
-  std::vector<double> sigma_grad;   // (K), gradient only
-  at::Tensor grad_x, grad_y;        // gradient only
-};
-
 // The whole computation; sig: the bandwidths' values (read and checked once by the caller);
 // grad_weights (the upstream dL/dT_k) is empty for the forward only.
 MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vector<double>& sig, bool unbiased,
@@ -506,6 +493,18 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
   return res;
 }
 
+// The route for these features: the machine's GEMM on tiles for wide ones (mmd_gemm_tiles_cpu.cpp),
+// the register-blocked sweep below that. PYTL_CPU_MMD_ROUTE=sweep|gemm forces one (benchmarks, tests).
+MMDResult mmd_cpu_route(const at::Tensor& x, const at::Tensor& y, const std::vector<double>& sig, bool unbiased,
+                        const std::vector<double>& grad_weights) {
+  const char* forced = std::getenv("PYTL_CPU_MMD_ROUTE");
+  const std::string route = forced ? forced : "";
+  TORCH_CHECK_VALUE(route.empty() || route == "sweep" || route == "gemm", kMMDOp,
+                    "PYTL_CPU_MMD_ROUTE must be 'sweep' or 'gemm' (or unset), got '", route, "'");
+  const bool gemm = route.empty() ? x.size(1) >= kGemmTilesMinFeatures : route == "gemm";
+  return gemm ? mmd_gemm_tiles_cpu(x, y, sig, unbiased, grad_weights) : mmd_cpu(x, y, sig, unbiased, grad_weights);
+}
+
 at::Tensor to_tensor(const std::vector<double>& v, at::ScalarType dtype) {
   return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(dtype);
 }
@@ -513,7 +512,7 @@ at::Tensor to_tensor(const std::vector<double>& v, at::ScalarType dtype) {
 at::Tensor mmd2_terms_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
   check_mmd_inputs(x, y, sigmas, unbiased);
   const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, checked and used
-  return to_tensor(mmd_cpu(x, y, sigma_values, unbiased, {}).terms, x.scalar_type());
+  return to_tensor(mmd_cpu_route(x, y, sigma_values, unbiased, {}).terms, x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_cpu(const at::Tensor& grad_terms,
@@ -523,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
                                                                                    bool unbiased) {
   check_mmd_backward_inputs(grad_terms, x, y, sigmas, unbiased);
   const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, checked and used
-  MMDResult r = mmd_cpu(x, y, sigma_values, unbiased, host_doubles(grad_terms));
+  MMDResult r = mmd_cpu_route(x, y, sigma_values, unbiased, host_doubles(grad_terms));
   return {to_tensor(r.terms, x.scalar_type()), r.grad_x.to(x.scalar_type()), r.grad_y.to(y.scalar_type()),
           to_tensor(r.sigma_grad, sigmas.scalar_type())};
 }
