@@ -134,8 +134,10 @@ def median_heuristic(x: Tensor, y: Tensor) -> Tensor:
 
 def bandwidth_ladder(sigma0: Tensor, exponents: Sequence[int] = LADDER_EXPONENTS) -> Tensor:
     """sigma_j = sigma_0 * 2^(j/2), i.e. sigma_j^2 = sigma_0^2 * 2^j (gamma ratio 2 between rungs)."""
-    factors = torch.tensor([2.0 ** (j / 2.0) for j in exponents], dtype=sigma0.dtype, device=sigma0.device)
-    return sigma0 * factors
+    # Python-scalar products, not a factor tensor built from a list: on a GPU that is a blocking
+    # host-to-device copy (a sync per call, illegal in CUDA-graph capture). Same values: the scalar is
+    # rounded to sigma0's dtype either way.
+    return torch.stack([sigma0 * (2.0 ** (j / 2.0)) for j in exponents])
 
 
 def resolve_bandwidths(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike) -> tuple[Tensor, Tensor]:

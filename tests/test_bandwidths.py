@@ -72,3 +72,36 @@ def test_median_heuristic_checks_the_samples_it_computes_on():
     ]:
         with pytest.raises(exc, match=fragment):
             pytl.median_heuristic(*args)
+
+
+def _spread(n, count):
+    """The subsample's rows, written out independently: i * (2^31 - 1 mod n) mod n."""
+    return [(i * ((2**31 - 1) % n)) % n for i in range(count)] if count < n else list(range(n))
+
+
+@pytest.mark.parametrize("n,m,d", [(60, 68, 2048), (300, 212, 256), (700, 90, 64), (1500, 1500, 3)])
+def test_median_heuristic_subsample_is_the_documented_one(n, m, d):
+    # <= 128 pooled points: all of them; above, p = min(1024, max(128, isqrt(2^22 // d))) in proportion
+    from pytl.bandwidths import median_points
+    p = median_points(n + m, d)
+    assert p == min(n + m, max(128, min(1024, int(np.sqrt(2**22 // d)))))
+    x, y = make_pair(n, m, d, torch.float64, seed=d)
+    if p >= n + m:
+        z = torch.cat([x, y]).numpy()
+    else:
+        px = min(n, max(1, round(p * n / (n + m))))
+        z = np.concatenate([x.numpy()[_spread(n, px)], y.numpy()[_spread(m, p - px)]])
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)[np.triu_indices(len(z), 1)]
+    lower_median = np.sort(d2)[(len(d2) - 1) // 2]
+    assert pytl.median_heuristic(x, y).item() == pytest.approx(np.sqrt(lower_median / 2), rel=1e-12)
+
+
+def test_median_heuristic_traces_without_host_reads():
+    # fullgraph compile fails on any data-dependent Python value (.item(), a tensor used as an index):
+    # the same property that keeps the median on a GPU with no synchronisation
+    x, y = make_pair(150, 120, 40, torch.float32, seed=4)
+    x[0, 0] = float("nan")
+    compiled = torch.compile(pytl.median_heuristic, fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(x, y), pytl.median_heuristic(x, y))
+    z = torch.zeros(70, 3)
+    torch.testing.assert_close(compiled(z, z), torch.tensor(1.0))  # the fallback, also traced

@@ -234,6 +234,9 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
   static_assert(kPanel % CB == 0, "a register block lies inside one column panel");
   const int K = bw.K;
   const int64_t d = A.d, dp = A.dp;
+  // Register blocks past the last real row are all padding: skipped (their lanes are masked to zero,
+  // so this changes no sum; a 32-row sample no longer pays for its tile's 96).
+  const int64_t i_end = std::min(i1, round_up(A.n, kRB));
 
   std::vector<T> G;  // gradient products for the tile's rows, (kRowTile, dp)
   std::vector<T> row_weight;  // per-row lanes of sum_j C_ij, (kRowTile, W)
@@ -255,7 +258,7 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
       // Columns outer, rows inner: a register block's columns (B panel, B rows, their gradient
       // panel) stay in L1 while the tile's rows pass over them.
       for (int64_t j0 = jb; j0 < jb_end; j0 += CB) {
-        for (int64_t i = i0; i < i1; i += kRB) {
+        for (int64_t i = i0; i < i_end; i += kRB) {
           if (pass.upper && j0 + CB - 1 <= i) break;  // no column above the diagonal from here on
           const T* a = A.rows + i * dp;
           // distances: acc[r][h] = a_{i+r} . b_{j0 + h W + lanes}
@@ -493,15 +496,17 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
   return res;
 }
 
-// The route for these features: the machine's GEMM on tiles for wide ones (mmd_gemm_tiles_cpu.cpp),
-// the register-blocked sweep below that. PYTL_CPU_MMD_ROUTE=sweep|gemm forces one (benchmarks, tests).
+// The route for these samples: the machine's GEMM on tiles (mmd_gemm_tiles_cpu.cpp) for small pooled
+// batches of wide features, the register-blocked sweep above otherwise. PYTL_CPU_MMD_ROUTE=sweep|gemm
+// forces one (benchmarks, tests).
 MMDResult mmd_cpu_route(const at::Tensor& x, const at::Tensor& y, const std::vector<double>& sig, bool unbiased,
                         const std::vector<double>& grad_weights) {
   const char* forced = std::getenv("PYTL_CPU_MMD_ROUTE");
   const std::string route = forced ? forced : "";
   TORCH_CHECK_VALUE(route.empty() || route == "sweep" || route == "gemm", kMMDOp,
                     "PYTL_CPU_MMD_ROUTE must be 'sweep' or 'gemm' (or unset), got '", route, "'");
-  const bool gemm = route.empty() ? x.size(1) >= kGemmTilesMinFeatures : route == "gemm";
+  const bool small_and_wide = x.size(0) + y.size(0) <= kGemmTilesMaxPooledRows && x.size(1) >= kGemmTilesMinFeatures;
+  const bool gemm = route.empty() ? small_and_wide : route == "gemm";
   return gemm ? mmd_gemm_tiles_cpu(x, y, sig, unbiased, grad_weights) : mmd_cpu(x, y, sig, unbiased, grad_weights);
 }
 

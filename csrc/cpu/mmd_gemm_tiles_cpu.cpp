@@ -1,9 +1,9 @@
 // The fused MMD for wide features: the machine's GEMM (MKL/OpenBLAS through at::mm) on tiles.
 //
 // For d in the hundreds the pair loop is a GEMM with a cheap epilogue: 2d multiply-adds per pair against
-// one exp (and K-1 squarings on the ladder). The register-blocked sweep of mmd_cpu.cpp reaches ~40% of
-// sgemm there; here the pooled, centred sample Z = [x; y] (N = n + m rows) is cut into row tiles of R
-// rows and, per tile pair (I, J >= I), into one thread's buffers:
+// one exp (and K-1 squarings on the ladder). ARCHITECTURE.md's "BLAS-on-tiles" route: the pooled,
+// centred sample Z = [x; y] (N = n + m rows) is cut into row tiles of R rows and, per tile pair
+// (I, J >= I), into one thread's buffers:
 //   dots       P = Z_I Z_J^T                         (GEMM, R x R buffer)
 //   epilogue   D = |z_i|^2 + |z_j|^2 - 2 P, exp(-gamma_k D) for every bandwidth, the per-block sums
 //              (xx, yy, xy by the rows' and columns' sides), and with the gradient the pair weights
@@ -15,6 +15,9 @@
 // Memory: R^2 + N d per thread (the accumulator), plus Z. Determinism: the statistic's partial sums are
 // per row tile, reduced in tile order (the same for any thread count); the gradient's per-thread
 // accumulators are summed in thread order (bitwise reproducible for a given thread count).
+// Measured against the sweep (benchmarks/RESULTS.md, issue 15): torch's sgemm here runs at ~95 GFLOP/s a
+// core where the sweep's micro-GEMM reaches ~150, so this route wins only on small pooled batches
+// (n + m <= 96) of wide features, where the sweep's padded tiles and buffers cost more than the pairs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
