@@ -9,7 +9,7 @@ PYTL_CPU_MMD_ROUTE, forward + backward to both inputs, float32, fixed bandwidths
 process, best of --repeats. Roofline: the op's three products over the N^2/2 pairs (dots, and the two
 gradient products; 3 N^2 d FLOP, N = n + m) at the sgemm rate torch reaches in the same run
 (1024 x d times d x 1024). The default route is the faster one of each grid cell; this script is how
-the switch (n + m <= 96 and d >= 256 take the GEMM route) was chosen.
+the switch (n + m <= 128 and d >= 512 take the GEMM route) was chosen.
 """
 
 from __future__ import annotations

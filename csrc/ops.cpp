@@ -21,4 +21,7 @@ TORCH_LIBRARY(pytl, m) {
   // K(z, z) @ s for z (N, d), s (N, P), K(a, b) = sum_k weights[k] exp(-||a-b||^2 / (2 sigmas[k]^2)),
   // diagonal included, without building the N x N matrix. (N, P) in z's dtype; no gradient.
   m.def("rbf_kernel_matmul(Tensor z, Tensor s, Tensor sigmas, Tensor weights) -> Tensor");
+  // sigma_0 = sqrt(median / 2) over the squared distances of `points` well-spread pooled rows of (x, y)
+  // (0-dim, float32 for half inputs, else x's dtype; detached). pytl.bandwidths chooses `points`.
+  m.def("median_heuristic(Tensor x, Tensor y, int points) -> Tensor");
 }

@@ -15,7 +15,6 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from pytl._samples import check_pair
 
 __all__ = [
     "LADDER_EXPONENTS",
@@ -72,64 +71,21 @@ def median_points(pooled: int, features: int) -> int:
     return min(pooled, max(MEDIAN_MIN_POINTS, min(MEDIAN_MAX_POINTS, budget)))
 
 
-def _spread_rows(s: Tensor, count: int) -> Tensor:
-    """count well-spread rows of s: i * P mod n for a prime P > n (distinct indices). Deterministic
-    without a random generator, computed on s's device with no host round trip (CUDA graphs, compile)."""
-    n = s.shape[0]
-    if count >= n:
-        return s
-    prime = 2_147_483_647  # 2^31 - 1, prime and larger than any realistic row count
-    idx = (torch.arange(count, device=s.device, dtype=torch.int64) * (prime % n)) % n
-    return s.index_select(0, idx)
-
-
-def _median_sample(x: Tensor, y: Tensor) -> Tensor:
-    """The pooled points the median looks at: all of (x, y), or x's and y's shares of median_points."""
-    n, m = x.shape[0], y.shape[0]
-    p = median_points(n + m, x.shape[1])
-    if p >= n + m:
-        return torch.cat([x, y])
-    px = min(n, max(1, round(p * n / (n + m))))  # each side in proportion, at least one row of each
-    px = min(px, p - 1)
-    return torch.cat([_spread_rows(x, px), _spread_rows(y, p - px)])
-
-
-def _lower_medians(values: Tensor) -> tuple[Tensor, Tensor]:
-    """torch's (lower) nanmedian of values and of its positive values, from one sort and no host sync.
-    Either is NaN when there is no such value."""
-    ordered = torch.sort(values).values  # NaN sort last
-    valid = (~torch.isnan(values)).sum()
-    zeros = (values <= 0).sum()
-    nan = torch.full((1,), math.nan, dtype=values.dtype, device=values.device)
-    padded = torch.cat([ordered, nan])  # index len(values): "no such value"
-    none = torch.full_like(valid, values.numel())
-    all_idx = torch.where(valid > 0, (valid - 1) // 2, none)
-    pos_idx = torch.where(valid > zeros, zeros + (valid - zeros - 1) // 2, none)
-    # index_select, not padded[idx]: a 0-dim index tensor would be read to the host as a Python int
-    picked = padded.index_select(0, torch.stack([all_idx, pos_idx]))
-    return picked[0], picked[1]
-
-
 def median_heuristic(x: Tensor, y: Tensor) -> Tensor:
     """sigma_0 = sqrt(median off-diagonal squared distance of the pooled sample / 2), detached.
 
     Above MEDIAN_MIN_POINTS pooled points it looks at a fixed subsample whose size
     (median_points) keeps its Gram at MEDIAN_GRAM_BUDGET multiply-adds: O(1) time and memory in n,
-    deterministic, no host synchronisation. Pairs with NaN are ignored; if the median is 0 (mostly
-    duplicated points) the median of the non-zero distances is used, and 1.0 when there is none.
-    Returns a 0-dim tensor (float32 for half inputs, else x's dtype).
+    deterministic, no host synchronisation on a GPU. Pairs with NaN are ignored; if the median is 0
+    (mostly duplicated points) the median of the non-zero distances is used, and 1.0 when there is
+    none. Returns a 0-dim tensor (float32 for half inputs, else x's dtype). The op
+    (csrc/median_heuristic.cpp) does the computing and checks x and y.
     """
-    check_pair(x, y)  # computed here in torch, before any op sees the samples
-    with torch.no_grad():
-        z = _median_sample(x.detach(), y.detach()).to(torch.float64)
-        z = z - z.nanmean(0, keepdim=True)  # centring keeps ||a||^2 + ||b||^2 - 2ab accurate far from 0
-        sq = (z * z).sum(1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
-        iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
-        med_all, med_pos = _lower_medians(d2[iu[0], iu[1]])
-        med = torch.where(med_all > 0, med_all, med_pos)
-        med = torch.where(torch.isfinite(med) & (med > 0), med, torch.full_like(med, 2.0))  # sigma 1.0
-        return torch.sqrt(med / 2.0).to(param_dtype(x))
+    for name, value in (("x", x), ("y", y)):  # the op's schema would reject it too, without the name
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    points = median_points(x.shape[0] + y.shape[0], x.shape[-1]) if x.dim() == 2 and y.dim() == 2 else 2
+    return torch.ops.pytl.median_heuristic.default(x.detach(), y.detach(), points)  # checks x and y
 
 
 def bandwidth_ladder(sigma0: Tensor, exponents: Sequence[int] = LADDER_EXPONENTS) -> Tensor:

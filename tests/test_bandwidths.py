@@ -105,3 +105,21 @@ def test_median_heuristic_traces_without_host_reads():
     torch.testing.assert_close(compiled(x, y), pytl.median_heuristic(x, y))
     z = torch.zeros(70, 3)
     torch.testing.assert_close(compiled(z, z), torch.tensor(1.0))  # the fallback, also traced
+
+
+def test_median_heuristic_host_and_device_selection_agree(monkeypatch):
+    # the CPU picks the medians with nth_element on the host, other devices with one device sort;
+    # PYTL_MEDIAN_SELECTION=sort runs the device path here: both must pick the same element
+    z = torch.zeros(40, 3)
+    dup = torch.cat([torch.zeros(30, 2), torch.ones(3, 2)])
+    nan_x, nan_y = make_pair(90, 70, 5, torch.float32, seed=8)
+    nan_x[[1, 5, 9]] = float("nan")
+    cases = [make_pair(n, m, d, dt, seed=n + d) for n, m, d, dt in
+             [(1, 1, 2, torch.float64), (3, 4, 1, torch.float32), (60, 68, 700, torch.float32),
+              (300, 212, 256, torch.float64), (800, 900, 3, torch.float32), (5, 6, 2, torch.float16)]]
+    cases += [(z, z[:5]), (dup, dup[:1]), (nan_x, nan_y), (torch.full((4, 2), float("nan")), torch.zeros(1, 2))]
+    host = [pytl.median_heuristic(x, y) for x, y in cases]
+    monkeypatch.setenv("PYTL_MEDIAN_SELECTION", "sort")
+    for (x, y), want in zip(cases, host):
+        got = pytl.median_heuristic(x, y)
+        assert got.dtype == want.dtype and torch.equal(got, want), (x.shape, y.shape, got, want)

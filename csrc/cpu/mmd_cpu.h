@@ -28,8 +28,8 @@ struct MMDResult {
 // Where the GEMM-on-tiles route is taken: small pooled batches of wide features, where the sweep pays
 // for its padded 96-row tiles and per-thread buffers. Everywhere else the sweep's micro-GEMM is faster
 // than this machine's sgemm (measured: benchmarks/RESULTS.md, issue 15).
-constexpr int64_t kGemmTilesMinFeatures = 256;
-constexpr int64_t kGemmTilesMaxPooledRows = 96;  // n + m, one of the sweep's row tiles
+constexpr int64_t kGemmTilesMinFeatures = 512;
+constexpr int64_t kGemmTilesMaxPooledRows = 128;  // n + m
 
 // The GEMM-on-tiles route; the same contract as mmd_cpu.cpp's sweep: sig are the bandwidths' values
 // (read and checked by the caller), grad_weights the upstream dL/dT_k, empty for the forward only.

@@ -17,7 +17,7 @@
 // accumulators are summed in thread order (bitwise reproducible for a given thread count).
 // Measured against the sweep (benchmarks/RESULTS.md, issue 15): torch's sgemm here runs at ~95 GFLOP/s a
 // core where the sweep's micro-GEMM reaches ~150, so this route wins only on small pooled batches
-// (n + m <= 96) of wide features, where the sweep's padded tiles and buffers cost more than the pairs.
+// (n + m <= 128, d >= 512), where the sweep's padded tiles and buffers cost more than the pairs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
