@@ -72,7 +72,7 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
     // The weights are the one argument no kernel below sees (they reach mmd2_terms_and_grad as its
     // grad_terms); x, y and sigmas are checked by the kernel called next.
     check_mmd_weights(weights, sigmas, x);
-    if (has_readable_data(weights)) check_weight_values(weights);
+    if (has_readable_data(weights)) check_mmd_weight_values(weights);  // on CUDA: no sync
     at::Tensor terms;
     if (need_grads) {
       auto r = call_mmd2_terms_and_grad(weights, x, y, sigmas, unbiased);

@@ -21,7 +21,7 @@ at::Tensor mmd2_terms_op(const at::Tensor& x, const at::Tensor& y, const at::Ten
 at::Tensor mmd2_composite(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
                           const at::Tensor& weights, bool unbiased) {
   check_mmd_weights(weights, sigmas, x);
-  if (has_readable_data(weights)) check_weight_values(weights);
+  if (has_readable_data(weights)) check_mmd_weight_values(weights);  // on CUDA: no sync
   const at::Tensor terms = mmd2_terms_op(x, y, sigmas, unbiased);
   return weighted_sum(terms, weights, x.scalar_type());
 }

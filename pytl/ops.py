@@ -1,8 +1,10 @@
 """Typed wrappers over the compiled ops (torch.ops.pytl.*): they convert arguments and call the op.
 
 The ops check their arguments themselves, once, in C++ (csrc/common/checks.h), and raise ValueError
-or TypeError with a message that names the argument. The wrappers only check what C++ cannot see:
-an argument that is not a tensor at all, a ``sigmas`` that cannot become one, the ``estimator`` name.
+or TypeError with a message that names the argument; on CUDA the values of sigmas and weights are
+checked on the GPU instead, without waiting for it (a bad one is a device-side assertion that names
+the argument; checks.h, "Value checks on CUDA"). The wrappers only check what C++ cannot see: an
+argument that is not a tensor at all, a ``sigmas`` that cannot become one, the ``estimator`` name.
 (With ``sigmas=None`` the median heuristic computes on x and y before the op does, so it checks them
 first, in the op's words.)
 

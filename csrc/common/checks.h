@@ -4,6 +4,8 @@
 // read the data, so the CPU and CUDA kernels do them, not the Meta kernel; they return the values they
 // read, so that a kernel reads them once.
 //
+// CUDA tensors are the exception to value checks on the host: see "Value checks on CUDA" below.
+//
 // The exception says what kind of mistake it is, in Python and in C++ alike: TORCH_CHECK_TYPE
 // (TypeError, c10::TypeError) for a wrong dtype, TORCH_CHECK_VALUE (ValueError, c10::ValueError) for a
 // wrong shape, value or device. Both are c10::Error. Every message names the argument.
@@ -11,6 +13,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "bandwidths.h"
@@ -128,6 +132,48 @@ inline std::vector<double> check_weight_values(const at::Tensor& weights, const 
                       k, "] = ", w[k]);
   }
   return w;
+}
+
+// ---- Value checks on CUDA
+// A call on CUDA tensors must not wait for the GPU (a training step stays asynchronous and can be captured
+// in a CUDA graph), so the values of CUDA sigmas and weights are not read to the host: a device-side
+// assertion checks them (for the sigmas of the MMD ops, bandwidth_constants_kernel in cuda/mmd_kernels.cuh;
+// elsewhere the functions below). A bad value makes the GPU print the assertion with its message
+// ("pytl.mmd2: every bandwidth in sigmas must be ..."), and nothing queued after it runs: the next call that waits for the GPU (loss.item(),
+// torch.cuda.synchronize(), a copy to the CPU) raises RuntimeError "CUDA error: device-side assert
+// triggered", and the process's CUDA context stays unusable, as after any device-side assertion. Never a
+// silent wrong result. Shapes, dtypes and devices are still checked at once, on the host.
+
+// Asserts on the device that every element of the bool tensor `ok` holds. Dispatched below any Python mode,
+// as host_doubles is, so that a TorchDispatchMode sees the op, not this check's helpers.
+inline void assert_all_on_device(const at::Tensor& ok, const std::string& msg) {
+  c10::impl::ExcludeDispatchKeyGuard no_python(
+      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
+  at::_assert_async(ok.all(), msg);
+}
+
+// check_sigma_values on the device: positive and finite (NaN fails both comparisons).
+inline void assert_sigma_values(const at::Tensor& sigmas, const char* op) {
+  const at::Tensor s = sigmas.detach();
+  assert_all_on_device(at::logical_and(s > 0, s < std::numeric_limits<double>::infinity()),
+                       c10::str(op, "every bandwidth in sigmas must be positive and finite"));
+}
+
+// check_weight_values on the device: non-negative and finite.
+inline void assert_weight_values(const at::Tensor& weights, const char* op) {
+  const at::Tensor w = weights.detach();
+  assert_all_on_device(at::logical_and(w >= 0, w < std::numeric_limits<double>::infinity()),
+                       c10::str(op, "weights must be non-negative and finite"));
+}
+
+// pytl.mmd2's weight values, checked where they live: CUDA on the device, any other device on the host
+// (ValueError at once, as before).
+inline void check_mmd_weight_values(const at::Tensor& weights) {
+  if (weights.is_cuda()) {
+    assert_weight_values(weights, kMMDOp);
+  } else {
+    check_weight_values(weights);
+  }
 }
 
 }  // namespace pytl

@@ -156,8 +156,9 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor rbf_kernel_matmul_cuda(const at::Tensor& z_in, const at::Tensor& s_in, const at::Tensor& sigmas,
                                   const at::Tensor& weights) {
   check_kernel_matmul_inputs(z_in, s_in, sigmas, weights);
-  check_sigma_values(sigmas, kKernelMatmulOp);  // the kernel's constants are computed on the device below
-  check_weight_values(weights, kKernelMatmulOp);
+  // values checked on the device, without a sync (checks.h); the kernel's constants are computed there too
+  assert_sigma_values(sigmas, kKernelMatmulOp);
+  assert_weight_values(weights, kKernelMatmulOp);
   c10::cuda::CUDAGuard guard(z_in.device());
   const int64_t n = z_in.size(0), d = z_in.size(1), P = s_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -9,13 +9,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <tuple>
 #include <type_traits>
-#include <vector>
 
-#include "../common/bandwidths.h"
 #include "../common/checks.h"
 #include "mmd_kernels.cuh"
 #include "tiles.cuh"
@@ -63,33 +59,31 @@ Centred centre(const at::Tensor& x, const at::Tensor& y, at::ScalarType acc) {
   return c;
 }
 
-// The bandwidths in compute order (ascending gamma), as the kernels take them.
+// The bandwidths in compute order (ascending gamma), as the kernels take them. Built on the device from
+// the sigmas tensor: reading the values to the host would make every call wait for the GPU.
 struct DeviceBandwidths {
   at::Tensor neg_gamma_log2e;  // (K,) acc dtype, compute order
   at::Tensor order;            // (K,) int64: compute position q -> the caller's index
   at::Tensor inverse;          // (K,) int64: the caller's index -> compute position
-  bool ladder = false;
+  at::Tensor ladder;           // (1,) int32: 1 for a ratio-2 ladder (one exp per pair, then squarings)
 };
 
-// s: the bandwidths' values, read once (and checked) by check_sigma_values.
-DeviceBandwidths device_bandwidths(const std::vector<double>& s, const at::Device& device, at::ScalarType acc) {
-  std::vector<int> order;
+// Also checks the values: a bad sigma stops the launch with a device-side assertion (see checks.h).
+DeviceBandwidths device_bandwidths(const at::Tensor& sigmas, at::ScalarType acc) {
+  const int64_t K = sigmas.size(0);
+  const at::Tensor s = sigmas.detach().to(at::kDouble).contiguous();
   DeviceBandwidths bw;
-  bw.ladder = acc == at::kFloat ? compute_order<float>(s, order).ladder : compute_order<double>(s, order).ladder;
-  const double lowest = acc == at::kFloat ? -static_cast<double>(std::numeric_limits<float>::max())
-                                          : -std::numeric_limits<double>::max();
-  std::vector<double> ng(s.size());
-  std::vector<int64_t> ord(s.size()), inv(s.size());
-  for (size_t q = 0; q < s.size(); ++q) {
-    // clamped so that a tiny sigma cannot turn -gamma * 0 into NaN
-    ng[q] = std::max(-0.5 / (s[order[q]] * s[order[q]]) * kLog2e, lowest);
-    ord[q] = order[q];
-    inv[order[q]] = static_cast<int64_t>(q);
-  }
-  const auto dev = at::TensorOptions().device(device);
-  bw.neg_gamma_log2e = at::tensor(ng, at::TensorOptions().dtype(at::kDouble)).to(dev.dtype(acc));
-  bw.order = at::tensor(ord, at::TensorOptions().dtype(at::kLong)).to(dev);
-  bw.inverse = at::tensor(inv, at::TensorOptions().dtype(at::kLong)).to(dev);
+  bw.neg_gamma_log2e = at::empty({K}, s.options().dtype(acc));
+  bw.order = at::empty({K}, s.options().dtype(at::kLong));
+  bw.inverse = at::empty({K}, s.options().dtype(at::kLong));
+  bw.ladder = at::empty({1}, s.options().dtype(at::kInt));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "pytl_bandwidth_constants", [&] {
+    bandwidth_constants_kernel<scalar_t><<<1, 1, 0, stream>>>(
+        s.data_ptr<double>(), static_cast<int>(K), bw.neg_gamma_log2e.data_ptr<scalar_t>(),
+        bw.order.data_ptr<int64_t>(), bw.inverse.data_ptr<int64_t>(), bw.ladder.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return bw;
 }
 
@@ -104,12 +98,11 @@ at::Tensor terms_from_sums(const at::Tensor& Sxx, const at::Tensor& Syy, const a
 at::Tensor mmd2_terms_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& sigmas,
                            bool unbiased) {
   check_mmd_inputs(x_in, y_in, sigmas, unbiased);
-  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, used twice
   c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = acc_dtype(x_in);
   const Centred c = centre(x_in, y_in, acc);
-  const DeviceBandwidths bw = device_bandwidths(sigma_values, sigmas.device(), acc);
+  const DeviceBandwidths bw = device_bandwidths(sigmas, acc);
 
   ForwardPlan plan;
   const int64_t Tx = ceil_div(n, kTile), Ty = ceil_div(m, kTile);
@@ -126,7 +119,7 @@ at::Tensor mmd2_terms_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const
   AT_DISPATCH_FLOATING_TYPES(acc, "pytl_mmd2_terms_cuda", [&] {
     mmd_forward_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
         c.x.data_ptr<scalar_t>(), c.y.data_ptr<scalar_t>(), c.nx.data_ptr<scalar_t>(), c.ny.data_ptr<scalar_t>(), n,
-        m, d, bw.neg_gamma_log2e.data_ptr<scalar_t>(), static_cast<int>(K), bw.ladder, plan,
+        m, d, bw.neg_gamma_log2e.data_ptr<scalar_t>(), static_cast<int>(K), bw.ladder.data_ptr<int>(), plan,
         partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -144,13 +137,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
                                                                                     const at::Tensor& sigmas,
                                                                                     bool unbiased) {
   check_mmd_backward_inputs(grad_terms, x_in, y_in, sigmas, unbiased);
-  const std::vector<double> sigma_values = check_sigma_values(sigmas);  // read once, used twice
   c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1), K = sigmas.size(0);
   const at::ScalarType acc = acc_dtype(x_in);
   const size_t acc_bytes = acc == at::kDouble ? sizeof(double) : sizeof(float);
   const Centred c = centre(x_in, y_in, acc);
-  const DeviceBandwidths bw = device_bandwidths(sigma_values, sigmas.device(), acc);
+  const DeviceBandwidths bw = device_bandwidths(sigmas, acc);
 
   // per-bandwidth constants in compute order
   const at::Tensor sig_c = sigmas.detach().to(at::kDouble).index_select(0, bw.order);
@@ -190,8 +182,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(
         c.x.data_ptr<scalar_t>(), c.y.data_ptr<scalar_t>(), c.nx.data_ptr<scalar_t>(), c.ny.data_ptr<scalar_t>(), n,
-        m, d, bw.neg_gamma_log2e.data_ptr<scalar_t>(), cg.data_ptr<scalar_t>(), static_cast<int>(K), bw.ladder,
-        static_cast<scalar_t>(4.0 * a), static_cast<scalar_t>(4.0 * b), static_cast<scalar_t>(2.0 * cxy), splits,
+        m, d, bw.neg_gamma_log2e.data_ptr<scalar_t>(), cg.data_ptr<scalar_t>(), static_cast<int>(K),
+        bw.ladder.data_ptr<int>(), static_cast<scalar_t>(4.0 * a), static_cast<scalar_t>(4.0 * b),
+        static_cast<scalar_t>(2.0 * cxy), splits,
         gx_ws.data_ptr<scalar_t>(), gy_ws.data_ptr<scalar_t>(), e_part.data_ptr<double>(), d_part.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -27,9 +27,12 @@
 // The gradient sweep gives each CTA a tile of output rows, so it writes its gradient rows without atomics;
 // column splits write separate workspace slices summed by at::sum.
 #pragma once
+#include <c10/macros/Macros.h>
+
 #include <cstdint>
 #include <type_traits>
 
+#include "../common/bandwidth_constants.h"
 #include "mmd_tiles.cuh"
 #include "tiles.cuh"
 
@@ -44,6 +47,17 @@ __global__ void row_sq_norms_kernel(const acc_t* __restrict__ z, int64_t rows, i
   acc_t s = 0;
   for (int64_t t = 0; t < d; ++t) s = fma_acc(p[t], p[t], s);
   out[r] = s;
+}
+
+// The bandwidth constants from the sigmas (in double), by one thread (K <= 16). The value check of sigmas
+// lives here, on the device, so that no call waits for the GPU: a bad sigma stops the stream with a
+// device-side assertion (checks.h says what the caller sees), before any kernel uses the constants.
+template <typename acc_t>
+__global__ void bandwidth_constants_kernel(const double* __restrict__ sigmas, int K,
+                                           acc_t* __restrict__ neg_gamma_log2e, int64_t* __restrict__ order,
+                                           int64_t* __restrict__ inverse, int* __restrict__ ladder) {
+  const bool valid = bandwidth_constants(sigmas, K, neg_gamma_log2e, order, inverse, ladder);
+  CUDA_KERNEL_ASSERT(valid && "pytl.mmd2: every bandwidth in sigmas must be positive and finite");
 }
 
 // Two CTAs per SM in float (<= 128 registers); double needs the whole register file of one.
@@ -64,11 +78,12 @@ template <typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
     mmd_forward_kernel(const acc_t* __restrict__ x, const acc_t* __restrict__ y, const acc_t* __restrict__ nx,
                        const acc_t* __restrict__ ny, int64_t n, int64_t m, int64_t d,
-                       const acc_t* __restrict__ neg_gamma_log2e, int K, bool ladder, ForwardPlan plan,
-                       double* __restrict__ partials) {
+                       const acc_t* __restrict__ neg_gamma_log2e, int K, const int* __restrict__ ladder_flag,
+                       ForwardPlan plan, double* __restrict__ partials) {
   __shared__ __align__(16) acc_t As[kChunkElems];
   __shared__ __align__(16) acc_t Bs[kChunkElems];
   __shared__ acc_t s_ng[kMaxK];
+  __shared__ int s_ladder;
   __shared__ double red[kWarps][kMaxK];
 
   const int64_t cta = blockIdx.x;
@@ -89,6 +104,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
   const int64_t t_end =
       t_begin + plan.tiles_per_cta < section_tiles ? t_begin + plan.tiles_per_cta : section_tiles;
 
+  // The ladder flag comes from the device (bandwidth_constants_kernel), not the host: read once per CTA into
+  // shared memory and from there per tile (a register for it across the whole run costs a spill in float).
+  if (threadIdx.x == 0) s_ladder = *ladder_flag;
   if (threadIdx.x < K) s_ng[threadIdx.x] = neg_gamma_log2e[threadIdx.x];
 
   RunningSum<acc_t> acc[kMaxK];
@@ -114,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
 
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t d0 = c * kChunk;
-      __syncthreads();  // previous readers of As/Bs are done (also publishes s_ng on the first pass)
+      __syncthreads();  // previous readers of As/Bs are done (also publishes s_ng, s_ladder on the first pass)
       if (nchunks > 1 || loaded_ti != ti) load_chunk(As, A, row0, nA, d, d0);
       load_chunk(Bs, B, col0, nB, d, d0);
       __syncthreads();
@@ -131,6 +149,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
     auto sum_tile = [&](auto masked_tag) {
       constexpr bool kMasked = decltype(masked_tag)::value;
       acc_t e[kPer][kPer];
+      const bool ladder = s_ladder != 0;
 #pragma unroll
       for (int k = 0; k < kMaxK; ++k) {
         if (k < K) {
@@ -178,9 +197,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
     mmd_sweep_kernel(const acc_t* __restrict__ x, const acc_t* __restrict__ y, const acc_t* __restrict__ nx,
                      const acc_t* __restrict__ ny, int64_t n, int64_t m, int64_t d,
                      const acc_t* __restrict__ neg_gamma_log2e, const acc_t* __restrict__ phi_coef, int K,
-                     bool ladder, acc_t coef_xx, acc_t coef_yy, acc_t coef_xy, int64_t splits,
-                     acc_t* __restrict__ gx_ws, acc_t* __restrict__ gy_ws, double* __restrict__ e_part,
-                     double* __restrict__ d_part) {
+                     const int* __restrict__ ladder_flag, acc_t coef_xx, acc_t coef_yy, acc_t coef_xy,
+                     int64_t splits, acc_t* __restrict__ gx_ws, acc_t* __restrict__ gy_ws,
+                     double* __restrict__ e_part, double* __restrict__ d_part) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* As = reinterpret_cast<acc_t*>(smem_raw);  // [feature][row] of the CTA's own rows
   acc_t* Bs = As + kChunkElems;                    // [feature][col] of the column tile
@@ -212,6 +231,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
   const int64_t ct_begin = split * Ct / splits, ct_end = (split + 1) * Ct / splits;
   const int64_t part_row = (row_tile * splits + split) * 2 * K;
 
+  // the ladder flag comes from the device (bandwidth_constants_kernel); here a register for it costs no spill
+  const bool ladder = *ladder_flag != 0;
   if (threadIdx.x < K) {
     s_ng[threadIdx.x] = neg_gamma_log2e[threadIdx.x];
     s_cg[threadIdx.x] = phi_coef[threadIdx.x];

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "../common/bandwidths.h"
+#include "../common/bandwidth_constants.h"  // kMaxBandwidths, kLog2e
 
 namespace pytl {
 
@@ -13,7 +13,6 @@ constexpr int kTile = 64;                      // rows x columns of a pair tile
 constexpr int kPer = kTile / 16;               // 4 x 4 register tile of pairs per thread
 constexpr int kChunk = 32;                     // features per shared-memory chunk
 constexpr int kMaxK = static_cast<int>(kMaxBandwidths);
-constexpr double kLog2e = 1.4426950408889634073599246810019;
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

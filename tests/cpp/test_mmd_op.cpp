@@ -2,17 +2,26 @@
 // values against a naive float64 computation written here, autograd from C++ against central finite
 // differences, the backward op against autograd, and argument errors raised as c10::ValueError (wrong
 // shape, value or device) or c10::TypeError (wrong dtype), which Python sees as ValueError / TypeError.
+// Also the CUDA kernels' bandwidth constants (common/bandwidth_constants.h, which the GPU runs) computed
+// here on the CPU, against compute_order and the host code they replaced.
 // Built by CMake as pytl_cpp_test (ctest). Prints "N passed, M failed" and exits non-zero on failure.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
+#include <limits>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "common/bandwidth_constants.h"
+#include "common/bandwidths.h"
 
 namespace {
 
@@ -272,6 +281,79 @@ void test_errors() {
                            [&] { backward_op().call(at::ones({3}, at::kDouble), x, y, s, false); }, "grad_terms");
 }
 
+
+// bandwidth_constants<T> (run on the GPU by the CUDA ops) against compute_order<T> (order, ladder flag) and
+// the host code it replaced (the constants, bitwise), for random, ladder and tied bandwidths.
+template <typename T>
+void check_bandwidth_constants(const std::string& name, const std::vector<double>& s) {
+  const int K = static_cast<int>(s.size());
+  T ng[pytl::kMaxBandwidths];
+  int64_t order[pytl::kMaxBandwidths], inverse[pytl::kMaxBandwidths];
+  int ladder = -1;
+  const bool valid = pytl::bandwidth_constants<T>(s.data(), K, ng, order, inverse, &ladder);
+  std::vector<int> want_order;
+  const pytl::Bandwidths<T> want = pytl::compute_order<T>(s, want_order);
+  const double lowest = -static_cast<double>(std::numeric_limits<T>::max());
+  std::string why;
+  if (!valid) why = "reported invalid";
+  if (ladder != (want.ladder ? 1 : 0)) why = c10::str("ladder ", ladder, ", compute_order ", want.ladder);
+  for (int q = 0; q < K && why.empty(); ++q) {
+    const double sq = s[want_order[q]];
+    const T want_ng = static_cast<T>(std::max(-0.5 / (sq * sq) * pytl::kLog2e, lowest));  // the old host code
+    if (order[q] != want_order[q]) why = c10::str("order[", q, "] = ", order[q], ", compute_order ", want_order[q]);
+    else if (inverse[order[q]] != q) why = c10::str("inverse[", order[q], "] = ", inverse[order[q]], ", want ", q);
+    else if (std::memcmp(&ng[q], &want_ng, sizeof(T)) != 0)
+      why = c10::str("neg_gamma_log2e[", q, "] = ", ng[q], ", host code ", want_ng);
+  }
+  report(why.empty(), name, why);
+}
+
+void test_bandwidth_constants() {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> log_sigma(-6.0, 6.0);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<double> s(1 + trial % pytl::kMaxBandwidths);
+    for (double& v : s) v = std::exp(log_sigma(rng));
+    if (trial % 3 == 0) s[trial % s.size()] = s[0];  // a tie
+    check_bandwidth_constants<float>("bandwidth constants: random float, trial " + std::to_string(trial), s);
+    check_bandwidth_constants<double>("bandwidth constants: random double, trial " + std::to_string(trial), s);
+  }
+  // the default ladder sigma_0 * 2^(j/2), j = -2..2, built in float (as pytl.bandwidth_ladder does for float
+  // inputs) and in double, in the default order, reversed and shuffled
+  for (const double sigma0 : {1.0, 0.37, 123.4, 3e-4}) {
+    for (const bool in_float : {true, false}) {
+      std::vector<double> s;
+      for (int j = -2; j <= 2; ++j) {
+        const double factor = std::pow(2.0, j / 2.0);
+        const float f = static_cast<float>(sigma0) * static_cast<float>(factor);  // a float product, rounded
+        s.push_back(in_float ? static_cast<double>(f) : sigma0 * factor);
+      }
+      for (int variant = 0; variant < 3; ++variant) {
+        if (variant == 1) std::reverse(s.begin(), s.end());
+        if (variant == 2) std::shuffle(s.begin(), s.end(), rng);
+        const std::string name =
+            c10::str("bandwidth constants: ladder sigma0=", sigma0, in_float ? " (float)" : " (double)", " v", variant);
+        check_bandwidth_constants<float>(name + " as float", s);
+        check_bandwidth_constants<double>(name + " as double", s);
+      }
+    }
+  }
+  // ties only, and a single bandwidth
+  check_bandwidth_constants<float>("bandwidth constants: all tied", std::vector<double>(7, 2.5));
+  check_bandwidth_constants<double>("bandwidth constants: one bandwidth", {0.5});
+  // clamp: a tiny sigma makes gamma overflow float (and double)
+  check_bandwidth_constants<float>("bandwidth constants: tiny sigma (float clamp)", {1e-30, 1.0});
+  check_bandwidth_constants<double>("bandwidth constants: tiny sigma (double clamp)", {1e-200, 1.0});
+  // bad values are reported (the CUDA kernel then stops with a device-side assertion)
+  for (const double bad : {0.0, -1.0, std::numeric_limits<double>::infinity(), std::nan("")}) {
+    std::vector<double> s = {1.0, bad, 2.0};
+    float ng[3];
+    int64_t order[3], inverse[3];
+    int ladder = 0;
+    report(!pytl::bandwidth_constants<float>(s.data(), 3, ng, order, inverse, &ladder),
+           c10::str("bandwidth constants: sigma ", bad, " is reported invalid"));
+  }
+}
 }  // namespace
 
 int main() {
@@ -288,6 +370,7 @@ int main() {
   test_values(at::Device(at::kCPU));
   test_autograd(at::Device(at::kCPU));
   test_errors();
+  test_bandwidth_constants();
   if (at::hasCUDA()) {
     test_values(at::Device(at::kCUDA, 0));
     test_autograd(at::Device(at::kCUDA, 0));
