@@ -1,7 +1,7 @@
 """The two-sample convention of the Python code that computes on the samples itself: x (n, d) and y (m, d).
 
 The ops check their own arguments, once, in C++ (csrc/common/checks.h). These checks are for what runs
-before an op sees the samples, or instead of it: the median heuristic (pytl.bandwidths), the permutation
+before an op sees the samples, or instead of it: the permutation
 test, which hands the op the pooled sample, and the domain classifier (pytl.diagnostics). Their
 messages use the ops' wording. ``as_matrix`` first converts what a user may pass (numpy arrays, lists,
 tensors) with pytl._inputs.as_features, the library's one input convention.

@@ -36,8 +36,8 @@ WeightsLike = Union[None, Sequence[float], Tensor]
 
 LADDER_EXPONENTS = (-2, -1, 0, 1, 2)  # default ladder: sigma^2 = sigma_0^2 * 2^j
 MEDIAN_MAX_POINTS = 1024  # the median heuristic looks at most at this many pooled points...
-MEDIAN_MIN_POINTS = 128  # ...and at least at this many (or all of them), however wide the features
-MEDIAN_GRAM_BUDGET = 1 << 22  # ...between the two, at most p points with p^2 * d <= this (multiply-adds)
+MEDIAN_MIN_POINTS = 64  # ...and at least at this many (or all of them), however wide the features
+MEDIAN_GRAM_BUDGET = 1 << 21  # ...between the two, at most p points with p^2 * d <= this (multiply-adds)
 
 
 def param_dtype(x: Tensor) -> torch.dtype:
@@ -65,8 +65,8 @@ def as_bandwidth_vector(value: Any, name: str, like: Tensor) -> Tensor:
 def median_points(pooled: int, features: int) -> int:
     """How many pooled points the median heuristic looks at: all of them up to MEDIAN_MIN_POINTS; above,
     as many as a Gram of MEDIAN_GRAM_BUDGET multiply-adds allows, between MEDIAN_MIN_POINTS and
-    MEDIAN_MAX_POINTS. With 128+ points the median of the ~8,000+ pair distances is within a few percent
-    of the full sample's (benchmarks/RESULTS.md, issue 15), far inside the ladder's factor-of-2 rungs."""
+    MEDIAN_MAX_POINTS. With 64+ points the median of the 2,000+ pair distances is within a few percent
+    of the full sample's (benchmarks/median_accuracy.py), far inside the ladder's sqrt(2) rungs."""
     budget = math.isqrt(MEDIAN_GRAM_BUDGET // max(features, 1))
     return min(pooled, max(MEDIAN_MIN_POINTS, min(MEDIAN_MAX_POINTS, budget)))
 

@@ -81,10 +81,10 @@ def _spread(n, count):
 
 @pytest.mark.parametrize("n,m,d", [(60, 68, 2048), (300, 212, 256), (700, 90, 64), (1500, 1500, 3)])
 def test_median_heuristic_subsample_is_the_documented_one(n, m, d):
-    # <= 128 pooled points: all of them; above, p = min(1024, max(128, isqrt(2^22 // d))) in proportion
+    # <= 64 pooled points: all of them; above, p = min(1024, max(64, isqrt(2^21 // d))) in proportion
     from pytl.bandwidths import median_points
     p = median_points(n + m, d)
-    assert p == min(n + m, max(128, min(1024, int(np.sqrt(2**22 // d)))))
+    assert p == min(n + m, max(64, min(1024, int(np.sqrt(2**21 // d)))))
     x, y = make_pair(n, m, d, torch.float64, seed=d)
     if p >= n + m:
         z = torch.cat([x, y]).numpy()
