@@ -255,12 +255,13 @@ def main(argv=None) -> int:
     parser.add_argument("--minibatch", action="store_true",
                         help="the training-regime grid instead: n = m 32..1024 x d 64..2048, default and fixed "
                              "bandwidths, pytl vs the usual torch code in one process (benchmarks/minibatch.py)")
+    parser.add_argument("--device", default="cpu", help="--minibatch only: cpu or cuda")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.minibatch:
         from minibatch import run_grid  # benchmarks/minibatch.py (the script's folder)
 
-        return run_grid(args.quick, max(args.repeats, 7))
+        return run_grid(args.quick, max(args.repeats, 7), args.device)
     if args.worker:
         impl, n, d, bwd, reps, threads = args.worker
         print(json.dumps(worker(impl, int(n), int(d), bool(int(bwd)), int(reps), int(threads))))

@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py --minibatch          # the grid below (a few minutes on 2 cores)
     python benchmarks/compare.py --minibatch --quick  # three points (seconds)
+    python benchmarks/compare.py --minibatch --device cuda   # the same grid on a GPU (gpu_check.sh runs it)
 
 Grid n = m ∈ {32, 64, 128, 256, 512, 1024} × d ∈ {64, 256, 512, 1024, 2048}, float32, all torch
 threads, forward + backward to both inputs, with the default bandwidths (the median-heuristic ladder
@@ -9,6 +10,8 @@ of the pooled batch, recomputed every call as a training step does) and with fix
 the code the popular transfer-learning libraries run: torch.cdist of the pooled batch, the median of
 its squared distances, one exp per bandwidth, autograd through the n×m matrices. Both are timed in
 one process, alternating, best of --repeats: on a shared machine other tenants only ever add time.
+On CUDA each call is timed to a torch.cuda.synchronize() after it (the step's real cost, launches
+included).
 Also timed alone: pytl.median_heuristic, as a share of pytl's default-bandwidth call.
 """
 
@@ -39,26 +42,28 @@ def usual_mmd2(x: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor | None) ->
         n = z.shape[0]
         off = d2.detach()[~torch.eye(n, dtype=torch.bool, device=z.device)]
         sigma0 = torch.sqrt(off.median() / 2.0)
-        sigmas = sigma0 * torch.tensor([2.0 ** (j / 2.0) for j in LADDER_EXPONENTS], dtype=z.dtype)
+        sigmas = sigma0 * torch.tensor([2.0 ** (j / 2.0) for j in LADDER_EXPONENTS], dtype=z.dtype, device=z.device)
     k = sum(torch.exp(-d2 / (2.0 * s * s)) for s in sigmas) / len(sigmas)
     nx = x.shape[0]
     return k[:nx, :nx].mean() + k[nx:, nx:].mean() - 2.0 * k[:nx, nx:].mean()
 
 
-def _best(fn: Callable[[], None], repeats: int) -> float:
+def _best(fn: Callable[[], None], repeats: int, device: str = "cpu") -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def measure_point(n: int, d: int, repeats: int) -> dict[str, float]:
+def measure_point(n: int, d: int, repeats: int, device: str = "cpu") -> dict[str, float]:
     """Seconds (best of ``repeats``) of each implementation at one grid point, and the values' agreement."""
     g = torch.Generator().manual_seed(n * 7919 + d)
-    x0 = torch.randn(n, d, generator=g)
-    y0 = torch.randn(n, d, generator=g) * 1.1 + 0.1
+    x0 = torch.randn(n, d, generator=g).to(device)
+    y0 = (torch.randn(n, d, generator=g) * 1.1 + 0.1).to(device)
     fixed = bandwidth_ladder(median_heuristic(x0, y0))
     x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
 
@@ -80,16 +85,19 @@ def measure_point(n: int, d: int, repeats: int) -> dict[str, float]:
     out = {k: float("inf") for k in runs}
     for _ in range(repeats):  # alternate, so that a noisy stretch hits every implementation alike
         for k, run in runs.items():
-            out[k] = min(out[k], _best(run, 1))
+            out[k] = min(out[k], _best(run, 1, device))
     with torch.no_grad():
         a, b = float(usual_mmd2(x0.double(), y0.double(), fixed.double())), float(pytl.mmd2(x0, y0, fixed))
+    if device != "cpu":
+        torch.cuda.synchronize()
     out["agree"] = float(abs(a - b) <= 1e-4 * max(1.0, abs(a)))
     return out
 
 
-def run_grid(quick: bool, repeats: int) -> int:
+def run_grid(quick: bool, repeats: int, device: str = "cpu") -> int:
     points = list(QUICK_POINTS) if quick else [(n, d) for d in DIMS for n in SIZES]
-    print(f"mini-batch grid: float32, forward + backward, {torch.get_num_threads()} torch threads, best of "
+    where = torch.cuda.get_device_name() if device != "cpu" else f"{torch.get_num_threads()} torch threads"
+    print(f"mini-batch grid on {device}: float32, forward + backward, {where}, best of "
           f"{repeats}, K = {len(LADDER_EXPONENTS)} bandwidths; ratio = usual / pytl")
     head = (f"{'n = m':>6} {'d':>5} | {'usual, median':>13} {'pytl, median':>12} {'ratio':>6} | {'usual, fixed':>12} "
             f"{'pytl, fixed':>11} {'ratio':>6} | {'median heur.':>12} {'share':>6}")
@@ -97,7 +105,7 @@ def run_grid(quick: bool, repeats: int) -> int:
     print("-" * len(head))
     bad = 0
     for n, d in points:
-        r = measure_point(n, d, repeats)
+        r = measure_point(n, d, repeats, device)
         ms = {k: 1e3 * v for k, v in r.items() if k != "agree"}
         share = r["median_heuristic"] / r["pytl_median"]
         print(f"{n:>6} {d:>5} | {ms['usual_median']:>10.2f} ms {ms['pytl_median']:>9.2f} ms "
