@@ -31,21 +31,8 @@ namespace {
 constexpr const char* kMedianOp = "pytl.median_heuristic: ";
 
 void check_median_inputs(const at::Tensor& x, const at::Tensor& y, int64_t points) {
-  const char* op = kMedianOp;
-  TORCH_CHECK_VALUE(x.dim() == 2, op, "x must be a 2-D tensor (samples, features), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(y.dim() == 2, op, "y must be a 2-D tensor (samples, features), got shape ", y.sizes());
-  TORCH_CHECK_VALUE(x.size(1) == y.size(1), op, "x and y must have the same number of features, got x: ", x.sizes(),
-                    " and y: ", y.sizes());
-  TORCH_CHECK_VALUE(x.size(0) >= 1, op, "x is empty: it needs at least one row (sample), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(y.size(0) >= 1, op, "y is empty: it needs at least one row (sample), got shape ", y.sizes());
-  TORCH_CHECK_VALUE(x.size(1) >= 1, op, "x must have at least one feature column, got shape ", x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op,
-                   "x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", x.scalar_type());
-  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), op, "x and y must have the same dtype, got ", x.scalar_type(),
-                   " and ", y.scalar_type());
-  TORCH_CHECK_VALUE(x.device() == y.device(), op, "x and y must be on the same device, got ", x.device(), " and ",
-                    y.device());
-  TORCH_CHECK_VALUE(points >= 2, op, "points must be at least 2, got ", points);
+  check_sample_pair(x, y, kMedianOp);
+  TORCH_CHECK_VALUE(points >= 2, kMedianOp, "points must be at least 2, got ", points);
 }
 
 // count well-spread rows of s (all of them when count >= n).

@@ -53,9 +53,8 @@ inline void check_weights(const at::Tensor& weights, const at::Tensor& sigmas, c
                     "), got ", weights.device());
 }
 
-// x (n, d) and y (m, d), one floating-point dtype and device, and the bandwidths.
-inline void check_mmd_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
-  const char* op = kMMDOp;
+// Two samples x (n, d) and y (m, d): non-empty, the same features, one floating-point dtype and device.
+inline void check_sample_pair(const at::Tensor& x, const at::Tensor& y, const char* op) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, "x must be a 2-D tensor (n, d), got shape ", x.sizes());
   TORCH_CHECK_VALUE(y.dim() == 2, op, "y must be a 2-D tensor (m, d), got shape ", y.sizes());
   TORCH_CHECK_VALUE(x.size(1) == y.size(1), op, "x and y must have the same number of features, got x: ", x.sizes(),
@@ -69,6 +68,12 @@ inline void check_mmd_inputs(const at::Tensor& x, const at::Tensor& y, const at:
                    " and ", y.scalar_type());
   TORCH_CHECK_VALUE(x.device() == y.device(), op, "x and y must be on the same device, got ", x.device(), " and ",
                     y.device());
+}
+
+// x (n, d) and y (m, d), one floating-point dtype and device, and the bandwidths.
+inline void check_mmd_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
+  const char* op = kMMDOp;
+  check_sample_pair(x, y, op);
   check_sigmas(sigmas, x.device(), "x", op);
   if (unbiased) {
     TORCH_CHECK_VALUE(x.size(0) >= 2 && y.size(0) >= 2, op,
