@@ -46,7 +46,8 @@ at::Tensor spread_rows(const at::Tensor& s, int64_t count) {
 
 constexpr int64_t kFloat64GramMax = int64_t{1} << 20;  // multiply-adds
 
-// The pooled subsample, centred, in the Gram's dtype: all of (x, y), or x's and y's shares of `points`.
+// The pooled subsample in the Gram's dtype, contiguous and its own (to be centred in place): all of (x, y),
+// or x's and y's shares of `points`.
 at::Tensor median_sample(const at::Tensor& x, const at::Tensor& y, int64_t points) {
   const int64_t n = x.size(0), m = y.size(0);
   at::Tensor z;
@@ -59,8 +60,24 @@ at::Tensor median_sample(const at::Tensor& x, const at::Tensor& y, int64_t point
   }
   const int64_t p = z.size(0), d = z.size(1);
   const bool small = p * p * d <= kFloat64GramMax;
-  z = z.to(x.scalar_type() == at::kDouble || small ? at::kDouble : at::kFloat);
-  return z - at::nanmean(z, {0}, /*keepdim=*/true);
+  return z.to(x.scalar_type() == at::kDouble || small ? at::kDouble : at::kFloat).contiguous();
+}
+
+// z minus its nanmean over the rows, in place, on the host: one pass where at::nanmean and the
+// subtraction take eight ops (half the heuristic's time on small wide batches). The same sums, row after
+// row in a column, as the device path's at::nanmean (the tests compare the two bit for bit).
+template <typename T>
+void centre_on_host(at::Tensor& z) {
+  const int64_t p = z.size(0), d = z.size(1);
+  T* a = z.data_ptr<T>();
+  std::vector<T> sum(d, T(0));
+  std::vector<int64_t> count(d, 0);
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < d; ++j)
+      if (!std::isnan(a[i * d + j])) sum[j] += a[i * d + j], ++count[j];
+  for (int64_t j = 0; j < d; ++j) sum[j] /= static_cast<T>(count[j]);  // no value: 0 / 0 = NaN, as nanmean
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < d; ++j) a[i * d + j] -= sum[j];
 }
 
 // sigma_0 from the lower median (or the lower median of the positive distances when it is 0).
@@ -121,11 +138,18 @@ at::Tensor sigma_on_device(const at::Tensor& z) {
 at::Tensor median_heuristic_op(const at::Tensor& x, const at::Tensor& y, int64_t points) {
   check_median_inputs(x, y, points);
   const auto out_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half -> float32
-  const at::Tensor z = median_sample(x.detach(), y.detach(), points);
+  at::Tensor z = median_sample(x.detach(), y.detach(), points);
   // PYTL_MEDIAN_SELECTION=sort runs the device path on the CPU too (tests compare the two)
   const char* forced = std::getenv("PYTL_MEDIAN_SELECTION");
   const bool sort_anyway = forced != nullptr && std::strcmp(forced, "sort") == 0;
-  if (z.is_cpu() && has_readable_data(z) && !sort_anyway) return at::scalar_tensor(sigma_on_host(z), x.options().dtype(out_dtype));
+  if (z.is_cpu() && has_readable_data(z) && !sort_anyway) {
+    if (z.scalar_type() == at::kDouble)
+      centre_on_host<double>(z);
+    else
+      centre_on_host<float>(z);
+    return at::scalar_tensor(sigma_on_host(z), x.options().dtype(out_dtype));
+  }
+  z = z - at::nanmean(z, {0}, /*keepdim=*/true);
   return sigma_on_device(z).to(out_dtype);
 }
 
