@@ -22,7 +22,8 @@ UnlabeledData = Union[ArrayLike, DataLoader]
 PEEK_SEED = 0  # the global seed under which first_batch draws a shuffling DataLoader's first batch
 
 
-def _to_tensor(value: Any, name: str) -> Tensor:
+def to_tensor(value: Any, name: str) -> Tensor:
+    """An array, tensor (detached) or nested list of real numbers as a tensor; TypeError naming ``name`` else."""
     if isinstance(value, Tensor):
         return value.detach()
     if isinstance(value, (str, bytes, dict)) or value is None:
@@ -41,7 +42,7 @@ def _to_tensor(value: Any, name: str) -> Tensor:
 
 def as_features(value: Any, name: str) -> Tensor:
     """Samples × features (or samples × any shape), non-empty, finite; floats kept, ints/bools cast."""
-    x = _to_tensor(value, name)
+    x = to_tensor(value, name)
     if x.is_complex():
         raise TypeError(f"{name} must be real-valued, got {x.dtype}")
     if x.dim() < 2:
@@ -65,7 +66,7 @@ def as_features(value: Any, name: str) -> Tensor:
 
 def as_labels(value: Any, name: str, num_samples: int | None = None) -> Tensor:
     """1-D int64 class indices >= 0; integral floats (1.0) and bools are accepted, 0.5 is not."""
-    y = _to_tensor(value, name)
+    y = to_tensor(value, name)
     if y.dim() != 1:
         hint = " (one-hot labels? pass y.argmax(1))" if y.dim() == 2 and y.shape[1] > 1 else ""
         raise ValueError(f"{name} must be 1-D class indices, got shape {tuple(y.shape)}{hint}")

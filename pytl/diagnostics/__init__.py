@@ -7,6 +7,8 @@
   from a domain classifier.
 * :func:`domain_divergence` (divergence.py) - both, with a verdict ("low" / "moderate" / "high") and a
   plain-English explanation.
+* :func:`estimate_label_shift` (label_shift.py) - the target's class proportions from a classifier's
+  predictions on unlabelled target data (BBSE, Lipton et al. 2018), and the class weights q(y)/p(y).
 
 They take numpy arrays, nested lists or tensors (samples, features), like the trainer.
 :func:`rbf_kernel_matmul` is the op wrapper of pytl.ops, also importable from here.
@@ -14,6 +16,12 @@ They take numpy arrays, nested lists or tensors (samples, features), like the tr
 
 from pytl.diagnostics.divergence import VERDICT_HIGH, VERDICT_LOW, DivergenceReport, domain_divergence
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, MIN_PAD_SAMPLES, proxy_a_distance
+from pytl.diagnostics.label_shift import (
+    RELIABLE_CONDITION,
+    LabelShiftEstimate,
+    estimate_label_shift,
+    label_shift_from_predictions,
+)
 from pytl.diagnostics.permutation_test import (
     PERMUTATION_CHUNK_ELEMENTS,
     PERMUTATION_CHUNK_RANGE,
@@ -27,13 +35,17 @@ __all__ = [
     "MIN_PAD_SAMPLES",
     "PERMUTATION_CHUNK_ELEMENTS",
     "PERMUTATION_CHUNK_RANGE",
+    "RELIABLE_CONDITION",
     "VERDICT_HIGH",
     "VERDICT_LOW",
     "DivergenceReport",
+    "LabelShiftEstimate",
     "MMDTestResult",
     "SigmasLike",
     "WeightsLike",
     "domain_divergence",
+    "estimate_label_shift",
+    "label_shift_from_predictions",
     "mmd_test",
     "proxy_a_distance",
     "rbf_kernel_matmul",
