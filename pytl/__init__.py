@@ -10,7 +10,7 @@ new thing goes: docs/architecture.md.
 
 from pytl import distributed, ops
 from pytl.bandwidths import bandwidth_ladder, median_heuristic
-from pytl.losses import MMDLoss
+from pytl.losses import CORALLoss, MMDLoss, coral_loss
 from pytl.ops import mmd2, rbf_kernel_matmul
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
@@ -51,11 +51,13 @@ __all__ = [
     "DivergenceSweep",
     "MMDTestResult",
     "MLPEncoder",
+    "CORALLoss",
     "MMDLoss",
     "TransferModel",
     "TwoStageTrainer",
     "bandwidth_ladder",
     "compare_strategies",
+    "coral_loss",
     "curves",
     "data",
     "data_efficiency_curve",

@@ -1,4 +1,4 @@
-"""Alignment losses as nn.Modules: thin shells over the functions of pytl.ops."""
+"""Alignment losses: MMDLoss, the nn.Module shell over pytl.mmd2; coral_loss and CORALLoss (Deep CORAL)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pytl import distributed as _dist
 from pytl._checks import check_choice
 from pytl.ops import ESTIMATORS, SigmasLike, WeightsLike, mmd2
 
-__all__ = ["MMDLoss"]
+__all__ = ["CORALLoss", "MMDLoss", "coral_loss"]
 
 
 class MMDLoss(nn.Module):
@@ -49,3 +49,36 @@ class MMDLoss(nn.Module):
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
         dist = ", distributed=True" if self.distributed else ""
         return f"sigmas={sig}, estimator={self.estimator!r}{dist}"
+
+
+def _covariance(z: Tensor) -> Tensor:
+    """The (d, d) sample covariance (ddof 1) of the rows of z, in float32 or float64; 0 for a single row."""
+    z = z.flatten(1)
+    z = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    centred = z - z.mean(0, keepdim=True)
+    return centred.T @ centred / max(z.shape[0] - 1, 1)
+
+
+def coral_loss(source: Tensor, target: Tensor) -> Tensor:
+    """Deep CORAL (Sun & Saenko, ECCV-W 2016): ||C_s - C_t||_F^2 / (4 d^2), C the (d, d) feature
+    covariances (ddof 1) of a source batch (n_s, d) and a target batch (n_t, d); differentiable in both.
+    Half inputs are computed in float32. A batch of one row has covariance 0."""
+    for name, z in (("source", source), ("target", target)):
+        if not isinstance(z, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() < 2 or z.shape[0] == 0 or z[0].numel() == 0:
+            raise ValueError(f"{name} must be a non-empty batch of features (samples, features), got shape "
+                             f"{tuple(z.shape)}")
+    if source[0].numel() != target[0].numel():
+        raise ValueError(f"source and target must have the same number of features, got {tuple(source.shape)} and "
+                         f"{tuple(target.shape)}")
+    d = source[0].numel()
+    diff = _covariance(source) - _covariance(target)
+    return (diff * diff).sum() / (4.0 * d * d)
+
+
+class CORALLoss(nn.Module):
+    """nn.Module twin of :func:`coral_loss`: ``CORALLoss()(source_features, target_features)``."""
+
+    def forward(self, source: Tensor, target: Tensor) -> Tensor:
+        return coral_loss(source, target)

@@ -392,7 +392,7 @@ def _scenario_die(rank, world, out):
     data = train_data()
     tr = TwoStageTrainer(train_model(data), progress=False, checkpoint=str(out / "ckpt.pt"), **TRAIN)
     if rank == 1:  # this process is rank 1 alone: patching stage 1's MMD for the whole process is fine
-        mmd, calls = train_steps.alignment_mmd2, [0]
+        mmd, calls = train_steps.alignment_term, [0]
 
         def dying(*args):
             calls[0] += 1
@@ -400,7 +400,7 @@ def _scenario_die(rank, world, out):
                 os._exit(3)
             return mmd(*args)
 
-        train_steps.alignment_mmd2 = dying
+        train_steps.alignment_term = dying
     tr.fit(data.source, data.target_unlabeled, data.target_labeled, eval_data={"test": data.target_test})
     return {}
 

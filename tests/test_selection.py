@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pytl.data import make_domain_shift
-from pytl.experiments import STRATEGIES, compare_strategies
+from pytl.experiments import DEFAULT_STRATEGIES, compare_strategies
 from pytl.experiments.estimate import Estimate, compare_paired, sign_test_p_value
 from pytl.experiments.folds import check_folds, stratified_folds
 
@@ -98,7 +98,7 @@ def test_cross_validated_estimate_equals_a_brute_force_fold_loop(shift):
     folds are the labels; the label-free strategies are scored on every label."""
     d = shift.as_dict()
     r = compare_strategies(**d, folds=3, seed=2, **TINY)
-    assert set(r.estimate) == set(STRATEGIES)
+    assert set(r.estimate) == set(DEFAULT_STRATEGIES)
     xl, yl = shift.target_labeled
     folds = stratified_folds(torch.as_tensor(yl), 3, seed=2)
     for k, held in enumerate(folds):
@@ -179,8 +179,8 @@ def test_dataloaders_and_datasets_are_accepted(shift):
     # source and unlabelled target as a Dataset and a DataLoader: trained batch by batch
     r = compare_strategies(TensorDataset(xs, ys), DataLoader(xu, batch_size=64, shuffle=True), TensorDataset(xt, yt),
                            (xl, yl), folds=3, seed=1, **TINY)
-    assert set(r.accuracy) == set(STRATEGIES) and all(0 <= a <= 1 for a in r.accuracy.values())
-    assert set(r.embedding_mmd2) == set(STRATEGIES) - {"ensemble"}
+    assert set(r.accuracy) == set(DEFAULT_STRATEGIES) and all(0 <= a <= 1 for a in r.accuracy.values())
+    assert set(r.embedding_mmd2) == set(DEFAULT_STRATEGIES) - {"ensemble"}
     assert all(math.isfinite(v) for v in r.embedding_mmd2.values())
 
 

@@ -26,6 +26,7 @@ from pytl.experiments.layers import LAYER_SERIES, layer_transferability
 from pytl.experiments.report import ComparisonReport, SeedSummary, summarize
 from pytl.experiments.strategies import (
     DEFAULT_CONFIG,
+    DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
     STRATEGIES,
     TRANSFER_STRATEGIES,
@@ -36,6 +37,7 @@ from pytl.experiments.tables import CurveRow, CurveTable, DivergenceSweep
 
 __all__ = [
     "DATA_EFFICIENCY_STRATEGIES",
+    "DEFAULT_STRATEGIES",
     "DEFAULT_CONFIG",
     "LAYER_SERIES",
     "NEEDS_TARGET_LABELS",

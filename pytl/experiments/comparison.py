@@ -34,8 +34,9 @@ from pytl.experiments.comparison_data import (
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import check_folds, stratified_folds
-from pytl.experiments.report import ComparisonReport
+from pytl.experiments.report import LABEL_FREE, ComparisonReport
 from pytl.experiments.strategies import (
+    DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
     STRATEGIES,
     TRANSFER_STRATEGIES,
@@ -58,7 +59,7 @@ TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target
                    "finetune_validation", "patience")
 EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
 #: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
-FINETUNED = {"scratch": "", "naive": "source_only", "mmd": "mmd_only"}
+FINETUNED = {"scratch": "", "naive": "source_only", "mmd": "mmd_only", "coral": "coral_only"}
 
 
 def compare_strategies(
@@ -82,6 +83,8 @@ def compare_strategies(
     - "naive": "source_only", then ``finetune_epochs`` on the target labels.
     - "mmd": "mmd_only", then the same fine-tuning.
     - "ensemble": mean class probabilities of "mmd" and "scratch".
+    - "coral_only", "coral" (``strategies="all"`` or by name): as "mmd_only" and "mmd" with Deep CORAL
+      (Sun & Saenko 2016) in place of MMD², weighted by ``lambda_coral``.
 
     target_labeled: the few target labels. With ``folds`` (default 5), every strategy that uses them is
     also trained once per stratified fold on the other folds' labels and scored on the held-out fold;
@@ -103,7 +106,7 @@ def compare_strategies(
     default an MLP sized from the data. ``config``: see ``DEFAULT_CONFIG``.
     """
     cfg = resolve_config(config)
-    wanted = list(select_strategies(STRATEGIES if strategies is None else strategies))
+    wanted = list(select_strategies(DEFAULT_STRATEGIES if strategies is None else strategies))
     seed = check_int(seed, "seed", 0)
     if folds is not None:
         folds = check_int(folds, "folds", 2)
@@ -187,6 +190,8 @@ class _Runs:
             self.align("source_only", 0.0)
         if wanted & {"mmd_only", "mmd", "ensemble"}:
             self.align("mmd_only", self.cfg["lambda_mmd"])
+        if wanted & {"coral_only", "coral"}:
+            self.align("coral_only", self.cfg["lambda_coral"], alignment="coral")
 
     def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "") -> dict[str, nn.Module]:
         """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
@@ -210,7 +215,7 @@ class _Runs:
         xl, yl = self.data.labeled  # type: ignore[misc]
         logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
                 for s in STRATEGIES if s in wanted}
-        for s in ("source_only", "mmd_only"):
+        for s in LABEL_FREE:
             if s in logp:
                 logp[s] = _log_proba(self.models[s], xl)
         for k, held in enumerate(folds):
@@ -222,11 +227,12 @@ class _Runs:
                     logp[s][held] = _log_proba(m, xl[held])
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
 
-    def align(self, name: str, lam: float) -> None:
-        """Stage 1 from the initial weights: source labels, plus λ·MMD² toward the unlabelled target when λ > 0."""
+    def align(self, name: str, lam: float, alignment: str = "mmd") -> None:
+        """Stage 1 from the initial weights: source labels, plus λ·alignment (MMD² or CORAL) toward the
+        unlabelled target when λ > 0."""
         t0 = time.perf_counter()
-        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, align_epochs=self.cfg["align_epochs"],
-                                  **self.common)
+        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, alignment=alignment,
+                                  align_epochs=self.cfg["align_epochs"], **self.common)
         trainer.label = f"{name}: "
         d = self.data
         trainer.align(d.source, d.target_unlabeled if lam > 0 else None)

@@ -14,6 +14,7 @@ from pytl.freezing import FreezingPolicy
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEFAULT_STRATEGIES",
     "DESCRIPTIONS",
     "NEEDS_TARGET_LABELS",
     "STRATEGIES",
@@ -25,10 +26,13 @@ __all__ = [
     "select_strategies",
 ]
 
-STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble")
-NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "mmd", "ensemble"})
+#: what compare_strategies runs by default: the tutorial's six
+DEFAULT_STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble")
+#: every strategy (``strategies="all"``): the six, and the Deep CORAL baseline (Sun & Saenko 2016)
+STRATEGIES = DEFAULT_STRATEGIES + ("coral_only", "coral")
+NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "mmd", "ensemble", "coral"})
 #: the strategies that transfer source knowledge and fine-tune on the target labels: what "scratch" is compared with
-TRANSFER_STRATEGIES = ("naive", "mmd")
+TRANSFER_STRATEGIES = ("naive", "mmd", "coral")
 
 DESCRIPTIONS = {
     "source_only": "source labels, {align_epochs} epochs",
@@ -37,6 +41,8 @@ DESCRIPTIONS = {
     "naive": "source_only, then {finetune_epochs} epochs on target labels",
     "mmd": "mmd_only, then {finetune_epochs} epochs on target labels",
     "ensemble": "mean probabilities of mmd and scratch",
+    "coral_only": "+ unlabelled target: CE + {lambda_coral:g}·CORAL, {align_epochs} epochs",
+    "coral": "coral_only, then {finetune_epochs} epochs on target labels",
 }
 
 #: compare_strategies' defaults: the tutorial's recipe (λ = 0.5, 100 alignment and 50 fine-tuning epochs).
@@ -50,6 +56,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_classes": None,           # None: largest label + 1
     # trainer
     "lambda_mmd": 0.5,
+    # λ of "coral_only"/"coral": Deep CORAL's ||C_s - C_t||^2 / 4d^2 is ~1e-4 of MMD² on a 64-wide embedding
+    # (tests/test_coral.py), so its λ is larger; 1000 brings its term to the size of the cross-entropy there
+    "lambda_coral": 1000.0,
     "lambda_schedule": "constant",
     "align_epochs": 100,
     "finetune_epochs": 50,
@@ -93,8 +102,10 @@ def resolve_config(config: Mapping[str, Any], caller: str = "compare_strategies"
 
 
 def select_strategies(strategies: Any, allowed: Iterable[str] = STRATEGIES) -> tuple[str, ...]:
-    """The requested strategies (a name or a sequence of names from ``allowed``), in ``allowed`` order."""
+    """The requested strategies (a name, a sequence of names from ``allowed``, or "all"), in ``allowed`` order."""
     allowed = tuple(allowed)
+    if isinstance(strategies, str) and strategies == "all":
+        return allowed
     if isinstance(strategies, str):
         strategies = [strategies]
     if not isinstance(strategies, Iterable):

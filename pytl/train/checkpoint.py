@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = "pytl.TwoStageTrainer.checkpoint/1"
 # The settings a resumed run should share with the checkpoint's run (compared, a difference warns).
-RESUME_SETTINGS = ("lambda_mmd", "lambda_schedule", "align_epochs", "finetune_epochs", "lr", "finetune_lr",
+RESUME_SETTINGS = ("lambda_mmd", "alignment", "lambda_schedule", "align_epochs", "finetune_epochs", "lr", "finetune_lr",
                    "batch_size", "target_batch_size", "finetune_batch_size", "weight_decay", "optimizer",
                    "align_policy", "finetune_policy", "mmd_sigmas", "mmd_estimator", "mmd_scope", "seed",
                    "finetune_validation", "patience", "amp")

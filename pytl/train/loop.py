@@ -75,10 +75,11 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
                     precision.backward(objective(t, loss, out, pen))
                     precision.step(opt)
                     stage.after_step()
-                    sums.add(x.shape[0], loss=loss, ce=out.ce, mmd2=out.mmd2, penalty=pen,
-                             correct=(out.logits.argmax(1) == y).sum())
+                    sums.add(x.shape[0], loss=loss, ce=out.ce, penalty=pen, correct=(out.logits.argmax(1) == y).sum(),
+                             **{stage.align_key: out.align})
                 rec: dict[str, Any] = {"stage": stage.name, "epoch": epoch,
                                        **sums.means(t.device if t._world > 1 else None), **stage.record()}
+                rec.setdefault(stage.align_key, None)  # "coral" too when the stage had no alignment term
                 check_finite(rec, stage.advice)
                 if unfrozen:
                     rec["unfrozen"] = unfrozen

@@ -69,7 +69,7 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
     if stage in ("fit", "align") and src is None:
         raise ValueError("source (X, y) is required for stage 1")
     if needs_target and target_unlabeled is None:
-        raise ValueError("target_unlabeled is required for MMD alignment (lambda_mmd > 0); "
+        raise ValueError(f"target_unlabeled is required for {t.alignment.upper()} alignment (lambda_mmd > 0); "
                          "pass lambda_mmd=0 to train on the source alone")
     tu = inp.as_unlabeled(target_unlabeled, "target_unlabeled") if target_unlabeled is not None else None
     if stage == "finetune" and target_labeled is None:
@@ -94,7 +94,7 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
         raise ValueError(f"num_classes={t.num_classes} but the model outputs {num_classes} classes")
     if needs_target and not (hasattr(model, "embed") and hasattr(model, "head")):
         raise TypeError(
-            f"MMD alignment needs a model with embed(x) and head(z), got {type(model).__name__}; "
+            f"{t.alignment.upper()} alignment needs a model with embed(x) and head(z), got {type(model).__name__}; "
             "wrap it with TransferModel(encoder, head) or TransferModel.from_backbone(model, num_classes)"
         )
     for name, data in [("source", src), ("target_labeled", tl)] + [(f"eval_data[{k!r}]", v) for k, v in ev.items()]:

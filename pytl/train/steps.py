@@ -1,4 +1,5 @@
-"""The objective of a training step: CE + λ·MMD² (stage 1) or CE (stage 2), plus the policy's penalty.
+"""The objective of a training step: CE + λ·alignment (stage 1: MMD² or CORAL) or CE (stage 2), plus the
+policy's penalty.
 
 Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``,
 both ``Stage``s); the one stage loop (loop.py) runs either. Also here: the λ schedules and what a rank
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pytl.losses import coral_loss
 from pytl.ops import mmd2
 from pytl.train import ddp
 from pytl.train.batches import TargetBatches, batches, steps_per_epoch
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
 
 LAMBDA_SCHEDULES = ("constant", "linear", "dann")
+ALIGNMENTS = ("mmd", "coral")
+#: the history key of each alignment term
+ALIGNMENT_KEYS = {"mmd": "mmd2", "coral": "coral"}
 ScheduleLike = Union[str, Callable[[float], float]]
 
 
@@ -51,7 +56,7 @@ class StepLoss:
 
     loss: Tensor
     ce: Tensor
-    mmd2: Tensor | None
+    align: Tensor | None  # the alignment term (MMD² or CORAL), before λ
     lam: float
     logits: Tensor
     n_global: int  # the global batch size (== the local one without DDP)
@@ -63,33 +68,38 @@ def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tenso
     DDP averages parameter gradients over the W ranks. So that the average is the gradient of
     the single-process loss, CE over the global batch + λ·MMD² + penalty: this rank's CE (a mean
     over its n_local samples) is weighted by W·n_local/n_global; the global MMD², the same on
-    every rank but with gradients reaching only this rank's rows (pytl.distributed), by W; the
+    every rank but with gradients reaching only this rank's rows (pytl.distributed), by W (CORAL of the
+    gathered batch alike); the
     penalty, a function of the shared weights, is the same on every rank and stays as it is."""
     world = trainer._world
     if world == 1:
         return loss
     obj = step.ce * (step.logits.shape[0] * world / step.n_global)
-    if step.mmd2 is not None:
-        obj = obj + (step.lam * world if trainer.mmd_scope == "global" else step.lam) * step.mmd2
+    if step.align is not None:
+        obj = obj + (step.lam * world if trainer.mmd_scope == "global" else step.lam) * step.align
     return obj if pen is None else obj + pen
 
 
-def alignment_mmd2(trainer: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int) -> Tensor:
-    """Stage 1's MMD²: of the global batch (every rank's embeddings, gathered) or of this rank's shard.
-    ns, nt: the global batch sizes, whose split over the ranks every rank knows."""
+def alignment_term(trainer: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int) -> Tensor:
+    """Stage 1's alignment term (``trainer.alignment``): of the global batch (every rank's embeddings,
+    gathered) or of this rank's shard. ns, nt: the global batch sizes, whose split every rank knows."""
     zs, zt = ddp.gather_for_mmd(trainer, zs, zt, ns, nt)
+    if trainer.alignment == "coral":
+        return coral_loss(zs, zt)
     sig = trainer.mmd_sigmas(zs.detach(), zt.detach()) if callable(trainer.mmd_sigmas) else trainer.mmd_sigmas
     return mmd2(zs, zt, sig, estimator=trainer.mmd_estimator)
 
 
 class Stage:
     """What the loop asks of a stage. Class attributes: ``name`` (history key), ``rng_offset`` (its seed
-    stream), ``advice`` (when the loss diverges), ``bar_keys`` (record keys on the progress bar)."""
+    stream), ``advice`` (when the loss diverges), ``bar_keys`` (record keys on the progress bar),
+    ``align_key`` (the record key of its alignment term)."""
 
     name: str
     rng_offset: int
     advice: str
     bar_keys: tuple[str, ...]
+    align_key = "mmd2"  # the record key of the alignment term (None in a stage without one)
     policy: Any  # the stage's freezing policy (None: train everything)
     lr: float
     epochs: int
@@ -129,12 +139,14 @@ class Stage:
 
 class AlignStage(Stage):
     """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
-    when MMD is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step."""
+    when alignment is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step."""
 
-    name, rng_offset, advice, bar_keys = "align", 1, "lower lr or lambda_mmd", ("loss", "mmd2")
+    name, rng_offset, advice = "align", 1, "lower lr or lambda_mmd"
 
     def __init__(self, trainer: TwoStageTrainer, source: Any, target: Any) -> None:
         self.t, self.source = trainer, source
+        self.align_key = ALIGNMENT_KEYS[trainer.alignment]
+        self.bar_keys = ("loss", self.align_key)
         self.use_mmd = trainer.lambda_mmd > 0 and target is not None
         self.target_data = target
         self.policy, self.lr, self.epochs = trainer.align_policy, trainer.lr, trainer.align_epochs
@@ -166,7 +178,7 @@ class AlignStage(Stage):
         logits, z = step_fn(xs, xt)  # one pass: BatchNorm sees both domains
         zs, zt = z[: xs.shape[0]], z[xs.shape[0]:]
         ce = F.cross_entropy(logits, ys)
-        m = alignment_mmd2(t, zs, zt, n, nt)
+        m = alignment_term(t, zs, zt, n, nt)
         return StepLoss(ce + self.lam * m, ce, m, self.lam, logits, n)
 
     def after_step(self) -> None:

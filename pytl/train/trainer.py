@@ -25,7 +25,7 @@ from pytl.train.checkpoint import read_checkpoint
 from pytl.train.evaluate import embed_all, predict_proba
 from pytl.train.loop import run_stage
 from pytl.train.prepare import param_dtype, prepare, resolve_device
-from pytl.train.steps import LAMBDA_SCHEDULES, AlignStage, FinetuneStage, ScheduleLike
+from pytl.train.steps import ALIGNMENTS, LAMBDA_SCHEDULES, AlignStage, FinetuneStage, ScheduleLike
 
 __all__ = ["OPTIMIZERS", "TwoStageTrainer"]
 
@@ -47,6 +47,10 @@ class TwoStageTrainer:
     λ = 0 and fine-tuning); None builds ``default_model`` sized from the data at the first fit, with
     inputs standardised by the pooled statistics of the training inputs (both domains).
     lambda_schedule: "constant", "linear", "dann" or callable(progress) → factor of ``lambda_mmd``.
+    alignment: stage 1's alignment term, weighted by ``lambda_mmd`` (λ keeps its meaning): "mmd"
+    (default; MMD² of the embeddings, recorded as ``mmd2``) or "coral" (Deep CORAL, Sun & Saenko 2016:
+    ||C_s − C_t||²_F / 4d² of the embeddings' covariances, recorded as ``coral``). Under DDP both are of
+    the global batch with ``mmd_scope="global"``.
     finetune_policy / align_policy: a ``pytl.freezing`` policy, in force for its stage only (the
     requires_grad flags are restored afterwards); a ``BatchNormPolicy("frozen")`` is added when the
     policy has none, so frozen BatchNorm layers keep their running statistics. ``policy_summary``
@@ -90,6 +94,7 @@ class TwoStageTrainer:
         num_classes: int | None = None,
         lambda_mmd: float = 0.5,
         lambda_schedule: ScheduleLike = "constant",
+        alignment: str = "mmd",
         align_epochs: int = 100,
         finetune_epochs: int = 50,
         lr: float = 1e-3,
@@ -119,6 +124,7 @@ class TwoStageTrainer:
         self.model = model
         self.num_classes = check_optional_int(num_classes, "num_classes", 2)
         self.lambda_mmd = check_float(lambda_mmd, "lambda_mmd", 0.0)
+        self.alignment = check_choice(alignment, "alignment", ALIGNMENTS)
         if not callable(lambda_schedule):
             check_choice(lambda_schedule, "lambda_schedule", LAMBDA_SCHEDULES, "or a callable")
         self.lambda_schedule = lambda_schedule
@@ -250,7 +256,8 @@ class TwoStageTrainer:
         return float(mmd2(zs.double(), zt.double()))
 
     def __repr__(self) -> str:
-        return (f"TwoStageTrainer(lambda_mmd={self.lambda_mmd:g}, lambda_schedule={self.lambda_schedule!r}, "
+        alignment = "" if self.alignment == "mmd" else f", alignment={self.alignment!r}"
+        return (f"TwoStageTrainer(lambda_mmd={self.lambda_mmd:g}{alignment}, lambda_schedule={self.lambda_schedule!r}, "
                 f"align_epochs={self.align_epochs}, finetune_epochs={self.finetune_epochs}, lr={self.lr:g}, "
                 f"finetune_lr={self.finetune_lr:g}, batch_size={self.batch_size}, device={str(self.device)!r}, "
                 f"seed={self.seed}{self._early_stopping_repr()})")
