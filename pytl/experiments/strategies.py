@@ -56,8 +56,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_classes": None,           # None: largest label + 1
     # trainer
     "lambda_mmd": 0.5,
-    # λ of "coral_only"/"coral": Deep CORAL's ||C_s - C_t||^2 / 4d^2 is ~1e-4 of MMD² on a 64-wide embedding
-    # (tests/test_coral.py), so its λ is larger; 1000 brings its term to the size of the cross-entropy there
+    # λ of "coral_only"/"coral": Deep CORAL's ||C_s - C_t||^2 / 4d^2 is ~1e-4 on the tutorial's 64-wide
+    # embedding, where MMD² is 0.1-0.5, so its λ is larger; 1000 makes its term a sizeable fraction of the
+    # cross-entropy there (docs/python_layer.md, "Which alignment")
     "lambda_coral": 1000.0,
     "lambda_schedule": "constant",
     "align_epochs": 100,
