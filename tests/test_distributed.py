@@ -340,6 +340,29 @@ def test_ddp_training_equals_single_process_training(train_run):
     assert ranks[0]["score"] == ranks[1]["score"] == single.score(*data.target_test)
 
 
+CORAL = dict(TRAIN, alignment="coral", lambda_mmd=200.0, finetune_epochs=0)
+
+
+def _scenario_coral(rank, world, out):
+    data = train_data()
+    tr = TwoStageTrainer(train_model(data), progress=False, **CORAL)
+    tr.align(data.source, data.target_unlabeled)
+    return {"weights": weights(tr.model), "history": tr.history}
+
+
+def test_ddp_coral_alignment_equals_single_process(tmp_path):
+    # CORAL of the gathered global batch, reweighted like the MMD (steps.objective): the same weights
+    data = train_data()
+    single = TwoStageTrainer(train_model(data), progress=False, **CORAL)
+    single.align(data.source, data.target_unlabeled)
+    ok(launch("coral", 2, tmp_path))
+    ranks = load(tmp_path, "coral", 2)
+    assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
+    assert_same_weights(ranks[0]["weights"], weights(single.model))
+    for g, w in zip(ranks[0]["history"]["align"], single.history["align"]):
+        assert g["coral"] == pytest.approx(w["coral"], rel=1e-6) and g["mmd2"] is None
+
+
 def test_only_rank0_writes_and_prints(train_run):
     out, _, _, results, ranks = train_run
     assert (out / "ckpt-rank0.pt").is_file() and not (out / "ckpt-rank1.pt").exists()
@@ -530,4 +553,4 @@ def test_demo_distributed_prints_one_table_equal_to_the_single_process_one():
     assert len(rows) == 6 and rows == table_rows(buf.getvalue())
 
 
-SCENARIOS = {"mmd": _scenario_mmd, "train": _scenario_train, "die": _scenario_die}
+SCENARIOS = {"mmd": _scenario_mmd, "train": _scenario_train, "coral": _scenario_coral, "die": _scenario_die}
