@@ -51,12 +51,6 @@ int64_t column_block(int64_t dp) {
   return std::max<int64_t>(kRowTile, std::min<int64_t>(kMaxColBlock, fit / kRowTile * kRowTile));
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYTL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYTL_CPU_CLONES
-#endif
-
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // One sample prepared for the sweeps: centred, zero padded, in the two layouts the kernels read.
@@ -355,7 +349,6 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
   const int K = static_cast<int>(sig.size());
   const BlockScales w = block_scales(n, m, unbiased);
   MMDResult res;
-  res.terms.assign(K, 0.0);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::mmd_cpu", [&] {
     using T = scalar_t;
     // Centre both samples on x's mean: distances do not change, cancellation shrinks.
@@ -367,13 +360,9 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
     // per-tile partial sums: [tile][block][k]; x tiles first, then y tiles; blocks 0 = xx, 1 = yy, 2 = xy
     std::vector<double> sums((tx + ty) * 3 * K, 0.0), sig_sums((tx + ty) * 3 * K, 0.0);
     auto slot = [&](std::vector<double>& v, int64_t tile, int block) { return v.data() + (tile * 3 + block) * K; };
-    auto coefs = [&](double scale) {
-      std::array<T, kMaxBandwidths> c{};
-      if (with_grad)
-        for (int q = 0; q < K; ++q) c[q] = static_cast<T>(scale * grad_weights[order[q]] * bw.neg_gamma[q]);
-      return c;
-    };
-    const std::array<T, kMaxBandwidths> coef_xx = coefs(4.0 * w.a), coef_yy = coefs(4.0 * w.b), coef_xy = coefs(2.0 * w.c);
+    const auto coef_xx = pair_weight_coefs<T>(4.0 * w.a, grad_weights, order, bw);
+    const auto coef_yy = pair_weight_coefs<T>(4.0 * w.b, grad_weights, order, bw);
+    const auto coef_xy = pair_weight_coefs<T>(2.0 * w.c, grad_weights, order, bw);
 
     // Work units: a tile paired with its mirror (t, T-1-t) balances the triangles; x and y units
     // interleaved balance the x-y block, which the x tiles carry.
@@ -397,23 +386,16 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
 
     // Slots take contiguous runs of units of equal work (columns swept), not equal counts: with an odd
     // tile count the middle tile has no mirror, and a split by count gave slot 0 ~5% more work.
-    std::vector<int64_t> twice_mid(units.size());  // 2 x the unit's midpoint on the cumulative work axis
-    int64_t total_work = 0;
+    std::vector<int64_t> unit_work(units.size());
     for (size_t u = 0; u < units.size(); ++u) {
       const int side = units[u].first;
       const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
       const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
       const int64_t t = units[u].second, partner = tiles - 1 - t;
-      int64_t work = np - t * kRowTile + cross;
-      if (partner != t) work += np - partner * kRowTile + cross;
-      twice_mid[u] = 2 * total_work + work;
-      total_work += work;
+      unit_work[u] = np - t * kRowTile + cross;
+      if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
     }
-    auto first_unit = [&](int64_t sl) {  // the first unit whose midpoint lies in slot sl's share
-      const auto it = std::find_if(twice_mid.begin(), twice_mid.end(),
-                                   [&](int64_t mid) { return mid * slots >= 2 * sl * total_work; });
-      return static_cast<int64_t>(it - twice_mid.begin());
-    };
+    const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
 
     at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
       for (int64_t sl = slot_begin; sl < slot_end; ++sl) {
@@ -422,7 +404,7 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
         T* cg[2] = {buf, buf ? buf + px.side.np * px.side.dp : nullptr};
         T* cw[2] = {buf ? buf + (px.side.np + py.side.np) * px.side.dp : nullptr, nullptr};
         cw[1] = buf ? cw[0] + px.side.np : nullptr;
-        const int64_t u0 = first_unit(sl), u1 = first_unit(sl + 1);
+        const int64_t u0 = first_unit[sl], u1 = first_unit[sl + 1];
         for (int64_t u = u0; u < u1; ++u) {
           const int side = units[u].first;
           const PreparedSide<T>& A = side == 0 ? px : py;
@@ -477,21 +459,7 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
       res.grad_y = gy;
     }
 
-    const double pair_factor = 2.0;  // self blocks: upper triangle -> ordered pairs
-    const double diag_x = unbiased ? 0.0 : static_cast<double>(n);  // exp(0) = 1 per diagonal pair
-    const double diag_y = unbiased ? 0.0 : static_cast<double>(m);
-    res.sigma_grad.assign(K, 0.0);
-    for (int q = 0; q < K; ++q) {
-      double s[3] = {0, 0, 0}, e[3] = {0, 0, 0};
-      for (int64_t item = 0; item < tx + ty; ++item)
-        for (int b = 0; b < 3; ++b) s[b] += slot(sums, item, b)[q], e[b] += slot(sig_sums, item, b)[q];
-      const int k = order[q];
-      res.terms[k] = w.a * (pair_factor * s[0] + diag_x) + w.b * (pair_factor * s[1] + diag_y) + w.c * s[2];
-      if (with_grad) {  // dT_k/dsigma_k = (a Exx + b Eyy + c Exy) / sigma_k^3
-        res.sigma_grad[k] = grad_weights[k] * (w.a * pair_factor * e[0] + w.b * pair_factor * e[1] + w.c * e[2]) /
-                            (sig[k] * sig[k] * sig[k]);
-      }
-    }
+    assemble_terms(res, sums, sig_sums, tx + ty, order, sig, w, n, m, unbiased, grad_weights);
   });
   return res;
 }

@@ -33,12 +33,6 @@
 namespace pytl {
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYTL_GEMM_TILES_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYTL_GEMM_TILES_CLONES
-#endif
-
 constexpr int64_t kMaxTileRows = 256;  // a float tile is 256 KB: L2-resident while the epilogue passes
 constexpr int64_t kMinTileRows = 32;
 constexpr int kBlocks = 3;  // 0 = xx, 1 = yy, 2 = xy
@@ -156,13 +150,13 @@ __attribute__((always_inline)) inline void tile_epilogue_impl(const TileEpilogue
 }
 
 // Non-template entry points, so that target_clones can version them for the running CPU.
-PYTL_GEMM_TILES_CLONES void tile_epilogue(const TileEpilogue<float>& t, bool grad) {
+PYTL_CPU_CLONES void tile_epilogue(const TileEpilogue<float>& t, bool grad) {
   if (grad)
     tile_epilogue_impl<float, true>(t);
   else
     tile_epilogue_impl<float, false>(t);
 }
-PYTL_GEMM_TILES_CLONES void tile_epilogue(const TileEpilogue<double>& t, bool grad) {
+PYTL_CPU_CLONES void tile_epilogue(const TileEpilogue<double>& t, bool grad) {
   if (grad)
     tile_epilogue_impl<double, true>(t);
   else
@@ -188,12 +182,9 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
   sq.narrow(0, 0, N).copy_(at::sum(Z * Z, {1}, false, at::kDouble));
 
   // pair-weight coefficients per block (see mmd_cpu.cpp): C_ij = sum_k coef_{b,k} exp(-gamma_k D_ij)
-  std::array<std::array<T, kMaxBandwidths>, kBlocks> coef{};
-  if (with_grad) {
-    const double scale[kBlocks] = {4.0 * w.a, 4.0 * w.b, 2.0 * w.c};
-    for (int b = 0; b < kBlocks; ++b)
-      for (int q = 0; q < K; ++q) coef[b][q] = static_cast<T>(scale[b] * grad_weights[order[q]] * bw.neg_gamma[q]);
-  }
+  const std::array<std::array<T, kMaxBandwidths>, kBlocks> coef = {
+      pair_weight_coefs<T>(4.0 * w.a, grad_weights, order, bw), pair_weight_coefs<T>(4.0 * w.b, grad_weights, order, bw),
+      pair_weight_coefs<T>(2.0 * w.c, grad_weights, order, bw)};
 
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t R = tile_rows(N), tiles = ceil_div(N, R);
@@ -204,23 +195,12 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
   if (with_grad)  // within 512 MB of accumulators, as the sweep route
     slots = std::min<int64_t>(slots, (int64_t{512} << 20) / (accumulator_elems * static_cast<int64_t>(sizeof(T))));
   slots = std::max<int64_t>(1, slots);
-  auto unit_work = [&](int64_t u) {
-    const int64_t partner = tiles - 1 - u;
-    return (tiles - u) + (partner != u ? tiles - partner : 0);  // tile pairs (t, J >= t)
-  };
-  // Slots take contiguous runs of units of equal work (tile pairs), not equal counts: slot s starts at the
-  // first unit whose midpoint on the cumulative work axis lies in its share.
-  std::vector<int64_t> twice_mid(units);
-  int64_t total_work = 0;
+  std::vector<int64_t> unit_work(units);
   for (int64_t u = 0; u < units; ++u) {
-    twice_mid[u] = 2 * total_work + unit_work(u);
-    total_work += unit_work(u);
+    const int64_t partner = tiles - 1 - u;
+    unit_work[u] = (tiles - u) + (partner != u ? tiles - partner : 0);  // tile pairs (t, J >= t)
   }
-  auto first_unit = [&](int64_t s) {
-    return static_cast<int64_t>(std::find_if(twice_mid.begin(), twice_mid.end(),
-                                             [&](int64_t mid) { return mid * slots >= 2 * s * total_work; }) -
-                                twice_mid.begin());
-  };
+  const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
 
   std::vector<double> sums(tiles * kBlocks * K, 0.0), sig_sums(tiles * kBlocks * K, 0.0);  // per row tile
   std::vector<at::Tensor> acc(slots);
@@ -232,7 +212,7 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
     for (int64_t s = s_begin; s < s_end; ++s) {
       at::Tensor G = with_grad ? acc[s].narrow(0, 0, N * d).view({N, d}) : at::Tensor();
       T* weight = with_grad ? acc[s].data_ptr<T>() + N * d : nullptr;
-      for (int64_t u = first_unit(s); u < first_unit(s + 1); ++u) {
+      for (int64_t u = first_unit[s]; u < first_unit[s + 1]; ++u) {
         for (int64_t ti : {u, tiles - 1 - u}) {
           const int64_t r0 = ti * R, rows = std::min(R, N - r0);
           const at::Tensor Zi = Z.narrow(0, r0, rows);
@@ -264,8 +244,6 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
   });
 
   MMDResult res;
-  res.terms.assign(K, 0.0);
-  res.sigma_grad.assign(K, 0.0);
   if (with_grad) {  // grad = w z - G, summed over the slots in slot order
     at::Tensor total = acc[0];
     for (int64_t s = 1; s < slots; ++s) total = total + acc[s];
@@ -273,18 +251,7 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
     res.grad_x = grad.narrow(0, 0, n);
     res.grad_y = grad.narrow(0, n, m);
   }
-  const double diag_x = unbiased ? 0.0 : static_cast<double>(n);  // exp(0) = 1 per diagonal pair
-  const double diag_y = unbiased ? 0.0 : static_cast<double>(m);
-  for (int q = 0; q < K; ++q) {
-    double s[kBlocks] = {0, 0, 0}, e[kBlocks] = {0, 0, 0};
-    for (int64_t t = 0; t < tiles; ++t)
-      for (int b = 0; b < kBlocks; ++b) s[b] += sums[(t * kBlocks + b) * K + q], e[b] += sig_sums[(t * kBlocks + b) * K + q];
-    const int k = order[q];
-    // self blocks: each unordered pair once -> ordered pairs (x2), plus the diagonal
-    res.terms[k] = w.a * (2.0 * s[0] + diag_x) + w.b * (2.0 * s[1] + diag_y) + w.c * s[2];
-    if (with_grad)  // dT_k/dsigma_k = (a Exx + b Eyy + c Exy) / sigma_k^3
-      res.sigma_grad[k] = grad_weights[k] * (w.a * 2.0 * e[0] + w.b * 2.0 * e[1] + w.c * e[2]) / (sig[k] * sig[k] * sig[k]);
-  }
+  assemble_terms(res, sums, sig_sums, tiles, order, sig, w, n, m, unbiased, grad_weights);
   return res;
 }
 

@@ -6,6 +6,14 @@
 #include <cstring>
 #include <type_traits>
 
+// Functions marked PYTL_CPU_CLONES are compiled for AVX-512, AVX2 and the baseline; the loader picks the
+// running CPU's version.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYTL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYTL_CPU_CLONES
+#endif
+
 namespace pytl {
 
 template <typename T>
