@@ -81,11 +81,11 @@ class LabelShiftEstimate:
 
 
 def _as_predictions(t: Tensor, name: str, num_classes: int) -> Tensor:
-    """Hard predictions (1-D class indices) as one-hot rows, or probabilities (2-D, rows summing to 1), float64."""
+    """Hard predictions (1-D class indices, already through ``inp.as_labels``) as one-hot rows, or
+    probabilities (2-D, rows summing to 1), float64."""
     if t.dim() == 1:
-        idx = inp.as_labels(t, name)
-        inp.check_label_range(idx, num_classes, name)
-        return torch.nn.functional.one_hot(idx, num_classes).double()
+        inp.check_label_range(t, num_classes, name)
+        return torch.nn.functional.one_hot(t, num_classes).double()
     if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] < 2:
         raise ValueError(f"{name} must be class indices (n,) or probabilities (n, C) with C >= 2, got shape "
                          f"{tuple(t.shape)}")
@@ -115,9 +115,10 @@ def label_shift_from_predictions(source_predictions: Any, source_labels: Any, ta
         raise ValueError("source_predictions and target_predictions must be the same kind: both class indices (n,) "
                          f"or both probabilities (n, C), got shapes {tuple(src.shape)} and {tuple(tgt.shape)}")
     soft = src.dim() == 2
+    if src.dim() == 1:  # hard predictions: class indices, converted once
+        src, tgt = inp.as_labels(src, "source_predictions"), inp.as_labels(tgt, "target_predictions")
     if num_classes is None:
-        num_classes = int(src.shape[1]) if soft else 1 + max(int(y.max()), *(
-            int(inp.as_labels(t, n).max()) for t, n in ((src, "source_predictions"), (tgt, "target_predictions"))))
+        num_classes = int(src.shape[1]) if soft else 1 + max(int(y.max()), int(src.max()), int(tgt.max()))
     else:
         num_classes = check_int(num_classes, "num_classes", 2)
     ps = _as_predictions(src, "source_predictions", num_classes)

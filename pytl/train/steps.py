@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
 
 LAMBDA_SCHEDULES = ("constant", "linear", "dann")
-ALIGNMENTS = ("mmd", "coral")
-#: the history key of each alignment term
+#: each alignment of stage 1 and the history key of its term
 ALIGNMENT_KEYS = {"mmd": "mmd2", "coral": "coral"}
+ALIGNMENTS = tuple(ALIGNMENT_KEYS)
 ScheduleLike = Union[str, Callable[[float], float]]
 
 
