@@ -17,21 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytl  # noqa: E402
+from minibatch import best_time  # noqa: E402  (benchmarks/minibatch.py, the script's folder)
 
 ROUTES = ("sweep", "gemm")
-
-
-def _once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def time_routes(n: int, d: int, repeats: int) -> dict[str, float]:
@@ -52,7 +46,7 @@ def time_routes(n: int, d: int, repeats: int) -> dict[str, float]:
                 os.environ["PYTL_CPU_MMD_ROUTE"] = route
                 if best[route] == float("inf"):
                     step()  # warm up
-                best[route] = min(best[route], _once(step))
+                best[route] = min(best[route], best_time(step, 1))
     finally:
         if saved is None:
             os.environ.pop("PYTL_CPU_MMD_ROUTE", None)
@@ -64,7 +58,7 @@ def time_routes(n: int, d: int, repeats: int) -> dict[str, float]:
 def sgemm_rate(d: int, repeats: int) -> float:
     a, b = torch.randn(1024, d), torch.randn(d, 1024)
     a @ b
-    return 2 * 1024 * 1024 * d / min(_once(lambda: a @ b) for _ in range(repeats))
+    return 2 * 1024 * 1024 * d / best_time(lambda: a @ b, repeats)
 
 
 def main() -> int:

@@ -48,7 +48,8 @@ def usual_mmd2(x: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor | None) ->
     return k[:nx, :nx].mean() + k[nx:, nx:].mean() - 2.0 * k[:nx, nx:].mean()
 
 
-def _best(fn: Callable[[], None], repeats: int, device: str = "cpu") -> float:
+def best_time(fn: Callable[[], None], repeats: int, device: str = "cpu") -> float:
+    """The shortest of ``repeats`` runs of ``fn``, in seconds (on CUDA, each to a synchronize)."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -85,7 +86,7 @@ def measure_point(n: int, d: int, repeats: int, device: str = "cpu") -> dict[str
     out = {k: float("inf") for k in runs}
     for _ in range(repeats):  # alternate, so that a noisy stretch hits every implementation alike
         for k, run in runs.items():
-            out[k] = min(out[k], _best(run, 1, device))
+            out[k] = min(out[k], best_time(run, 1, device))
     with torch.no_grad():
         a, b = float(usual_mmd2(x0.double(), y0.double(), fixed.double())), float(pytl.mmd2(x0, y0, fixed))
     if device != "cpu":
