@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/sample_weight_checks.h"
 #include "common/weighted_sum.h"
 
 namespace pytl {
@@ -100,6 +101,69 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
   }
 };
 
+using PairGradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor call_weighted_pair_sums(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw,
+                                   const at::Tensor& yw, const at::Tensor& sigmas) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pytl::weighted_pair_sums", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&)>();
+  return op.call(x, y, xw, yw, sigmas);
+}
+
+PairGradTuple call_weighted_pair_sums_and_grad(const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y,
+                                               const at::Tensor& xw, const at::Tensor& yw, const at::Tensor& sigmas) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pytl::weighted_pair_sums_and_grad", "")
+                       .typed<PairGradTuple(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&)>();
+  return op.call(coefs, x, y, xw, yw, sigmas);
+}
+
+// sum_{b,k} coefs[b,k] S[b,k], with the gradients to x, y, the weight matrices and sigmas computed in the
+// forward sweep (the combination coefs is known then); the backward scales them, and gives coefs S.
+class WeightedPairSumFunction : public torch::autograd::Function<WeightedPairSumFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw,
+                            const at::Tensor& yw, const at::Tensor& sigmas, const at::Tensor& coefs, bool need_grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    check_pair_coefs(coefs, sigmas, x);  // the sums kernel does not see coefs
+    at::Tensor sums;
+    if (need_grads) {
+      auto r = call_weighted_pair_sums_and_grad(coefs, x, y, xw, yw, sigmas);
+      sums = std::get<0>(r);
+      ctx->save_for_backward({sums, std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)});
+    } else {
+      sums = call_weighted_pair_sums(x, y, xw, yw, sigmas);
+      ctx->save_for_backward({sums});
+    }
+    ctx->saved_data["coefs_dtype"] = coefs.scalar_type();
+    return weighted_sum(sums, coefs, x.scalar_type());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor g = grad_outputs[0];
+    const at::Tensor none;
+    if (!g.defined()) return {none, none, none, none, none, none, none};
+    const auto cdtype = ctx->saved_data["coefs_dtype"].toScalarType();
+    at::Tensor grad_coefs = as_dtype(g, cdtype) * as_dtype(saved[0], cdtype);
+    if (saved.size() == 1) return {none, none, none, none, none, grad_coefs, none};
+    auto scaled = [&](const at::Tensor& t) { return t * as_dtype(g, t.scalar_type()); };
+    return {scaled(saved[1]), scaled(saved[2]), scaled(saved[3]), scaled(saved[4]), scaled(saved[5]), grad_coefs,
+            none};
+  }
+};
+
+at::Tensor weighted_pair_sum_autograd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw,
+                                      const at::Tensor& yw, const at::Tensor& sigmas, const at::Tensor& coefs) {
+  const bool need_grads = at::GradMode::is_enabled() && (x.requires_grad() || y.requires_grad() ||
+                                                         xw.requires_grad() || yw.requires_grad() ||
+                                                         sigmas.requires_grad());
+  return WeightedPairSumFunction::apply(x, y, xw, yw, sigmas, coefs, need_grads);
+}
+
 at::Tensor mmd2_autograd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas,
                          const at::Tensor& weights, bool unbiased) {
   // Decided here: inside forward() grad mode is always off.
@@ -118,9 +182,12 @@ at::Tensor mmd2_terms_autograd(const at::Tensor& x, const at::Tensor& y, const a
 TORCH_LIBRARY_IMPL(pytl, Autograd, m) {
   m.impl("mmd2_terms", &pytl::mmd2_terms_autograd);
   m.impl("mmd2", &pytl::mmd2_autograd);
+  m.impl("weighted_pair_sum", &pytl::weighted_pair_sum_autograd);
   // The gradient ops and the kernel-matrix product are not differentiable: differentiating
   // through them raises a clear error instead of silently returning no gradient.
   m.impl("mmd2_terms_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("mmd2_terms_and_grad", torch::autograd::autogradNotImplementedFallback());
   m.impl("rbf_kernel_matmul", torch::autograd::autogradNotImplementedFallback());
+  m.impl("weighted_pair_sums", torch::autograd::autogradNotImplementedFallback());
+  m.impl("weighted_pair_sums_and_grad", torch::autograd::autogradNotImplementedFallback());
 }

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/sample_weight_checks.h"
 #include "common/weighted_sum.h"
 
 namespace pytl {
@@ -37,10 +38,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mmd2_terms_and_grad_c
   return {mmd2_terms_op(x, y, sigmas, unbiased), std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
 }
 
+// sum_{b,k} coefs[b,k] S[b,k] below autograd (and for backends without a kernel of their own: Meta).
+at::Tensor weighted_pair_sum_composite(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw,
+                                       const at::Tensor& yw, const at::Tensor& sigmas, const at::Tensor& coefs) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pytl::weighted_pair_sums", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&)>();
+  check_pair_coefs(coefs, sigmas, x);  // the one argument the sums kernel does not see
+  return weighted_sum(op.call(x, y, xw, yw, sigmas), coefs, x.scalar_type());
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, CompositeExplicitAutograd, m) {
+  m.impl("weighted_pair_sum", &pytl::weighted_pair_sum_composite);
   m.impl("mmd2", &pytl::mmd2_composite);
   m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_composite);
 }

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/sample_weight_checks.h"
 
 namespace pytl {
 namespace {
@@ -42,10 +43,29 @@ at::Tensor rbf_kernel_matmul_meta(const at::Tensor& z, const at::Tensor& s, cons
   return at::empty({z.size(0), s.size(1)}, z.options());
 }
 
+at::Tensor weighted_pair_sums_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                                   const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
+  const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::empty({3, sigmas.size(0)}, x.options().dtype(cdt));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weighted_pair_sums_and_grad_meta(
+    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
+  const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty({3, sigmas.size(0)}, x.options().dtype(cdt)), at::empty(x.sizes(), x.options()),
+          at::empty(y.sizes(), y.options()), at::empty(x_weights.sizes(), x_weights.options()),
+          at::empty(y_weights.sizes(), y_weights.options()), at::empty(sigmas.sizes(), sigmas.options())};
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, Meta, m) {
+  m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_meta);
+  m.impl("weighted_pair_sums_and_grad", &pytl::weighted_pair_sums_and_grad_meta);
   m.impl("mmd2_terms", &pytl::mmd2_terms_meta);
   m.impl("mmd2_terms_backward", &pytl::mmd2_terms_backward_meta);
   m.impl("mmd2_terms_and_grad", &pytl::mmd2_terms_and_grad_meta);

@@ -24,4 +24,30 @@ TORCH_LIBRARY(pytl, m) {
   // sigma_0 = sqrt(median / 2) over the squared distances of `points` well-spread pooled rows of (x, y)
   // (0-dim, float32 for half inputs, else x's dtype; detached). pytl.bandwidths chooses `points`.
   m.def("median_heuristic(Tensor x, Tensor y, int points) -> Tensor");
+
+  // ---- Sample-weighted pairs (weighted_pair_sweep.cpp). x_weights (n, C), y_weights (m, C): non-negative
+  // weight rows a_i, b_j (C = 1 for sample weights, C classes for the class-conditional MMD). S (3, K):
+  // S[0,k] = sum_ij (a_i.a_j) e_k(x_i,x_j), S[1,k] = the same over y, S[2,k] = sum_ij (a_i.b_j) e_k(x_i,y_j),
+  // e_k(p, q) = exp(-||p-q||^2 / (2 sigmas[k]^2)), all ordered pairs, diagonal included; dtype of x
+  // (float32 for half inputs).
+  m.def("weighted_pair_sums(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, Tensor sigmas) -> Tensor");
+  // S and the gradients of sum_{b,k} coefs[b,k] S[b,k] to x, y, x_weights, y_weights, sigmas: one sweep.
+  m.def(
+      "weighted_pair_sums_and_grad(Tensor coefs, Tensor x, Tensor y, Tensor x_weights, Tensor y_weights,"
+      " Tensor sigmas) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // sum_{b,k} coefs[b,k] S[b,k] (0-dim, dtype of x), differentiable in every argument; like mmd2, its
+  // autograd computes the gradients in the forward sweep when an input needs them.
+  m.def("weighted_pair_sum(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, Tensor sigmas, Tensor coefs) -> Tensor");
+  // MMD^2 = sum_k weights[k] T_k with sample weights x_weights (n,), y_weights (m,) (normalised to sum 1):
+  // biased T_k = a'Kxx a + b'Kyy b - 2 a'Kxy b; unbiased excludes the diagonal and renormalises the self
+  // terms by 1 - sum a_i^2 (the weighted U-statistic; uniform weights give the usual one).
+  m.def(
+      "weighted_mmd2(Tensor x, Tensor y, Tensor sigmas, Tensor weights, Tensor x_weights, Tensor y_weights,"
+      " bool unbiased) -> Tensor");
+  // LMMD = sum_c MMD^2_c (biased), the class-c weights x_probs[:, c] / sum_i x_probs[i, c] (and the same for
+  // y): x_probs (n, C) one-hot source labels or probabilities, y_probs (m, C) target probabilities. A class
+  // with no weight in x or in y contributes 0.
+  m.def(
+      "class_conditional_mmd2(Tensor x, Tensor y, Tensor x_probs, Tensor y_probs, Tensor sigmas, Tensor weights)"
+      " -> Tensor");
 }

@@ -10,8 +10,8 @@ new thing goes: docs/architecture.md.
 
 from pytl import distributed, ops
 from pytl.bandwidths import bandwidth_ladder, median_heuristic
-from pytl.losses import CORALLoss, MMDLoss, coral_loss
-from pytl.ops import mmd2, rbf_kernel_matmul
+from pytl.losses import ClassConditionalMMDLoss, CORALLoss, MMDLoss, coral_loss
+from pytl.ops import class_conditional_mmd2, mmd2, rbf_kernel_matmul
 
 from pytl import data, freezing, models  # noqa: E402  (after ops: they use the loaded op)
 from pytl import diagnostics  # noqa: E402
@@ -52,10 +52,12 @@ __all__ = [
     "MMDTestResult",
     "MLPEncoder",
     "CORALLoss",
+    "ClassConditionalMMDLoss",
     "MMDLoss",
     "TransferModel",
     "TwoStageTrainer",
     "bandwidth_ladder",
+    "class_conditional_mmd2",
     "compare_strategies",
     "coral_loss",
     "curves",

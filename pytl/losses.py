@@ -1,4 +1,5 @@
-"""Alignment losses: MMDLoss, the nn.Module shell over pytl.mmd2; coral_loss and CORALLoss (Deep CORAL)."""
+"""Alignment losses: MMDLoss, the nn.Module shell over pytl.mmd2; ClassConditionalMMDLoss over
+pytl.class_conditional_mmd2 (LMMD); coral_loss and CORALLoss (Deep CORAL)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from torch import Tensor, nn
 
 from pytl import distributed as _dist
 from pytl._checks import check_choice
-from pytl.ops import ESTIMATORS, SigmasLike, WeightsLike, mmd2
+from pytl.ops import ESTIMATORS, SigmasLike, WeightsLike, class_conditional_mmd2, mmd2
 
-__all__ = ["CORALLoss", "MMDLoss", "coral_loss"]
+__all__ = ["CORALLoss", "ClassConditionalMMDLoss", "MMDLoss", "coral_loss"]
+
+REDUCTIONS = ("mean", "sum")
 
 
 class MMDLoss(nn.Module):
@@ -36,19 +39,73 @@ class MMDLoss(nn.Module):
         self.group = group
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        group = None
-        if self.distributed:
-            if not _dist.is_initialized():
-                raise ValueError("MMDLoss(distributed=True) needs an initialised torch.distributed process group "
-                                 "(run under torchrun and call torch.distributed.init_process_group, or "
-                                 "pytl.distributed.init_from_env()); use distributed=False in a single process")
-            group = self.group if self.group is not None else torch.distributed.group.WORLD
+        group = _loss_group(self, "MMDLoss")
         return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, group=group)
 
     def extra_repr(self) -> str:
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
         dist = ", distributed=True" if self.distributed else ""
         return f"sigmas={sig}, estimator={self.estimator!r}{dist}"
+
+
+def _loss_group(loss: Any, name: str) -> Any:
+    """The process group of a loss built with distributed=True (None otherwise)."""
+    if not loss.distributed:
+        return None
+    if not _dist.is_initialized():
+        raise ValueError(f"{name}(distributed=True) needs an initialised torch.distributed process group "
+                         "(run under torchrun and call torch.distributed.init_process_group, or "
+                         "pytl.distributed.init_from_env()); use distributed=False in a single process")
+    return loss.group if loss.group is not None else torch.distributed.group.WORLD
+
+
+class ClassConditionalMMDLoss(nn.Module):
+    """nn.Module twin of :func:`pytl.class_conditional_mmd2` (LMMD):
+    ``ClassConditionalMMDLoss()(source, target, source_labels_or_probs, target_probs)``.
+
+    reduction: "mean" (default) divides the sum over classes by the number of classes that have weight on
+    both sides (at least 1), so that the loss has the scale of one MMD² and a λ tuned for the marginal
+    MMD keeps its meaning (DSAN divides the same way); "sum" is the op's Σ_c MMD²_c. distributed and group
+    as for :class:`MMDLoss`."""
+
+    def __init__(self, sigmas: SigmasLike = None, weights: WeightsLike = None, reduction: str = "mean", *,
+                 distributed: bool = False, group: Any = None) -> None:
+        super().__init__()
+        check_choice(reduction, "reduction", REDUCTIONS)
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+        if group is not None and not distributed:
+            raise ValueError("group is only used with distributed=True")
+        self.sigmas = sigmas
+        self.weights = weights
+        self.reduction = reduction
+        self.distributed = distributed
+        self.group = group
+
+    def forward(self, x: Tensor, y: Tensor, x_probs: Any, y_probs: Tensor) -> Tensor:
+        group = _loss_group(self, "ClassConditionalMMDLoss")
+        total = class_conditional_mmd2(x, y, x_probs, y_probs, self.sigmas, self.weights, group=group)
+        if self.reduction == "sum":
+            return total
+        return total / _classes_on_both_sides(x_probs, y_probs, group)
+
+    def extra_repr(self) -> str:
+        sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
+        dist = ", distributed=True" if self.distributed else ""
+        return f"sigmas={sig}, reduction={self.reduction!r}{dist}"
+
+
+def _classes_on_both_sides(x_probs: Any, y_probs: Tensor, group: Any) -> Tensor:
+    """How many classes have weight in x_probs and in y_probs (over the global batch with a group), at least 1."""
+    yp = torch.as_tensor(y_probs).detach()
+    xp = torch.as_tensor(x_probs, device=yp.device).detach()
+    classes = yp.shape[-1]
+    x_mass = (torch.bincount(xp.long(), minlength=classes).to(yp.dtype) if xp.dim() == 1 and not xp.is_floating_point()
+              else xp.reshape(-1, classes).sum(0))
+    mass = torch.stack([x_mass.to(yp.dtype), yp.reshape(-1, classes).sum(0)])
+    if group is not None:
+        torch.distributed.all_reduce(mass, group=group)
+    return ((mass[0] > 0) & (mass[1] > 0)).sum().clamp_min(1).to(yp.dtype)
 
 
 def _covariance(z: Tensor) -> Tensor:

@@ -45,10 +45,12 @@ __all__ = [
     "ESTIMATORS",
     "LADDER_EXPONENTS",
     "MEDIAN_MAX_POINTS",
+    "ClassConditionalMMDLoss",
     "MMDLoss",
     "SigmasLike",
     "WeightsLike",
     "bandwidth_ladder",
+    "class_conditional_mmd2",
     "median_heuristic",
     "mmd2",
     "mmd2_terms",
@@ -81,6 +83,8 @@ def mmd2(
     sigmas: SigmasLike = None,
     weights: WeightsLike = None,
     *,
+    x_weights: Any = None,
+    y_weights: Any = None,
     estimator: str = "biased",
     group: Any = None,
 ) -> Tensor:
@@ -92,6 +96,13 @@ def mmd2(
     needs n, m >= 2; can be slightly negative when the distributions agree). Returns a 0-dim
     tensor of x's dtype. Fused kernels: no n x m matrix is built, forward or backward.
 
+    x_weights (n,), y_weights (m,): non-negative sample weights (a tensor, sequence or array; one side
+    may be None, meaning uniform), normalised to sum 1 inside, differentiable: the MMD between the
+    weighted empirical distributions, biased a'Kxx a + b'Kyy b - 2 a'Kxy b; "unbiased" drops the
+    diagonal and divides the self terms by 1 - sum a_i^2 (the weighted U-statistic; uniform weights
+    give the usual one). The median heuristic (sigmas=None) ignores the weights. Without weights the
+    unweighted op runs, bit for bit as before.
+
     group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks) when
     x and y are this rank's shards of a global batch: the statistic (median heuristic included) is
     that of the concatenated batch, the same on every rank, and the gradient to this rank's rows
@@ -100,10 +111,99 @@ def mmd2(
     unbiased = is_unbiased(estimator)
     _require_tensor(x, "x")
     _require_tensor(y, "y")
+    if x_weights is None and y_weights is None:
+        if group is not None:
+            x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)
+        sig, w = resolve_bandwidths(x, y, sigmas, weights)
+        return torch.ops.pytl.mmd2.default(x, y, sig, w, unbiased)
+    xw = _weight_tensor(x_weights, x, "x_weights", column=False)
+    yw = _weight_tensor(y_weights, y, "y_weights", column=False)
     if group is not None:
-        x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)
+        x, y, xw, yw = _gather_weighted(x, y, xw, yw, group, min_rows=2 if unbiased else 1)
     sig, w = resolve_bandwidths(x, y, sigmas, weights)
-    return torch.ops.pytl.mmd2.default(x, y, sig, w, unbiased)
+    return torch.ops.pytl.weighted_mmd2.default(x, y, sig, w, xw, yw, unbiased)
+
+
+def class_conditional_mmd2(
+    x: Tensor,
+    y: Tensor,
+    x_probs: Any,
+    y_probs: Any,
+    sigmas: SigmasLike = None,
+    weights: WeightsLike = None,
+    *,
+    group: Any = None,
+) -> Tensor:
+    """The class-conditional MMD (LMMD of DSAN, Zhu et al. 2020): sum over classes c of the MMD² between
+    the class-c weighted samples of x (n, d) and y (m, d), in one fused sweep for all C classes.
+
+    x_probs: source class memberships, (n, C) one-hot labels or probabilities, or (n,) integer labels
+    (then C is y_probs' width); y_probs: (m, C) target class probabilities (soft predictions, usually
+    detached). Class c weighs x_i by x_probs[i, c] / sum_i x_probs[i, c] (the same for y), so each class
+    term is the biased MMD² between two weighted samples; a class without weight on either side adds 0.
+    sigmas, weights: as for :func:`mmd2` (None: the median-heuristic ladder of the pooled samples).
+    Differentiable in x, y, x_probs, y_probs, sigmas and weights; no n x m matrix is built.
+    group: this rank's shards of a global batch, as for :func:`mmd2`. Returns a 0-dim tensor of x's dtype.
+    """
+    _require_tensor(x, "x")
+    _require_tensor(y, "y")
+    yp = _weight_tensor(y_probs, y, "y_probs", column=True)
+    xp = _class_memberships(x_probs, x, yp)
+    if group is not None:
+        x, y, xp, yp = _gather_weighted(x, y, xp, yp, group, min_rows=1)
+    sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    return torch.ops.pytl.class_conditional_mmd2.default(x, y, xp, yp, sig, w)
+
+
+def _weight_tensor(value: Any, samples: Tensor, name: str, *, column: bool) -> Tensor:
+    """Weights as a tensor on the samples' device: None is uniform; a sequence or array becomes the samples'
+    floating dtype. Shapes and values are the op's to check."""
+    if value is None:
+        shape = (samples.shape[0], 1) if column else (samples.shape[0],)
+        return torch.ones(shape, dtype=samples.dtype if samples.is_floating_point() else torch.float32,
+                          device=samples.device)
+    if isinstance(value, Tensor):
+        return value
+    dtype = samples.dtype if samples.is_floating_point() else torch.float32
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=samples.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor, sequence or array of numbers, got {type(value).__name__}") from exc
+
+
+def _class_memberships(x_probs: Any, x: Tensor, y_probs: Tensor) -> Tensor:
+    """Source memberships (n, C): integer labels (n,) become one-hot rows over y_probs' C classes."""
+    if x_probs is None:
+        raise TypeError("x_probs must be the source labels (n,) or class memberships (n, C), got None")
+    xp = x_probs if isinstance(x_probs, Tensor) else torch.as_tensor(x_probs, device=x.device)
+    if xp.dim() == 1 and not xp.is_floating_point() and not xp.is_complex():
+        classes = y_probs.shape[1] if y_probs.dim() == 2 else 0
+        if xp.numel() and (int(xp.min()) < 0 or int(xp.max()) >= classes):
+            raise ValueError(f"x_probs: integer labels must lie in [0, {classes}) (the columns of y_probs), got "
+                             f"labels from {int(xp.min())} to {int(xp.max())}")
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return torch.nn.functional.one_hot(xp.long(), classes).to(dtype)
+    if not xp.is_floating_point():
+        xp = xp.to(x.dtype if x.is_floating_point() else torch.float32)
+    return xp
+
+
+def _gather_weighted(x: Tensor, y: Tensor, xw: Tensor, yw: Tensor, group: Any,
+                     min_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The global samples and their weights, by one all-gather of the weights as extra feature columns."""
+    for name, w, z in (("x_weights", xw, x), ("y_weights", yw, y)):
+        if w.shape[:1] != z.shape[:1]:
+            raise ValueError(f"{name} must have one row per sample ({z.shape[0]}), got shape {tuple(w.shape)}")
+    d = x.shape[1]
+    xw2, yw2 = xw.reshape(xw.shape[0], -1), yw.reshape(yw.shape[0], -1)
+    xa = torch.cat([x, xw2.to(x.dtype)], 1)
+    ya = torch.cat([y, yw2.to(y.dtype)], 1)
+    xa, ya = _dist.gather_samples(xa, ya, group, min_rows=min_rows)
+    gx, gy = xa[:, :d], ya[:, :d]
+    gxw, gyw = xa[:, d:].to(xw.dtype), ya[:, d:].to(yw.dtype)
+    if xw.dim() == 1:
+        gxw, gyw = gxw.reshape(-1), gyw.reshape(-1)
+    return gx, gy, gxw, gyw
 
 
 def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: WeightsLike = None) -> Tensor:
@@ -126,10 +226,10 @@ def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: Weights
 def __getattr__(name: str) -> Any:
     # Names that moved out of this module, resolved on first use: pytl.losses and pytl.testing sit
     # above the op layer and import it, so they cannot be imported from here up front.
-    if name == "MMDLoss":
-        from pytl.losses import MMDLoss
+    if name in ("MMDLoss", "ClassConditionalMMDLoss"):
+        from pytl import losses
 
-        return MMDLoss
+        return getattr(losses, name)
     if name == "mmd2_reference":
         warnings.warn("pytl.ops.mmd2_reference moved to pytl.testing.mmd2_reference (a test oracle, not an op)",
                       DeprecationWarning, stacklevel=2)

@@ -7,8 +7,12 @@ pairwise matrices (so only for small inputs):
 * ``pair_sq_dists``, ``terms_reference``, ``mmd2_reference64``, ``kernel_matmul_reference``: float64
   oracles from the textbook definitions (squared distances from broadcast differences; no tiling, no
   exp tricks, no centring);
+* ``weighted_mmd2_reference64``, ``class_conditional_mmd2_reference64``: float64 oracles of the
+  sample-weighted and class-conditional MMD, class by class from the definitions;
 * ``mmd2_reference``: MMD² as most code computes it (matrices from |a|² + |b|² − 2ab, one exp pass per
-  bandwidth), with pytl.mmd2's signature: the "naive" implementation of the benchmarks.
+  bandwidth), with pytl.mmd2's signature: the "naive" implementation of the benchmarks;
+* ``class_conditional_mmd2_naive``: LMMD as DSAN's code computes it (the pooled kernel matrix and the
+  class-summed weight matrices, n x m each): the baseline of the class-conditional benchmark.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 from pytl.ops import is_unbiased
 
 __all__ = [
+    "class_conditional_mmd2_naive",
+    "class_conditional_mmd2_reference64",
     "cli_exit_code",
     "kernel_matmul_reference",
     "make_pair",
@@ -28,6 +34,7 @@ __all__ = [
     "mmd2_reference64",
     "pair_sq_dists",
     "terms_reference",
+    "weighted_mmd2_reference64",
 ]
 
 
@@ -61,6 +68,73 @@ def mmd2_reference64(x: Tensor, y: Tensor, sigmas, weights=None, unbiased: bool 
     w = (torch.full_like(terms, 1 / terms.numel()) if weights is None
          else torch.as_tensor(weights, dtype=torch.float64).to(terms.device))
     return (w * terms).sum()
+
+
+def _kernel64(a: Tensor, b: Tensor, sigma: Tensor) -> Tensor:
+    return torch.exp(-pair_sq_dists(a, b) / (2 * sigma * sigma))
+
+
+def _bandwidths64(sigmas, weights) -> tuple[Tensor, Tensor]:
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    w = (torch.full_like(sig, 1 / sig.numel()) if weights is None
+         else torch.as_tensor(weights, dtype=torch.float64).reshape(-1))
+    return sig, w
+
+
+def weighted_mmd2_reference64(x: Tensor, y: Tensor, sigmas, weights, x_weights: Tensor, y_weights: Tensor,
+                              unbiased: bool = False) -> Tensor:
+    """sum_k w_k MMD²_k between the weighted samples, in float64, from the definition: the biased form
+    a'Kxx a + b'Kyy b - 2 a'Kxy b; the unbiased one averages the self terms over distinct pairs with
+    weights a_i a_j / sum_{i != j} a_i a_j."""
+    x, y = x.double(), y.double()
+    a = x_weights.double().to(x.device) / x_weights.double().sum()
+    b = y_weights.double().to(x.device) / y_weights.double().sum()
+    sig, w = _bandwidths64(sigmas, weights)
+
+    def self_term(z: Tensor, p: Tensor, s: Tensor) -> Tensor:
+        pair_w = p[:, None] * p[None, :]
+        if unbiased:
+            pair_w = pair_w * (1 - torch.eye(len(p), dtype=torch.float64, device=p.device))
+            pair_w = pair_w / pair_w.sum()
+        return (pair_w * _kernel64(z, z, s)).sum()
+
+    total = x.new_zeros(())
+    for k in range(sig.numel()):
+        s = sig[k].to(x.device)
+        cross = (a[:, None] * b[None, :] * _kernel64(x, y, s)).sum()
+        total = total + w[k] * (self_term(x, a, s) + self_term(y, b, s) - 2 * cross)
+    return total
+
+
+def class_conditional_mmd2_reference64(x: Tensor, y: Tensor, x_probs: Tensor, y_probs: Tensor, sigmas,
+                                       weights=None) -> Tensor:
+    """sum over classes of the biased weighted MMD² (weights: a class's column over its sum), in float64,
+    class by class; a class without weight on one side is skipped."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for c in range(y_probs.shape[1]):
+        p, q = x_probs[:, c].double(), y_probs[:, c].double()
+        if p.sum() <= 0 or q.sum() <= 0:
+            continue
+        total = total + weighted_mmd2_reference64(x, y, sigmas, weights, p, q)
+    return total
+
+
+def class_conditional_mmd2_naive(x: Tensor, y: Tensor, x_probs: Tensor, y_probs: Tensor, sigmas,
+                                 weights=None) -> Tensor:
+    """LMMD the way DSAN's code computes it: the pooled (n + m) x (n + m) squared distances and K kernel
+    matrices, and the weight matrices A A', B B', A B' summed over classes (each n x m sized); sum_c
+    MMD²_c = sum(Wxx Kxx) + sum(Wyy Kyy) - 2 sum(Wxy Kxy). For the benchmarks."""
+    sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    sx, sy = x_probs.sum(0), y_probs.sum(0)
+    present = ((sx > 0) & (sy > 0)).to(x.dtype)
+    a = x_probs / torch.where(sx > 0, sx, torch.ones_like(sx)) * present
+    b = y_probs / torch.where(sy > 0, sy, torch.ones_like(sy)) * present
+    z = torch.cat([x, y])
+    sq = (z * z).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+    kern = sum(w[k] * torch.exp(-d2 / (2.0 * sig[k] ** 2)) for k in range(sig.numel()))
+    n = x.shape[0]
+    return ((a @ a.T) * kern[:n, :n]).sum() + ((b @ b.T) * kern[n:, n:]).sum() - 2.0 * ((a @ b.T) * kern[:n, n:]).sum()
 
 
 def kernel_matmul_reference(z: Tensor, s: Tensor, sigmas, weights) -> Tensor:

@@ -279,6 +279,33 @@ void test_errors() {
                            [&] { mmd2_terms(x, y, at::tensor({1.0, -2.0}, at::kDouble), false); }, "sigmas");
   expect_error<ValueError>("error: backward grad_terms shape",
                            [&] { backward_op().call(at::ones({3}, at::kDouble), x, y, s, false); }, "grad_terms");
+
+  // the sample-weighted ops: bad weights get the same errors as from Python
+  using WeightedFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&, bool);
+  static auto weighted = c10::Dispatcher::singleton().findSchemaOrThrow("pytl::weighted_mmd2", "").typed<WeightedFn>();
+  const auto w = at::full({2}, 0.5, at::kDouble);
+  const auto xw = at::ones({4}, at::kDouble), yw = at::ones({5}, at::kDouble);
+  expect_error<ValueError>("error: negative sample weight",
+                           [&] { weighted.call(x, y, s, w, at::tensor({1.0, -1.0, 1.0, 1.0}, at::kDouble), yw, false); },
+                           "x_weights must be non-negative and finite");
+  expect_error<ValueError>("error: NaN sample weight",
+                           [&] { weighted.call(x, y, s, w, xw, yw * std::nan(""), false); }, "y_weights must be non-negative");
+  expect_error<ValueError>("error: sample weights of the wrong length",
+                           [&] { weighted.call(x, y, s, w, at::ones({3}, at::kDouble), yw, false); },
+                           "x_weights must be a 1-D tensor with one weight per row of x (4)");
+  expect_error<ValueError>("error: all-zero sample weights",
+                           [&] { weighted.call(x, y, s, w, xw, at::zeros({5}, at::kDouble), false); },
+                           "y_weights must not be all zero");
+  expect_error<TypeError>("error: integer sample weights",
+                          [&] { weighted.call(x, y, s, w, xw.to(at::kInt), yw, false); },
+                          "x_weights must be a floating-point tensor");
+  {
+    auto xw0 = at::zeros({4}, at::kDouble);
+    xw0.index_put_({1}, 1.0);
+    expect_error<ValueError>("error: unbiased with one weighted sample", [&] { weighted.call(x, y, s, w, xw0, yw, true); },
+                             "at least 2 samples with positive weight in x_weights");
+  }
 }
 
 
