@@ -8,7 +8,7 @@ import torch
 import pytl
 from pytl import TwoStageTrainer
 from pytl.data import make_domain_shift
-from pytl.train import steps as steps_mod
+from pytl.train import alignments as alignments_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,13 +71,13 @@ def shift():
 
 def test_trainer_aligns_with_coral_on_the_embeddings(shift, monkeypatch):
     seen = []
-    real = steps_mod.coral_loss
+    real = alignments_mod.coral_loss
 
     def spy(zs, zt):
         seen.append((zs.shape, zt.shape, zs.requires_grad))
         return real(zs, zt)
 
-    monkeypatch.setattr(steps_mod, "coral_loss", spy)
+    monkeypatch.setattr(alignments_mod, "coral_loss", spy)
     tr = TwoStageTrainer(alignment="coral", lambda_mmd=1.0, batch_size=50, target_batch_size=30, align_epochs=2,
                          progress=False)
     tr.align(shift.source, shift.target_unlabeled)

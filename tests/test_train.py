@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-import pytl.train.steps as steps_mod  # where stage 1 calls the MMD op
+import pytl.train.alignments as alignments_mod  # where stage 1 calls the MMD op
 from pytl.data import make_domain_shift
 from pytl.freezing import L2SP, FreezeFirst
 from pytl.models import default_model
@@ -107,13 +107,13 @@ def test_numpy_and_tensor_inputs_give_identical_models(shift):
 
 def test_mmd_term_uses_the_fused_op_with_each_domains_batch_size(shift, monkeypatch):
     seen = []
-    real = steps_mod.mmd2
+    real = alignments_mod.mmd2
 
     def spy(x, y, *args, **kwargs):
         seen.append((x.shape[0], y.shape[0], x.requires_grad))
         return real(x, y, *args, **kwargs)
 
-    monkeypatch.setattr(steps_mod, "mmd2", spy)
+    monkeypatch.setattr(alignments_mod, "mmd2", spy)
     TwoStageTrainer(batch_size=40, target_batch_size=25, align_epochs=1, progress=False).align(
         shift.source, shift.target_unlabeled)
     assert seen == [(40, 25, True)] * 5
@@ -203,13 +203,13 @@ def test_progress_bar_can_be_turned_off(shift, capsys):
 
 def test_num_threads_holds_during_training_only(shift, monkeypatch):
     seen = []
-    real = steps_mod.mmd2
+    real = alignments_mod.mmd2
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(steps_mod, "mmd2", spy)
+    monkeypatch.setattr(alignments_mod, "mmd2", spy)
     torch.set_num_threads(2)
     TwoStageTrainer(num_threads=1, align_epochs=1, progress=False).align(shift.source, shift.target_unlabeled)
     assert set(seen) == {1} and torch.get_num_threads() == 2

@@ -22,7 +22,8 @@ CHECKPOINT_FORMAT = "pytl.TwoStageTrainer.checkpoint/1"
 RESUME_SETTINGS = ("lambda_mmd", "alignment", "lambda_schedule", "align_epochs", "finetune_epochs", "lr", "finetune_lr",
                    "batch_size", "target_batch_size", "finetune_batch_size", "weight_decay", "optimizer",
                    "align_policy", "finetune_policy", "mmd_sigmas", "mmd_estimator", "mmd_scope", "seed",
-                   "finetune_validation", "patience", "amp")
+                   "finetune_validation", "patience", "amp", "warmup", "cmmd_confidence", "class_weights",
+                   "dann_hidden")
 
 
 def settings_of(t: TwoStageTrainer) -> dict[str, Any]:
@@ -42,7 +43,8 @@ def settings_of(t: TwoStageTrainer) -> dict[str, Any]:
 def save_checkpoint(t: TwoStageTrainer, stage: str, epoch: int, model: nn.Module, start_state: Any,
                     opt: torch.optim.Optimizer, gen: torch.Generator, records: list[dict[str, Any]],
                     step: int = 0, lam: float = 0.0, target: dict[str, Any] | None = None,
-                    validation: dict[str, Any] | None = None, scaler: dict[str, Any] | None = None) -> None:
+                    validation: dict[str, Any] | None = None, scaler: dict[str, Any] | None = None,
+                    alignment: dict[str, Any] | None = None, class_weights: Any = None) -> None:
     """After each epoch: rank 0 writes everything a resumed run needs (atomically: a crash while
     writing leaves the previous checkpoint). Plain types and tensors only (torch.load weights_only)."""
     if t.checkpoint is None:
@@ -58,6 +60,8 @@ def save_checkpoint(t: TwoStageTrainer, stage: str, epoch: int, model: nn.Module
         "rng": rngs, "step": step, "lambda": lam, "target": target,
         "validation": validation,  # fine-tuning's early-stopping state (best loss, epoch, weights; stopped)
         "scaler": scaler,  # amp on CUDA: the GradScaler's scale and growth tracker
+        "alignment": alignment,  # stage 1's alignment state (DANN: discriminator and its optimizer)
+        "class_weights": class_weights,  # class_weights="estimated": the estimate, once taken
         "history": t.history, "records": records, "policy_summary": t.policy_summary,
         "num_classes": t.num_classes, "sample_shape": list(t._sample_shape or ()),
         "settings": settings_of(t), "world_size": t._world,

@@ -52,6 +52,13 @@ def gather_for_mmd(t: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int)
     return zs, zt
 
 
+def share_of_sum(local: Tensor) -> Tensor:
+    """This rank's value over the sum of every rank's (one all-reduce of a scalar)."""
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return local / total
+
+
 def check_checkpoint_everywhere(t: TwoStageTrainer) -> None:
     """Checkpoints take a collective (the ranks' RNG states): all ranks or none."""
     if t._world == 1:

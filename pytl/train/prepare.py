@@ -59,6 +59,24 @@ def param_dtype(model: nn.Module | None) -> torch.dtype:
     return p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
 
 
+def check_class_weights(t: TwoStageTrainer, src: Any, tu: Any, num_classes: int, stage: str) -> None:
+    """class_weights against the data: one non-negative weight per class; "estimated" needs the source and
+    target as arrays (the estimate predicts on their first rows) and stage 1."""
+    spec = t.class_weights
+    if spec is None or stage == "finetune":
+        return
+    if isinstance(spec, str):
+        if tu is None:
+            raise ValueError("class_weights='estimated' needs target_unlabeled (the estimate predicts on it)")
+        if not isinstance(src, tuple) or not isinstance(tu, Tensor):
+            raise ValueError("class_weights='estimated' needs source and target_unlabeled as arrays or tensors (the "
+                             "estimate predicts on their first rows); with DataLoaders estimate the weights yourself "
+                             "(pytl.diagnostics.estimate_label_shift) and pass them as class_weights")
+        return
+    if spec.numel() != num_classes:
+        raise ValueError(f"class_weights must have one weight per class ({num_classes}), got {spec.numel()}")
+
+
 def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_labeled: Any, eval_data: Any,
             stage: str) -> Prepared:
     """Convert and check every input, build the default model if needed, check labels against it.
@@ -100,6 +118,7 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
     for name, data in [("source", src), ("target_labeled", tl)] + [(f"eval_data[{k!r}]", v) for k, v in ev.items()]:
         if isinstance(data, tuple):
             inp.check_label_range(data[1], num_classes, f"{name}[1] (y)")
+    check_class_weights(t, src, tu, num_classes, stage)
     val = None
     if tl is not None:
         check_enough_labels(tl, num_classes)

@@ -1,4 +1,4 @@
-"""The objective of a training step: CE + λ·alignment (stage 1: MMD² or CORAL) or CE (stage 2), plus the
+"""The objective of a training step: CE + λ·alignment (stage 1: alignments.py) or CE (stage 2), plus the
 policy's penalty.
 
 Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``,
@@ -17,19 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pytl.losses import coral_loss
-from pytl.ops import mmd2
 from pytl.train import ddp
+from pytl.train.alignments import ALIGNMENT_KEYS, ALIGNMENTS, ClassWeights, make_alignment
 from pytl.train.batches import TargetBatches, batches, steps_per_epoch
 from pytl.train.validation import EarlyStopping
 
 if TYPE_CHECKING:
     from pytl.train.trainer import TwoStageTrainer
 
+__all__ = ["ALIGNMENTS", "ALIGNMENT_KEYS", "LAMBDA_SCHEDULES", "AlignStage", "FinetuneStage", "Stage", "lambda_factor",
+           "objective"]
+
 LAMBDA_SCHEDULES = ("constant", "linear", "dann")
-#: each alignment of stage 1 and the history key of its term
-ALIGNMENT_KEYS = {"mmd": "mmd2", "coral": "coral"}
-ALIGNMENTS = tuple(ALIGNMENT_KEYS)
 ScheduleLike = Union[str, Callable[[float], float]]
 
 
@@ -56,10 +55,13 @@ class StepLoss:
 
     loss: Tensor
     ce: Tensor
-    align: Tensor | None  # the alignment term (MMD² or CORAL), before λ
+    align: Tensor | None  # the alignment term (MMD², CMMD, CORAL, DANN's domain loss), before λ
     lam: float
     logits: Tensor
     n_global: int  # the global batch size (== the local one without DDP)
+    # under DDP with class weights: this rank's share of the global batch's weight sum (its CE is a weighted
+    # mean); None: the share of rows, logits.shape[0] / n_global
+    ce_share: Tensor | None = None
 
 
 def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tensor | None) -> Tensor:
@@ -70,24 +72,16 @@ def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tenso
     over its n_local samples) is weighted by W·n_local/n_global; the global MMD², the same on
     every rank but with gradients reaching only this rank's rows (pytl.distributed), by W (CORAL of the
     gathered batch alike); the
-    penalty, a function of the shared weights, is the same on every rank and stays as it is."""
+    penalty, a function of the shared weights, is the same on every rank and stays as it is. A
+    class-weighted CE (a weighted mean) is weighted by this rank's share of the global weight sum instead."""
     world = trainer._world
     if world == 1:
         return loss
-    obj = step.ce * (step.logits.shape[0] * world / step.n_global)
+    share = step.logits.shape[0] / step.n_global if step.ce_share is None else step.ce_share
+    obj = step.ce * (share * world)
     if step.align is not None:
         obj = obj + (step.lam * world if trainer.mmd_scope == "global" else step.lam) * step.align
     return obj if pen is None else obj + pen
-
-
-def alignment_term(trainer: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int) -> Tensor:
-    """Stage 1's alignment term (``trainer.alignment``): of the global batch (every rank's embeddings,
-    gathered) or of this rank's shard. ns, nt: the global batch sizes, whose split every rank knows."""
-    zs, zt = ddp.gather_for_mmd(trainer, zs, zt, ns, nt)
-    if trainer.alignment == "coral":
-        return coral_loss(zs, zt)
-    sig = trainer.mmd_sigmas(zs.detach(), zt.detach()) if callable(trainer.mmd_sigmas) else trainer.mmd_sigmas
-    return mmd2(zs, zt, sig, estimator=trainer.mmd_estimator)
 
 
 class Stage:
@@ -139,29 +133,37 @@ class Stage:
 
 class AlignStage(Stage):
     """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
-    when alignment is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step."""
+    when alignment is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step.
+    The alignment term and the source class weights are parts of their own (alignments.py)."""
 
     name, rng_offset, advice = "align", 1, "lower lr or lambda_mmd"
 
     def __init__(self, trainer: TwoStageTrainer, source: Any, target: Any) -> None:
         self.t, self.source = trainer, source
-        self.align_key = ALIGNMENT_KEYS[trainer.alignment]
+        self.alignment = make_alignment(trainer)
+        self.align_key = self.alignment.key
         self.bar_keys = ("loss", self.align_key)
         self.use_mmd = trainer.lambda_mmd > 0 and target is not None
+        self.class_weights = ClassWeights(trainer, source, target)
         self.target_data = target
         self.policy, self.lr, self.epochs = trainer.align_policy, trainer.lr, trainer.align_epochs
         self.step, self.lam = 0, 0.0
         self.target: TargetBatches | None = None
-        self.total = 1
+        self.total, self.warmup_steps = 1, 0
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
         super().begin(gen, resume, model, policy)
+        self.model = model
         self.total = max(1, self.epochs * steps_per_epoch(self.source, self.t.batch_size, self.t._world))
+        self.warmup_steps = round(self.t.warmup * self.total)
         self.target = TargetBatches(self.t, self.target_data, gen) if self.use_mmd else None
         if resume is not None:
             self.step, self.lam = resume["step"], resume["lambda"]
             if self.target is not None and resume["target"] is not None:
                 self.target.load_state(resume["target"])
+        self.class_weights.begin(resume)
+        if self.use_mmd:
+            self.alignment.begin(model, resume)
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
         return batches(self.t, self.source, self.t.batch_size, self.gen, labeled=True, name="source", epoch=epoch)
@@ -169,26 +171,44 @@ class AlignStage(Stage):
     def loss(self, step_fn: nn.Module, xs: Tensor, ys: Tensor, n: int) -> StepLoss:
         t = self.t
         self.lam = t.lambda_mmd * lambda_factor(t.lambda_schedule, self.step / self.total) if self.use_mmd else 0.0
+        weights = self.class_weights.of(ys)
+        share = None if weights is None or t._world == 1 else ddp.share_of_sum(weights.detach().sum())
         if not self.use_mmd:
             logits, _ = step_fn(xs)
-            ce = F.cross_entropy(logits, ys)
-            return StepLoss(ce, ce, None, 0.0, logits, n)
+            ce = _cross_entropy(logits, ys, self.class_weights.weights)
+            return StepLoss(ce, ce, None, 0.0, logits, n, share)
         assert self.target is not None
         xt, nt = self.target.next()
         logits, z = step_fn(xs, xt)  # one pass: BatchNorm sees both domains
         zs, zt = z[: xs.shape[0]], z[xs.shape[0]:]
-        ce = F.cross_entropy(logits, ys)
-        m = alignment_term(t, zs, zt, n, nt)
-        return StepLoss(ce + self.lam * m, ce, m, self.lam, logits, n)
+        ce = _cross_entropy(logits, ys, self.class_weights.weights)
+        m = self.alignment.term(zs, zt, ys, n, nt, self.lam, self.step >= self.warmup_steps, weights)
+        if m is None:  # the warm-up of a class-aware term
+            return StepLoss(ce, ce, None, self.lam, logits, n, share)
+        loss = ce + m if self.alignment.reversed else ce + self.lam * m
+        return StepLoss(loss, ce, m, self.lam, logits, n, share)
 
     def after_step(self) -> None:
+        if self.use_mmd:
+            self.alignment.after_step()
         self.step += 1
+        if self.class_weights.due() and self.step >= self.warmup_steps:
+            self.class_weights.estimate(self.model)
 
     def record(self) -> dict[str, Any]:
         return {"lambda": self.lam}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"step": self.step, "lam": self.lam, "target": None if self.target is None else self.target.state()}
+        return {"step": self.step, "lam": self.lam, "target": None if self.target is None else self.target.state(),
+                "alignment": self.alignment.state() if self.use_mmd else None,
+                "class_weights": self.class_weights.state()}
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None) -> Tensor:
+    """Mean cross-entropy; with class weights, the weighted mean (sum w_y CE / sum w_y)."""
+    if class_weights is None:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, weight=class_weights.to(logits.dtype))
 
 
 class FinetuneStage(Stage):

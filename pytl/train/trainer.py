@@ -34,6 +34,29 @@ EvalData = Union[None, tuple[Any, Any], DataLoader, Mapping[str, Any]]
 OptimizerLike = Union[str, Callable[[list[dict]], torch.optim.Optimizer]]
 
 
+def check_class_weights(spec: Any, warmup: float) -> Tensor | str | None:
+    """class_weights as given: None, "estimated" (needs a warm-up to estimate after), or (C,) weights, non-negative
+    and finite and not all zero (float64 on the CPU; the count is checked against the model's classes)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        check_choice(spec, "class_weights", ("estimated",), "or a sequence of one weight per class")
+        if warmup <= 0:
+            raise ValueError("class_weights='estimated' needs warmup > 0: the estimate is taken with the model "
+                             "trained for the warm-up (a fraction of the stage-1 steps)")
+        return spec
+    try:
+        w = torch.as_tensor(spec.detach().cpu() if isinstance(spec, Tensor) else spec, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"class_weights must be None, 'estimated' or a sequence of numbers, got "
+                        f"{type(spec).__name__}") from exc
+    if w.dim() != 1 or w.numel() < 2:
+        raise ValueError(f"class_weights must be 1-D with one weight per class, got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+        raise ValueError(f"class_weights must be non-negative and finite, not all zero, got {w.tolist()}")
+    return w
+
+
 class TwoStageTrainer:
     """Stage 1: CE(source) + λ·MMD²(source embeddings, target embeddings); stage 2: fine-tune on target labels.
 
@@ -47,10 +70,25 @@ class TwoStageTrainer:
     λ = 0 and fine-tuning); None builds ``default_model`` sized from the data at the first fit, with
     inputs standardised by the pooled statistics of the training inputs (both domains).
     lambda_schedule: "constant", "linear", "dann" or callable(progress) → factor of ``lambda_mmd``.
-    alignment: stage 1's alignment term, weighted by ``lambda_mmd`` (λ keeps its meaning): "mmd"
-    (default; MMD² of the embeddings, recorded as ``mmd2``) or "coral" (Deep CORAL, Sun & Saenko 2016:
-    ||C_s − C_t||²_F / 4d² of the embeddings' covariances, recorded as ``coral``). Under DDP both are of
-    the global batch with ``mmd_scope="global"``.
+    alignment: stage 1's alignment term, weighted by ``lambda_mmd`` (λ keeps its meaning; pytl/train/
+    alignments.py), recorded under its own key: "mmd" (default; MMD² of the embeddings, ``mmd2``);
+    "cmmd" (class-conditional MMD, LMMD of DSAN, Zhu et al. 2020: per class, source rows of that label
+    against target rows weighted by the current classifier's detached probability of it, averaged over
+    the classes present on both sides, ``cmmd``; off for the first ``warmup`` fraction of stage-1 steps,
+    and target rows whose top probability is below ``cmmd_confidence`` get no weight); "coral" (Deep
+    CORAL, Sun & Saenko 2016: ||C_s − C_t||²_F / 4d² of the embeddings' covariances, ``coral``); "dann"
+    (DANN, Ganin et al. 2016: a domain discriminator of ``dann_hidden`` units per hidden layer, Adam at
+    ``lr``, trained through a gradient reversal layer that scales the encoder's gradient by λ; ``dann``
+    records its domain BCE, ln 2 ≈ 0.693 when the domains look alike; single process only). Under DDP
+    "mmd", "cmmd" and "coral" are of the global batch with ``mmd_scope="global"``.
+    class_weights: None (default), a sequence of one non-negative weight per class, or "estimated": the
+    source cross-entropy weighs each class by it (and the "mmd" term weighs the source rows, the DANN
+    domain loss too), to correct a label shift (class proportions that differ between the domains).
+    "estimated" runs BBSE (pytl.diagnostics, Lipton et al. 2018) once, at the end of the warm-up, with the
+    model's predictions on the first 4096 source and target rows; the estimate is kept as
+    ``trainer.label_shift`` (``.reliable``, ``.explain()``) and the weights go through checkpoints.
+    warmup: fraction of stage-1 steps in [0, 1) before the class-aware parts start (the "cmmd" term, the
+    class-weight estimate); default 0.1.
     finetune_policy / align_policy: a ``pytl.freezing`` policy, in force for its stage only (the
     requires_grad flags are restored afterwards); a ``BatchNormPolicy("frozen")`` is added when the
     policy has none, so frozen BatchNorm layers keep their running statistics. ``policy_summary``
@@ -95,6 +133,10 @@ class TwoStageTrainer:
         lambda_mmd: float = 0.5,
         lambda_schedule: ScheduleLike = "constant",
         alignment: str = "mmd",
+        warmup: float = 0.1,
+        cmmd_confidence: float = 0.0,
+        class_weights: Any = None,
+        dann_hidden: int = 256,
         align_epochs: int = 100,
         finetune_epochs: int = 50,
         lr: float = 1e-3,
@@ -125,6 +167,12 @@ class TwoStageTrainer:
         self.num_classes = check_optional_int(num_classes, "num_classes", 2)
         self.lambda_mmd = check_float(lambda_mmd, "lambda_mmd", 0.0)
         self.alignment = check_choice(alignment, "alignment", ALIGNMENTS)
+        self.warmup = check_float(warmup, "warmup", 0.0, 1.0, strict_max=True)
+        self.cmmd_confidence = check_float(cmmd_confidence, "cmmd_confidence", 0.0, 1.0, strict_max=True)
+        self.dann_hidden = check_int(dann_hidden, "dann_hidden", 1)
+        self.class_weights = check_class_weights(class_weights, self.warmup)
+        #: with class_weights="estimated": the label-shift estimate (a pytl.diagnostics.LabelShiftEstimate)
+        self.label_shift: Any = None
         if not callable(lambda_schedule):
             check_choice(lambda_schedule, "lambda_schedule", LAMBDA_SCHEDULES, "or a callable")
         self.lambda_schedule = lambda_schedule
