@@ -160,7 +160,7 @@ BAD = [
      ValueError, "target_test"),
     ("too few labels", dict(target_labeled=(np.zeros((1, 2)), np.array([1]))), ValueError, "fewer than the 2 classes"),
     ("nan", dict(target_unlabeled=np.full((5, 2), np.nan)), ValueError, "NaN"),
-    ("bad strategy", dict(strategies=["mmd", "dann"]), ValueError, "unknown strategy"),
+    ("bad strategy", dict(strategies=["mmd", "wasserstein"]), ValueError, "unknown strategy"),
     ("bad epochs", dict(align_epochs=-1), ValueError, "align_epochs"),
     ("bad scratch epochs", dict(scratch_epochs=2.5), TypeError, "scratch_epochs"),  # a float for an int
     ("bad policy", dict(finetune_policy="freeze"), TypeError, "finetune_policy"),

@@ -36,6 +36,7 @@ from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import check_folds, stratified_folds
 from pytl.experiments.report import LABEL_FREE, ComparisonReport
 from pytl.experiments.strategies import (
+    ALIGNED,
     DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
     STRATEGIES,
@@ -56,10 +57,10 @@ __all__ = ["compare_strategies"]
 #: the options that compare_strategies hands to every trainer unchanged
 TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size", "finetune_batch_size",
                    "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads",
-                   "finetune_validation", "patience")
+                   "finetune_validation", "patience", "warmup", "cmmd_confidence", "class_weights")
 EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
 #: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
-FINETUNED = {"scratch": "", "naive": "source_only", "mmd": "mmd_only", "coral": "coral_only"}
+FINETUNED = {"scratch": "", "naive": "source_only", **{a: f"{a}_only" for a in ALIGNED}}
 
 
 def compare_strategies(
@@ -83,8 +84,10 @@ def compare_strategies(
     - "naive": "source_only", then ``finetune_epochs`` on the target labels.
     - "mmd": "mmd_only", then the same fine-tuning.
     - "ensemble": mean class probabilities of "mmd" and "scratch".
-    - "coral_only", "coral" (``strategies="all"`` or by name): as "mmd_only" and "mmd" with Deep CORAL
-      (Sun & Saenko 2016) in place of MMD², weighted by ``lambda_coral``.
+    - "cmmd_only", "cmmd", "coral_only", "coral", "dann_only", "dann" (``strategies="all"`` or by name):
+      as "mmd_only" and "mmd" with the class-conditional MMD (LMMD of DSAN, weighted by ``lambda_cmmd``),
+      Deep CORAL (``lambda_coral``) or DANN's domain discriminator (``lambda_dann`` scales its reversed
+      gradient) in place of MMD² (TwoStageTrainer's ``alignment``).
 
     target_labeled: the few target labels. With ``folds`` (default 5), every strategy that uses them is
     also trained once per stratified fold on the other folds' labels and scored on the held-out fold;
@@ -188,10 +191,9 @@ class _Runs:
         wanted = set(wanted)
         if wanted & {"source_only", "naive"}:
             self.align("source_only", 0.0)
-        if wanted & {"mmd_only", "mmd", "ensemble"}:
-            self.align("mmd_only", self.cfg["lambda_mmd"])
-        if wanted & {"coral_only", "coral"}:
-            self.align("coral_only", self.cfg["lambda_coral"], alignment="coral")
+        for a, lam in ALIGNED.items():
+            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
+                self.align(f"{a}_only", self.cfg[lam], alignment=a)
 
     def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "") -> dict[str, nn.Module]:
         """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
@@ -228,14 +230,15 @@ class _Runs:
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
 
     def align(self, name: str, lam: float, alignment: str = "mmd") -> None:
-        """Stage 1 from the initial weights: source labels, plus λ·alignment (MMD² or CORAL) toward the
+        """Stage 1 from the initial weights: source labels, plus λ·alignment (alignments.py) toward the
         unlabelled target when λ > 0."""
         t0 = time.perf_counter()
         trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, alignment=alignment,
                                   align_epochs=self.cfg["align_epochs"], **self.common)
         trainer.label = f"{name}: "
         d = self.data
-        trainer.align(d.source, d.target_unlabeled if lam > 0 else None)
+        estimating = isinstance(self.cfg["class_weights"], str)  # the label-shift estimate predicts on the target
+        trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
         self.models[name] = trainer.model
         self.histories[name] = {"align": trainer.history["align"], "finetune": []}
         self.seconds[name] = time.perf_counter() - t0

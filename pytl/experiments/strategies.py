@@ -15,6 +15,7 @@ from pytl.freezing import FreezingPolicy
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_STRATEGIES",
+    "ALIGNED",
     "DESCRIPTIONS",
     "NEEDS_TARGET_LABELS",
     "STRATEGIES",
@@ -28,11 +29,14 @@ __all__ = [
 
 #: what compare_strategies runs by default: the tutorial's six
 DEFAULT_STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble")
-#: every strategy (``strategies="all"``): the six, and the Deep CORAL baseline (Sun & Saenko 2016)
-STRATEGIES = DEFAULT_STRATEGIES + ("coral_only", "coral")
-NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "mmd", "ensemble", "coral"})
+#: every strategy (``strategies="all"``): the six, class-conditional MMD (LMMD, DSAN: Zhu et al. 2020), and
+#: the baselines every comparison should include, Deep CORAL (Sun & Saenko 2016) and DANN (Ganin et al. 2016)
+STRATEGIES = DEFAULT_STRATEGIES + ("cmmd_only", "cmmd", "coral_only", "coral", "dann_only", "dann")
+NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "mmd", "ensemble", "cmmd", "coral", "dann"})
 #: the strategies that transfer source knowledge and fine-tune on the target labels: what "scratch" is compared with
-TRANSFER_STRATEGIES = ("naive", "mmd", "coral")
+TRANSFER_STRATEGIES = ("naive", "mmd", "cmmd", "coral", "dann")
+#: the unsupervised alignments: strategy "<name>_only" (stage 1) and "<name>" (then fine-tuned), their λ option
+ALIGNED = {"mmd": "lambda_mmd", "cmmd": "lambda_cmmd", "coral": "lambda_coral", "dann": "lambda_dann"}
 
 DESCRIPTIONS = {
     "source_only": "source labels, {align_epochs} epochs",
@@ -41,8 +45,12 @@ DESCRIPTIONS = {
     "naive": "source_only, then {finetune_epochs} epochs on target labels",
     "mmd": "mmd_only, then {finetune_epochs} epochs on target labels",
     "ensemble": "mean probabilities of mmd and scratch",
+    "cmmd_only": "+ unlabelled target: CE + {lambda_cmmd:g}·class-conditional MMD², {align_epochs} epochs",
+    "cmmd": "cmmd_only, then {finetune_epochs} epochs on target labels",
     "coral_only": "+ unlabelled target: CE + {lambda_coral:g}·CORAL, {align_epochs} epochs",
     "coral": "coral_only, then {finetune_epochs} epochs on target labels",
+    "dann_only": "+ unlabelled target: CE + domain discriminator, gradient reversed ×{lambda_dann:g}, {align_epochs} epochs",
+    "dann": "dann_only, then {finetune_epochs} epochs on target labels",
 }
 
 #: compare_strategies' defaults: the tutorial's recipe (λ = 0.5, 100 alignment and 50 fine-tuning epochs).
@@ -60,6 +68,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # embedding, where MMD² is 0.1-0.5, so its λ is larger; 1000 makes its term a sizeable fraction of the
     # cross-entropy there (docs/python_layer.md, "Which alignment")
     "lambda_coral": 1000.0,
+    # λ of "cmmd_only"/"cmmd": the class-conditional MMD² averaged over classes has the scale of one MMD²
+    "lambda_cmmd": 0.5,
+    # λ of "dann_only"/"dann": the gradient reversal's scale (DANN's own loss is not weighted)
+    "lambda_dann": 1.0,
     "lambda_schedule": "constant",
     "align_epochs": 100,
     "finetune_epochs": 50,
@@ -77,6 +89,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mmd_sigmas": None,
     "mmd_estimator": "biased",
     "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
+    "warmup": 0.1,                 # fraction of stage-1 steps before "cmmd" (and a class-weight estimate) starts
+    "cmmd_confidence": 0.0,        # target rows less confident than this get no weight in "cmmd"
+    "class_weights": None,         # source class weights of stage 1: None, a sequence, or "estimated" (label shift)
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
     # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
     # "im", as select_lambda's default: the criterion that ranked best in benchmarks/label_free_ranking.py
