@@ -16,7 +16,9 @@
 //   dL/dsigma_k = c_k sum_ij (a_i . b_j) e_k(ij) D_ij / sigma_k^3
 // and in a self block each pair counts in both roles (factors 4 and 2).
 //
-// Written with ATen ops on tiles, so one source serves CPU and CUDA (GEMMs by the backend's BLAS); no host
+// Written with ATen ops on tiles, so one source serves every device (GEMMs by the backend's BLAS): the CUDA
+// kernel, and on the CPU the route for small pooled batches of wide features (cpu/weighted_pairs_cpu.cpp;
+// elsewhere the CPU runs the register-blocked sweep of cpu/mmd_cpu.cpp with pair weights). No host
 // synchronisation on CUDA (bandwidths and weights stay on the device; their values are device-asserted).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -24,6 +26,7 @@
 #include <algorithm>
 
 #include "common/sample_weight_checks.h"
+#include "weighted_pair_sweep.h"
 
 namespace pytl {
 namespace {
@@ -85,13 +88,10 @@ void sweep_block(int b, const Side& P, const Side& Q, int sp, int sq, bool self,
   }
 }
 
-struct SweepResult {
-  at::Tensor sums;  // (3, K) compute dtype
-  at::Tensor gx, gy, gxw, gyw, gsig;
-};
+}  // namespace
 
 // coefs undefined: the sums only.
-SweepResult weighted_pair_sweep(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+WeightedPairTensors weighted_pair_tiles(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
                                 const at::Tensor& y_weights, const at::Tensor& sigmas, const at::Tensor& coefs) {
   const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half/bfloat16 in float32
   const int64_t n = x.size(0), m = y.size(0), K = sigmas.size(0);
@@ -127,7 +127,7 @@ SweepResult weighted_pair_sweep(const at::Tensor& x, const at::Tensor& y, const 
   sweep_block(1, sides[1], sides[1], 1, 1, true, neg_gamma, acc.grads ? c.select(0, 1) : none, acc, T);
   sweep_block(2, sides[0], sides[1], 0, 1, false, neg_gamma, acc.grads ? c.select(0, 2) : none, acc, T);
 
-  SweepResult r;
+  WeightedPairTensors r;
   r.sums = acc.sums.to(cdt);
   if (acc.grads) {
     r.gx = acc.gz[0].to(x.scalar_type());
@@ -139,6 +139,8 @@ SweepResult weighted_pair_sweep(const at::Tensor& x, const at::Tensor& y, const 
   }
   return r;
 }
+
+namespace {
 
 // The values no shape check sees: sigmas positive and finite, weights non-negative and finite.
 void check_sweep_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas) {
@@ -154,7 +156,7 @@ at::Tensor weighted_pair_sums_kernel(const at::Tensor& x, const at::Tensor& y, c
                                      const at::Tensor& y_weights, const at::Tensor& sigmas) {
   check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
   check_sweep_values(x_weights, y_weights, sigmas);
-  return weighted_pair_sweep(x, y, x_weights, y_weights, sigmas, at::Tensor()).sums;
+  return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor()).sums;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weighted_pair_sums_and_grad_kernel(
@@ -162,17 +164,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& y_weights, const at::Tensor& sigmas) {
   check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
   check_sweep_values(x_weights, y_weights, sigmas);
-  SweepResult r = weighted_pair_sweep(x, y, x_weights, y_weights, sigmas, coefs);
+  WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, coefs);
   return {r.sums, r.gx, r.gy, r.gxw, r.gyw, r.gsig};
 }
 
 }  // namespace
 }  // namespace pytl
-
-TORCH_LIBRARY_IMPL(pytl, CPU, m) {
-  m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_kernel);
-  m.impl("weighted_pair_sums_and_grad", &pytl::weighted_pair_sums_and_grad_kernel);
-}
 
 TORCH_LIBRARY_IMPL(pytl, CUDA, m) {
   m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_kernel);

@@ -264,3 +264,26 @@ def test_bad_class_memberships():
         torch.ops.pytl.weighted_pair_sum(x, y, torch.ones(4, 1), torch.ones(3, 1), torch.ones(1), torch.ones(2, 1))
     with pytest.raises(ValueError, match="pytl.weighted_pair_sum: every bandwidth in sigmas must be positive"):
         torch.ops.pytl.weighted_pair_sums(x, y, torch.ones(4, 1), torch.ones(3, 1), torch.tensor([-1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_routes_agree(monkeypatch, dtype):
+    # the register-blocked sweep (the CPU's default) against the tile sweep of ATen ops (CUDA's kernel, and
+    # the CPU's for small wide batches): the same sums and gradients, past several 96-row tiles
+    x, y = make_pair(250, 190, 7, dtype, seed=21)
+    g = torch.Generator().manual_seed(3)
+    xw, yw = torch.rand(250, 5, generator=g, dtype=dtype), torch.rand(190, 5, generator=g, dtype=dtype)
+    sig = torch.tensor([0.7, 1.4, 2.8], dtype=dtype)
+    coefs = torch.randn(3, 3, generator=g, dtype=dtype)
+
+    def run(route):
+        monkeypatch.setenv("PYTL_CPU_WEIGHTED_ROUTE", route)
+        return torch.ops.pytl.weighted_pair_sums_and_grad(coefs, x, y, xw, yw, sig)
+
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for a, b in zip(run("sweep"), run("tiles")):
+        scale = max(b.abs().max().item(), 1e-12)
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    monkeypatch.setenv("PYTL_CPU_WEIGHTED_ROUTE", "fastest")
+    with pytest.raises(ValueError, match="PYTL_CPU_WEIGHTED_ROUTE must be 'sweep' or 'tiles'"):
+        torch.ops.pytl.weighted_pair_sums(x, y, xw, yw, sig)

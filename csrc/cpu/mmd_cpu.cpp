@@ -27,6 +27,7 @@
 
 #include "../common/checks.h"
 #include "../common/bandwidths.h"
+#include "../common/sample_weight_checks.h"
 #include "mmd_cpu.h"
 #include "register_gemm.h"
 #include "simd.h"
@@ -63,6 +64,10 @@ struct Side {
   const T* rows = nullptr;  // (np, dp) row-major
   const T* cols = nullptr;  // (np / kPanel, d, kPanel): the transposed copy in column panels
   const T* sq = nullptr;    // (np) squared norms of the centred rows
+  // Weighted sweeps only: a weight row of C columns per sample, zero padded like the rows.
+  int64_t C = 0, cp = 0;        // columns, row stride (C rounded up to the vector width)
+  const T* wrows = nullptr;     // (np, cp)
+  const T* wcols = nullptr;     // (np / kPanel, C, kPanel)
 };
 
 // One (row side, column side) sweep of a work item.
@@ -79,6 +84,11 @@ struct Pass {
   // (np_B / kPanel, d, kPanel), col_weight (np_B).
   T* col_grad = nullptr;
   T* col_weight = nullptr;
+  // Weighted sweeps, gradient only: the weight gradient's pair weight per bandwidth (E_ij = sum_k wcoef_k
+  // exp(-gamma_k D_ij), no pair weight in it), and the column side's share sum_i E_ij u_i, in the panel
+  // layout (np_B / kPanel, C, kPanel).
+  std::array<T, kMaxBandwidths> wcoef{};
+  T* col_wgrad = nullptr;
 };
 
 // Offset of column j's first feature in the panel layout (n / kPanel, d, kPanel) of B.cols and of
@@ -127,15 +137,18 @@ __attribute__((always_inline)) inline void column_side_product(const BlockWeight
 // The epilogue of one register block: squared distances from the dot products, the kernel values
 // of every bandwidth and their sums; with kGrad also the pair weights C (into Cw), their row and
 // column sums and the sigma sums. kMasked: lanes outside the samples, and on or below the diagonal
-// of a self block, are zeroed once (squaring keeps zeros) or after each exp.
+// of a self block, are zeroed once (squaring keeps zeros) or after each exp. kWeighted: every kernel
+// value is multiplied by its pair's weight u_i . v_j (wacc) in the sums and in C, and the weight
+// gradient's pair weights (no pair weight in them) go to Ew.
 // Straight-line code: the twelve first exps are independent chains for the out-of-order core, and
 // the sums are short trees, widened to double once per block.
-template <typename T, bool kGrad, bool kMasked>
-__attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>::V (&acc)[kRB][2], const Side<T>& A,
+template <typename T, bool kGrad, bool kMasked, bool kWeighted>
+__attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>::V (&acc)[kRB][2],
+                                                          const typename Simd<T>::V (&wacc)[kRB][2], const Side<T>& A,
                                                           const Pass<T>& pass, int64_t i, int64_t j0,
                                                           const Bandwidths<T>& bw, typename Simd<T>::DV* sums,
                                                           typename Simd<T>::DV* sig_sums, BlockWeights<T>& Cw,
-                                                          T* row_weight) {
+                                                          BlockWeights<T>& Ew, T* row_weight) {
   using S = Simd<T>;
   using V = typename S::V;
   using IV = typename S::IV;
@@ -167,7 +180,7 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
   for (int g = 0; g < NV; g += 6) {  // three rows (six vectors) at a time, bandwidth-major
     V* Eg = E + g;
     const V* Dg = D + g;
-    V C[6];
+    V C[6], Ec[6], P[6];
     for (int k = 0; k < K; ++k) {
       if (k > 0) {
 #pragma GCC unroll 6
@@ -180,19 +193,34 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
           }
         }
       }
-      const V p = ((Eg[0] + Eg[1]) + (Eg[2] + Eg[3])) + (Eg[4] + Eg[5]);
+      // the kernel values as the sums see them: times the pair weights in a weighted sweep
+#pragma GCC unroll 6
+      for (int v = 0; v < 6; ++v) {
+        if constexpr (kWeighted)
+          P[v] = wacc[(g + v) / 2][(g + v) % 2] * Eg[v];
+        else
+          P[v] = Eg[v];
+      }
+      const V p = ((P[0] + P[1]) + (P[2] + P[3])) + (P[4] + P[5]);
       part[k] = g == 0 ? p : part[k] + p;
       if (kGrad) {
         const T coef = pass.coef[k];
 #pragma GCC unroll 6
-        for (int v = 0; v < 6; ++v) C[v] = k == 0 ? coef * Eg[v] : C[v] + coef * Eg[v];
-        const V q = (Eg[0] * Dg[0] + Eg[2] * Dg[2] + Eg[4] * Dg[4]) + (Eg[1] * Dg[1] + Eg[3] * Dg[3] + Eg[5] * Dg[5]);
+        for (int v = 0; v < 6; ++v) C[v] = k == 0 ? coef * P[v] : C[v] + coef * P[v];
+        if constexpr (kWeighted) {
+          const T wcoef = pass.wcoef[k];
+#pragma GCC unroll 6
+          for (int v = 0; v < 6; ++v) Ec[v] = k == 0 ? wcoef * Eg[v] : Ec[v] + wcoef * Eg[v];
+        }
+        const V q = (P[0] * Dg[0] + P[2] * Dg[2] + P[4] * Dg[4]) + (P[1] * Dg[1] + P[3] * Dg[3] + P[5] * Dg[5]);
         sig_part[k] = g == 0 ? q : sig_part[k] + q;
       }
     }
     if (kGrad) {
       const int r0 = g / 2;
       for (int v = 0; v < 6; ++v) S::store(&Cw[r0 + v / 2][(v % 2) * W], C[v]);
+      if constexpr (kWeighted)
+        for (int v = 0; v < 6; ++v) S::store(&Ew[r0 + v / 2][(v % 2) * W], Ec[v]);
       for (int r = r0; r < r0 + 3; ++r) {
         T* rw = row_weight + r * W;
         S::store(rw, S::load(rw) + (C[2 * (r - r0)] + C[2 * (r - r0) + 1]));
@@ -213,11 +241,12 @@ __attribute__((always_inline)) inline void block_epilogue(const typename Simd<T>
 
 // Rows [i0, i1) of A against the passes. With kGrad, grad rows (n_A, d) are set to the row side's
 // sum over passes and pairs of C_ij (a_i - b_j), C_ij = sum_k coef_k exp(-gamma_k D_ij), and the
-// column side's share goes to the passes' column buffers.
-template <typename T, bool kGrad>
+// column side's share goes to the passes' column buffers. kWeighted: C_ij carries the pair weight
+// u_i . v_j, and wgrad rows (n_A, C) are set to the row side's sum_j E_ij v_j.
+template <typename T, bool kGrad, bool kWeighted>
 __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int64_t i0, int64_t i1,
                                                            const Pass<T>* passes, int num_passes,
-                                                           const Bandwidths<T>& bw, T* grad) {
+                                                           const Bandwidths<T>& bw, T* grad, T* wgrad) {
   using S = Simd<T>;
   using V = typename S::V;
   using IV = typename S::IV;
@@ -234,11 +263,14 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
 
   std::vector<T> G;  // gradient products for the tile's rows, (kRowTile, dp)
   std::vector<T> row_weight;  // per-row lanes of sum_j C_ij, (kRowTile, W)
+  std::vector<T> Gw;  // weighted: the weight gradient's row side, (kRowTile, cp)
   if (kGrad) {
     G.assign(kRowTile * dp, T(0));
     row_weight.assign(kRowTile * W, T(0));
+    if (kWeighted) Gw.assign(kRowTile * A.cp, T(0));
   }
   alignas(64) BlockWeights<T> Cbuf;
+  alignas(64) BlockWeights<T> Ebuf;
 
   for (int pi = 0; pi < num_passes; ++pi) {
     const Pass<T>& pass = passes[pi];
@@ -268,17 +300,38 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
               acc[r][1] += ar * b1;
             }
           }
+          // pair weights: wacc[r][h] = u_{i+r} . v_{j0 + h W + lanes}, the distance loop over the C columns
+          V wacc[kRB][2];
+          if constexpr (kWeighted) {
+            for (int r = 0; r < kRB; ++r) wacc[r][0] = wacc[r][1] = S::splat(T(0));
+            const T* u = A.wrows + i * A.cp;
+            const T* vt = B.wcols + panel_offset(j0, B.C);
+            for (int64_t c = 0; c < A.C; ++c) {
+              const V v0 = S::load(vt + c * kPanel);
+              const V v1 = S::load(vt + c * kPanel + W);
+              for (int r = 0; r < kRB; ++r) {
+                const T ur = u[r * A.cp + c];
+                wacc[r][0] += ur * v0;
+                wacc[r][1] += ur * v1;
+              }
+            }
+          }
           // Blocks away from the diagonal and the padded edges need no mask at all.
           const bool interior = j0 + CB <= B.n && i + kRB <= A.n &&
                                 (!pass.self || (pass.upper ? j0 > i + kRB - 1 : (j0 >= i + kRB || j0 + CB <= i)));
           T* rw = kGrad ? row_weight.data() + (i - i0) * W : nullptr;
           if (interior)
-            block_epilogue<T, kGrad, false>(acc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, rw);
+            block_epilogue<T, kGrad, false, kWeighted>(acc, wacc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, Ebuf, rw);
           else
-            block_epilogue<T, kGrad, true>(acc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, rw);
+            block_epilogue<T, kGrad, true, kWeighted>(acc, wacc, A, pass, i, j0, bw, sums, sig_sums, Cbuf, Ebuf, rw);
           if (kGrad) {
             row_side_product<T>(Cbuf, B.rows + j0 * dp, dp, G.data() + (i - i0) * dp);
             if (pass.col_grad) column_side_product<T>(Cbuf, a, dp, d, pass.col_grad + panel_offset(j0, d));
+            if constexpr (kWeighted) {
+              row_side_product<T>(Ebuf, B.wrows + j0 * A.cp, A.cp, Gw.data() + (i - i0) * A.cp);
+              if (pass.col_wgrad)
+                column_side_product<T>(Ebuf, A.wrows + i * A.cp, A.cp, A.C, pass.col_wgrad + panel_offset(j0, A.C));
+            }
           }
         }
       }
@@ -298,6 +351,7 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
       const T* g = G.data() + (i - i0) * dp;
       T* out = grad + i * d;
       for (int64_t t = 0; t < d; ++t) out[t] = w * a[t] - g[t];
+      if constexpr (kWeighted) std::copy_n(Gw.data() + (i - i0) * A.cp, A.C, wgrad + i * A.C);
     }
   }
 }
@@ -306,24 +360,38 @@ __attribute__((always_inline)) inline void sweep_tile_impl(const Side<T>& A, int
 PYTL_CPU_CLONES void sweep_tile(const Side<float>& A, int64_t i0, int64_t i1, const Pass<float>* p, int np,
                                 const Bandwidths<float>& bw, float* grad) {
   if (grad)
-    sweep_tile_impl<float, true>(A, i0, i1, p, np, bw, grad);
+    sweep_tile_impl<float, true, false>(A, i0, i1, p, np, bw, grad, nullptr);
   else
-    sweep_tile_impl<float, false>(A, i0, i1, p, np, bw, nullptr);
+    sweep_tile_impl<float, false, false>(A, i0, i1, p, np, bw, nullptr, nullptr);
 }
 PYTL_CPU_CLONES void sweep_tile(const Side<double>& A, int64_t i0, int64_t i1, const Pass<double>* p, int np,
                                 const Bandwidths<double>& bw, double* grad) {
   if (grad)
-    sweep_tile_impl<double, true>(A, i0, i1, p, np, bw, grad);
+    sweep_tile_impl<double, true, false>(A, i0, i1, p, np, bw, grad, nullptr);
   else
-    sweep_tile_impl<double, false>(A, i0, i1, p, np, bw, nullptr);
+    sweep_tile_impl<double, false, false>(A, i0, i1, p, np, bw, nullptr, nullptr);
+}
+PYTL_CPU_CLONES void weighted_sweep_tile(const Side<float>& A, int64_t i0, int64_t i1, const Pass<float>* p, int np,
+                                         const Bandwidths<float>& bw, float* grad, float* wgrad) {
+  if (grad)
+    sweep_tile_impl<float, true, true>(A, i0, i1, p, np, bw, grad, wgrad);
+  else
+    sweep_tile_impl<float, false, true>(A, i0, i1, p, np, bw, nullptr, nullptr);
+}
+PYTL_CPU_CLONES void weighted_sweep_tile(const Side<double>& A, int64_t i0, int64_t i1, const Pass<double>* p, int np,
+                                         const Bandwidths<double>& bw, double* grad, double* wgrad) {
+  if (grad)
+    sweep_tile_impl<double, true, true>(A, i0, i1, p, np, bw, grad, wgrad);
+  else
+    sweep_tile_impl<double, false, true>(A, i0, i1, p, np, bw, nullptr, nullptr);
 }
 
-// Owns the padded, centred copies of one sample.
+// Owns the padded, centred copies of one sample (and of its weight rows, for a weighted sweep).
 template <typename T>
 struct PreparedSide {
-  at::Tensor rows, cols, sq;
+  at::Tensor rows, cols, sq, wrows, wcols;
   Side<T> side;
-  PreparedSide(const at::Tensor& s, const at::Tensor& center) {
+  PreparedSide(const at::Tensor& s, const at::Tensor& center, const at::Tensor& weights = at::Tensor()) {
     const int64_t n = s.size(0), d = s.size(1);
     const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     const int64_t dp = round_up(d, Simd<T>::W), np = round_up(n, kRowTile);
@@ -334,8 +402,162 @@ struct PreparedSide {
     sq = at::zeros({np}, opts);
     sq.narrow(0, 0, n).copy_(at::sum(c * c, {1}, false, at::kDouble));
     side = Side<T>{n, d, dp, np, rows.data_ptr<T>(), cols.data_ptr<T>(), sq.data_ptr<T>()};
+    if (weights.defined()) {
+      const int64_t C = weights.size(1), cp = round_up(C, Simd<T>::W);
+      wrows = at::zeros({np, cp}, opts);
+      wrows.narrow(0, 0, n).narrow(1, 0, C).copy_(weights);
+      wcols = wrows.narrow(1, 0, C).reshape({np / kPanel, kPanel, C}).transpose(1, 2).contiguous();
+      side.C = C;
+      side.cp = cp;
+      side.wrows = wrows.data_ptr<T>();
+      side.wcols = wcols.data_ptr<T>();
+    }
   }
 };
+
+// What a sweep over the three blocks computes: per-tile partial sums laid out [tile][block][q] (blocks
+// 0 = x-x and 1 = y-y over unordered pairs i < j, 2 = x-y; q in compute order; x tiles first) of the
+// kernel values (times the pair weights in a weighted sweep) and of the same times D; with the
+// gradient, grad rows of x and y (and of their weight rows in a weighted sweep).
+struct SweepSums {
+  std::vector<double> sums, sig_sums;
+  int64_t tiles = 0;
+  at::Tensor gx, gy, gxw, gyw;
+};
+
+// The sweep over every pair of x and y, split over threads. coef[b] / wcoef[b]: the pair weights of block
+// b's position and weight gradients (compute order; used with with_grad).
+template <typename T, bool kWeighted>
+SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const Bandwidths<T>& bw, bool with_grad,
+                    const std::array<std::array<T, kMaxBandwidths>, 3>& coef,
+                    const std::array<std::array<T, kMaxBandwidths>, 3>& wcoef) {
+  const int K = bw.K;
+  const int64_t n = px.side.n, m = py.side.n, d = px.side.d, C = px.side.C;
+  const int64_t tx = px.side.np / kRowTile, ty = py.side.np / kRowTile;
+  SweepSums out;
+  out.tiles = tx + ty;
+  out.sums.assign((tx + ty) * 3 * K, 0.0);
+  out.sig_sums.assign((tx + ty) * 3 * K, 0.0);
+  auto slot = [&](std::vector<double>& v, int64_t tile, int block) { return v.data() + (tile * 3 + block) * K; };
+
+  // Work units: a tile paired with its mirror (t, T-1-t) balances the triangles; x and y units
+  // interleaved balance the x-y block, which the x tiles carry.
+  std::vector<std::pair<int, int64_t>> units;  // (side: 0 = x, 1 = y; tile w of the pair)
+  for (int64_t u = 0; u < std::max((tx + 1) / 2, (ty + 1) / 2); ++u) {
+    if (u < (tx + 1) / 2) units.emplace_back(0, u);
+    if (u < (ty + 1) / 2) units.emplace_back(1, u);
+  }
+  // Gradient: the column side of each pair goes to per-slot buffers (one slot per thread, fewer if
+  // memory is short), summed in slot order: bitwise reproducible for a given thread count.
+  // Buffer layout: x rows' col_grad, y rows' col_grad, x col_weight, y col_weight; weighted: then x and y
+  // col_wgrad.
+  const int64_t wgrad_elems = kWeighted ? (px.side.np + py.side.np) * C : 0;
+  const int64_t buffer_elems = (px.side.np + py.side.np) * (px.side.dp + 1) + wgrad_elems;
+  int64_t slots = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(units.size()));
+  if (with_grad) slots = std::max<int64_t>(1, std::min<int64_t>(slots, (int64_t{512} << 20) / (buffer_elems * sizeof(T))));
+  slots = std::max<int64_t>(1, slots);
+  std::vector<T> col_buffers(with_grad ? slots * buffer_elems : 0, T(0));
+  if (with_grad) {
+    out.gx = at::empty({n, d}, px.rows.options());
+    out.gy = at::empty({m, d}, py.rows.options());
+    if (kWeighted) {
+      out.gxw = at::empty({n, C}, px.rows.options());
+      out.gyw = at::empty({m, C}, py.rows.options());
+    }
+  }
+
+  // Slots take contiguous runs of units of equal work (columns swept), not equal counts: with an odd
+  // tile count the middle tile has no mirror, and a split by count gave slot 0 ~5% more work.
+  std::vector<int64_t> unit_work(units.size());
+  for (size_t u = 0; u < units.size(); ++u) {
+    const int side = units[u].first;
+    const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
+    const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
+    const int64_t t = units[u].second, partner = tiles - 1 - t;
+    unit_work[u] = np - t * kRowTile + cross;
+    if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
+  }
+  const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
+  const int64_t wgrad_base = (px.side.np + py.side.np) * (px.side.dp + 1);
+
+  at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
+    for (int64_t sl = slot_begin; sl < slot_end; ++sl) {
+      T* buf = with_grad ? col_buffers.data() + sl * buffer_elems : nullptr;
+      T* cg[2] = {buf, buf ? buf + px.side.np * px.side.dp : nullptr};
+      T* cw[2] = {buf ? buf + (px.side.np + py.side.np) * px.side.dp : nullptr, nullptr};
+      cw[1] = buf ? cw[0] + px.side.np : nullptr;
+      T* cwg[2] = {buf && kWeighted ? buf + wgrad_base : nullptr, buf && kWeighted ? buf + wgrad_base + px.side.np * C
+                                                                                      : nullptr};
+      const int64_t u0 = first_unit[sl], u1 = first_unit[sl + 1];
+      for (int64_t u = u0; u < u1; ++u) {
+        const int side = units[u].first;
+        const PreparedSide<T>& A = side == 0 ? px : py;
+        const int64_t tiles = side == 0 ? tx : ty;
+        const int64_t partner = tiles - 1 - units[u].second;
+        for (int64_t t : {units[u].second, partner}) {
+          const int64_t tile = side == 0 ? t : tx + t;
+          Pass<T> passes[2];
+          passes[0].B = &A.side;
+          passes[0].self = passes[0].upper = true;
+          passes[0].sums = slot(out.sums, tile, side);
+          passes[0].sigma_sums = slot(out.sig_sums, tile, side);
+          passes[0].coef = coef[side];
+          passes[0].wcoef = wcoef[side];
+          passes[0].col_grad = cg[side];
+          passes[0].col_weight = cw[side];
+          passes[0].col_wgrad = cwg[side];
+          if (side == 0) {  // the x-y block, from the x rows
+            passes[1].B = &py.side;
+            passes[1].sums = slot(out.sums, tile, 2);
+            passes[1].sigma_sums = slot(out.sig_sums, tile, 2);
+            passes[1].coef = coef[2];
+            passes[1].wcoef = wcoef[2];
+            passes[1].col_grad = cg[1];
+            passes[1].col_weight = cw[1];
+            passes[1].col_wgrad = cwg[1];
+          }
+          T* grad = with_grad ? (side == 0 ? out.gx : out.gy).data_ptr<T>() : nullptr;
+          const int num_passes = side == 0 ? 2 : 1;
+          if constexpr (kWeighted) {
+            T* wgrad = with_grad ? (side == 0 ? out.gxw : out.gyw).data_ptr<T>() : nullptr;
+            weighted_sweep_tile(A.side, t * kRowTile, (t + 1) * kRowTile, passes, num_passes, bw, grad, wgrad);
+          } else {
+            sweep_tile(A.side, t * kRowTile, (t + 1) * kRowTile, passes, num_passes, bw, grad);
+          }
+          if (partner == units[u].second) break;
+        }
+      }
+    }
+  });
+
+  if (with_grad) {  // add the column side: grad_j += (sum_slots col_weight_j) b_j - sum_slots col_grad_j
+    for (int side = 0; side < 2; ++side) {
+      const Side<T>& B = side == 0 ? px.side : py.side;
+      T* grad = (side == 0 ? out.gx : out.gy).data_ptr<T>();
+      T* wgrad = kWeighted ? (side == 0 ? out.gxw : out.gyw).data_ptr<T>() : nullptr;
+      const int64_t grad_offset = side == 0 ? 0 : px.side.np * px.side.dp;
+      const int64_t weight_offset = (px.side.np + py.side.np) * px.side.dp + (side == 0 ? 0 : px.side.np);
+      const int64_t wgrad_offset = wgrad_base + (side == 0 ? 0 : px.side.np * C);
+      at::parallel_for(0, B.n, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          T* o = grad + r * d;
+          for (int64_t sl = 0; sl < slots; ++sl) {
+            const T* buf = col_buffers.data() + sl * buffer_elems;
+            const T weight = buf[weight_offset + r];
+            const T* g = buf + grad_offset + panel_offset(r, d);  // panel layout
+            const T* b = B.rows + r * B.dp;
+            for (int64_t t = 0; t < d; ++t) o[t] += weight * b[t] - g[t * kPanel];
+            if constexpr (kWeighted) {  // the weight gradient's column side: + sum_i E_ij u_i
+              const T* gw = buf + wgrad_offset + panel_offset(r, C);
+              for (int64_t c = 0; c < C; ++c) wgrad[r * C + c] += gw[c * kPanel];
+            }
+          }
+        }
+      });
+    }
+  }
+  return out;
+}
 
 // The whole computation; sig: the bandwidths' values (read and checked once by the caller);
 // grad_weights (the upstream dL/dT_k) is empty for the forward only.
@@ -343,10 +565,9 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
                   const std::vector<double>& grad_weights) {
   const bool with_grad = !grad_weights.empty();
   const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half -> float
-  const int64_t n = x_in.size(0), m = y_in.size(0), d = x_in.size(1);
+  const int64_t n = x_in.size(0), m = y_in.size(0);
   TORCH_CHECK_VALUE(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), kMMDOp,
                     "at most 2^30 rows per sample, got n=", n, ", m=", m);
-  const int K = static_cast<int>(sig.size());
   const BlockScales w = block_scales(n, m, unbiased);
   MMDResult res;
   AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::mmd_cpu", [&] {
@@ -356,113 +577,78 @@ MMDResult mmd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const std::vec
     const PreparedSide<T> px(x_in, center), py(y_in, center);
     std::vector<int> order;
     const Bandwidths<T> bw = compute_order<T>(sig, order);
-    const int64_t tx = px.side.np / kRowTile, ty = py.side.np / kRowTile;
-    // per-tile partial sums: [tile][block][k]; x tiles first, then y tiles; blocks 0 = xx, 1 = yy, 2 = xy
-    std::vector<double> sums((tx + ty) * 3 * K, 0.0), sig_sums((tx + ty) * 3 * K, 0.0);
-    auto slot = [&](std::vector<double>& v, int64_t tile, int block) { return v.data() + (tile * 3 + block) * K; };
-    const auto coef_xx = pair_weight_coefs<T>(4.0 * w.a, grad_weights, order, bw);
-    const auto coef_yy = pair_weight_coefs<T>(4.0 * w.b, grad_weights, order, bw);
-    const auto coef_xy = pair_weight_coefs<T>(2.0 * w.c, grad_weights, order, bw);
-
-    // Work units: a tile paired with its mirror (t, T-1-t) balances the triangles; x and y units
-    // interleaved balance the x-y block, which the x tiles carry.
-    std::vector<std::pair<int, int64_t>> units;  // (side: 0 = x, 1 = y; tile w of the pair)
-    for (int64_t u = 0; u < std::max((tx + 1) / 2, (ty + 1) / 2); ++u) {
-      if (u < (tx + 1) / 2) units.emplace_back(0, u);
-      if (u < (ty + 1) / 2) units.emplace_back(1, u);
-    }
-    // Gradient: the column side of each pair goes to per-slot buffers (one slot per thread, fewer if
-    // memory is short), summed in slot order: bitwise reproducible for a given thread count.
-    const int64_t buffer_elems = (px.side.np + py.side.np) * (px.side.dp + 1);
-    int64_t slots = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(units.size()));
-    if (with_grad) slots = std::max<int64_t>(1, std::min<int64_t>(slots, (int64_t{512} << 20) / (buffer_elems * sizeof(T))));
-    slots = std::max<int64_t>(1, slots);
-    std::vector<T> col_buffers(with_grad ? slots * buffer_elems : 0, T(0));
-    at::Tensor gx, gy;
-    if (with_grad) {
-      gx = at::empty({n, d}, px.rows.options());
-      gy = at::empty({m, d}, py.rows.options());
-    }
-
-    // Slots take contiguous runs of units of equal work (columns swept), not equal counts: with an odd
-    // tile count the middle tile has no mirror, and a split by count gave slot 0 ~5% more work.
-    std::vector<int64_t> unit_work(units.size());
-    for (size_t u = 0; u < units.size(); ++u) {
-      const int side = units[u].first;
-      const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
-      const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
-      const int64_t t = units[u].second, partner = tiles - 1 - t;
-      unit_work[u] = np - t * kRowTile + cross;
-      if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
-    }
-    const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
-
-    at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
-      for (int64_t sl = slot_begin; sl < slot_end; ++sl) {
-        T* buf = with_grad ? col_buffers.data() + sl * buffer_elems : nullptr;
-        // buffer layout: x rows' col_grad, y rows' col_grad, x col_weight, y col_weight
-        T* cg[2] = {buf, buf ? buf + px.side.np * px.side.dp : nullptr};
-        T* cw[2] = {buf ? buf + (px.side.np + py.side.np) * px.side.dp : nullptr, nullptr};
-        cw[1] = buf ? cw[0] + px.side.np : nullptr;
-        const int64_t u0 = first_unit[sl], u1 = first_unit[sl + 1];
-        for (int64_t u = u0; u < u1; ++u) {
-          const int side = units[u].first;
-          const PreparedSide<T>& A = side == 0 ? px : py;
-          const int64_t tiles = side == 0 ? tx : ty;
-          const int64_t partner = tiles - 1 - units[u].second;
-          for (int64_t t : {units[u].second, partner}) {
-            const int64_t tile = side == 0 ? t : tx + t;
-            Pass<T> passes[2];
-            passes[0].B = &A.side;
-            passes[0].self = passes[0].upper = true;
-            passes[0].sums = slot(sums, tile, side);
-            passes[0].sigma_sums = slot(sig_sums, tile, side);
-            passes[0].coef = side == 0 ? coef_xx : coef_yy;
-            passes[0].col_grad = cg[side];
-            passes[0].col_weight = cw[side];
-            if (side == 0) {  // the x-y block, from the x rows
-              passes[1].B = &py.side;
-              passes[1].sums = slot(sums, tile, 2);
-              passes[1].sigma_sums = slot(sig_sums, tile, 2);
-              passes[1].coef = coef_xy;
-              passes[1].col_grad = cg[1];
-              passes[1].col_weight = cw[1];
-            }
-            T* grad = with_grad ? (side == 0 ? gx : gy).data_ptr<T>() : nullptr;
-            sweep_tile(A.side, t * kRowTile, (t + 1) * kRowTile, passes, side == 0 ? 2 : 1, bw, grad);
-            if (partner == units[u].second) break;
-          }
-        }
-      }
-    });
-
-    if (with_grad) {  // add the column side: grad_j += (sum_slots col_weight_j) b_j - sum_slots col_grad_j
-      for (int side = 0; side < 2; ++side) {
-        const Side<T>& B = side == 0 ? px.side : py.side;
-        T* grad = (side == 0 ? gx : gy).data_ptr<T>();
-        const int64_t grad_offset = side == 0 ? 0 : px.side.np * px.side.dp;
-        const int64_t weight_offset = (px.side.np + py.side.np) * px.side.dp + (side == 0 ? 0 : px.side.np);
-        at::parallel_for(0, B.n, 64, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) {
-            T* out = grad + r * d;
-            for (int64_t sl = 0; sl < slots; ++sl) {
-              const T* buf = col_buffers.data() + sl * buffer_elems;
-              const T weight = buf[weight_offset + r];
-              const T* g = buf + grad_offset + panel_offset(r, d);  // panel layout
-              const T* b = B.rows + r * B.dp;
-              for (int64_t t = 0; t < d; ++t) out[t] += weight * b[t] - g[t * kPanel];
-            }
-          }
-        });
-      }
-      res.grad_x = gx;
-      res.grad_y = gy;
-    }
-
-    assemble_terms(res, sums, sig_sums, tx + ty, order, sig, w, n, m, unbiased, grad_weights);
+    const std::array<std::array<T, kMaxBandwidths>, 3> coef = {
+        pair_weight_coefs<T>(4.0 * w.a, grad_weights, order, bw), pair_weight_coefs<T>(4.0 * w.b, grad_weights, order, bw),
+        pair_weight_coefs<T>(2.0 * w.c, grad_weights, order, bw)};
+    SweepSums out = run_sweep<T, false>(px, py, bw, with_grad, coef, {});
+    res.grad_x = out.gx;
+    res.grad_y = out.gy;
+    assemble_terms(res, out.sums, out.sig_sums, out.tiles, order, sig, w, n, m, unbiased, grad_weights);
   });
   return res;
 }
+
+}  // namespace
+
+// The weighted pair sums S (3, K) of pytl.weighted_pair_sums (weighted_pair_sweep.cpp has the maths) and,
+// with coefs (the (3, K) combination, row-major, caller's order), the gradients of sum coefs S: the same
+// sweep with the pair weights u_i . v_j in every kernel value, the self blocks' diagonal (D = 0, pair
+// weight |u_i|^2) added in closed form.
+WeightedPairResult weighted_pairs_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& xw_in,
+                                      const at::Tensor& yw_in, const std::vector<double>& sig,
+                                      const std::vector<double>& coefs) {
+  const bool with_grad = !coefs.empty();
+  const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = x_in.size(0), m = y_in.size(0);
+  TORCH_CHECK_VALUE(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), kWeightedPairOp,
+                    "at most 2^30 rows per sample, got n=", n, ", m=", m);
+  const int K = static_cast<int>(sig.size());
+  WeightedPairResult res;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::weighted_pairs_cpu", [&] {
+    using T = scalar_t;
+    const at::Tensor center = x_in.to(at::kDouble).mean(0, /*keepdim=*/true).to(dtype);
+    const at::Tensor xw = xw_in.to(dtype), yw = yw_in.to(dtype);
+    const PreparedSide<T> px(x_in, center, xw), py(y_in, center, yw);
+    std::vector<int> order;
+    const Bandwidths<T> bw = compute_order<T>(sig, order);
+    std::array<std::array<T, kMaxBandwidths>, 3> coef{}, wcoef{};
+    if (with_grad) {
+      const double pos_scale[3] = {4.0, 4.0, 2.0}, weight_scale[3] = {2.0, 2.0, 1.0};
+      for (int b = 0; b < 3; ++b) {
+        const std::vector<double> row(coefs.begin() + b * K, coefs.begin() + (b + 1) * K);
+        coef[b] = pair_weight_coefs<T>(pos_scale[b], row, order, bw);
+        for (int q = 0; q < K; ++q) wcoef[b][q] = static_cast<T>(weight_scale[b] * row[order[q]]);
+      }
+    }
+    SweepSums out = run_sweep<T, true>(px, py, bw, with_grad, coef, wcoef);
+    // S[b][k]: tiles summed in order; the self blocks' unordered pairs twice, plus their diagonal
+    const double diag[2] = {xw.to(at::kDouble).pow(2).sum().item<double>(), yw.to(at::kDouble).pow(2).sum().item<double>()};
+    res.sums.assign(3 * K, 0.0);
+    res.sigma_sums.assign(3 * K, 0.0);
+    for (int q = 0; q < K; ++q) {
+      const int k = order[q];
+      for (int b = 0; b < 3; ++b) {
+        double s = 0.0, e = 0.0;
+        for (int64_t t = 0; t < out.tiles; ++t) s += out.sums[(t * 3 + b) * K + q], e += out.sig_sums[(t * 3 + b) * K + q];
+        const double pairs = b < 2 ? 2.0 : 1.0;
+        res.sums[b * K + k] = pairs * s + (b < 2 ? diag[b] : 0.0);
+        res.sigma_sums[b * K + k] = pairs * e;
+      }
+    }
+    if (with_grad) {
+      res.grad_x = out.gx;
+      res.grad_y = out.gy;
+      // the diagonal's weight gradient: d/du_i of |u_i|^2 sum_k coefs[b][k]
+      double csum[2] = {0.0, 0.0};
+      for (int k = 0; k < K; ++k) csum[0] += coefs[k], csum[1] += coefs[K + k];
+      res.grad_xw = out.gxw + (2.0 * csum[0]) * xw;
+      res.grad_yw = out.gyw + (2.0 * csum[1]) * yw;
+    }
+  });
+  return res;
+}
+
+namespace {
 
 // The route for these samples: the machine's GEMM on tiles (mmd_gemm_tiles_cpu.cpp) for small pooled
 // batches of wide features, the register-blocked sweep above otherwise. PYTL_CPU_MMD_ROUTE=sweep|gemm
