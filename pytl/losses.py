@@ -28,15 +28,8 @@ class MMDLoss(nn.Module):
                  distributed: bool = False, group: Any = None) -> None:
         super().__init__()
         check_choice(estimator, "estimator", ESTIMATORS)
-        if not isinstance(distributed, bool):
-            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
-        if group is not None and not distributed:
-            raise ValueError("group is only used with distributed=True")
-        self.sigmas = sigmas
-        self.weights = weights
+        _set_kernel_settings(self, sigmas, weights, distributed, group)
         self.estimator = estimator
-        self.distributed = distributed
-        self.group = group
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         group = _loss_group(self, "MMDLoss")
@@ -46,6 +39,15 @@ class MMDLoss(nn.Module):
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
         dist = ", distributed=True" if self.distributed else ""
         return f"sigmas={sig}, estimator={self.estimator!r}{dist}"
+
+
+def _set_kernel_settings(loss: nn.Module, sigmas: Any, weights: Any, distributed: Any, group: Any) -> None:
+    """The settings the MMD losses share: bandwidths, and whether (and over which group) to gather."""
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+    if group is not None and not distributed:
+        raise ValueError("group is only used with distributed=True")
+    loss.sigmas, loss.weights, loss.distributed, loss.group = sigmas, weights, distributed, group
 
 
 def _loss_group(loss: Any, name: str) -> Any:
@@ -72,15 +74,8 @@ class ClassConditionalMMDLoss(nn.Module):
                  distributed: bool = False, group: Any = None) -> None:
         super().__init__()
         check_choice(reduction, "reduction", REDUCTIONS)
-        if not isinstance(distributed, bool):
-            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
-        if group is not None and not distributed:
-            raise ValueError("group is only used with distributed=True")
-        self.sigmas = sigmas
-        self.weights = weights
+        _set_kernel_settings(self, sigmas, weights, distributed, group)
         self.reduction = reduction
-        self.distributed = distributed
-        self.group = group
 
     def forward(self, x: Tensor, y: Tensor, x_probs: Any, y_probs: Tensor) -> Tensor:
         group = _loss_group(self, "ClassConditionalMMDLoss")
