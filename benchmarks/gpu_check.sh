@@ -119,6 +119,16 @@ else
   echo "!! skipped: not enough time left"
 fi
 
+# The class-conditional MMD on the GPU (issue 16): the ATen tile sweep against DSAN's n x m formulation.
+section "benchmarks/class_conditional.py --device cuda"
+remaining=$((310 - (SECONDS - T0)))
+if [[ $remaining -gt 20 ]]; then
+  step class_conditional_cuda "$remaining" "$PYTHON" benchmarks/class_conditional.py --device cuda \
+    || echo "!! the class-conditional benchmark failed (not counted)"
+else
+  echo "!! skipped: not enough time left"
+fi
+
 # Nsight Compute on one forward and one gradient sweep (clocks left as they are: --clock-control none)
 if command -v ncu >/dev/null; then
   section "ncu: forward and gradient sweep at n = m = 8192, d = 64"
