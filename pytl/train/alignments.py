@@ -5,7 +5,7 @@ loss (``CE + λ·term``), except DANN, whose λ scales the reversed gradient ins
 
 - "mmd": MMD² of the embeddings (pytl.mmd2; with class weights, the source rows weighted by them);
 - "cmmd": the class-conditional MMD (LMMD, DSAN): per class, the MMD² between the source rows of that
-  class and the target rows weighted by the current classifier's (detached) probability of it, averaged
+  class and the target rows weighted by the current classifier's (detached, eval-mode) probability of it, averaged
   over the classes present on both sides. Off during the warm-up (the classifier is still guessing);
   target rows below ``cmmd_confidence`` (top probability) get no weight;
 - "coral": Deep CORAL of the embeddings' covariances;
@@ -28,6 +28,7 @@ from pytl.adversarial import DomainDiscriminator, domain_adversarial_loss
 from pytl.losses import coral_loss
 from pytl.ops import class_conditional_mmd2, mmd2
 from pytl.train import ddp
+from pytl.train.evaluate import eval_mode, predict_proba
 
 if TYPE_CHECKING:
     from pytl.diagnostics.label_shift import LabelShiftEstimate
@@ -80,7 +81,8 @@ class CMMDAlignment(Alignment):
             return None
         t = self.t
         head = _unwrapped(t.model).head
-        with torch.no_grad():
+        # the pseudo-labels: the head in eval mode (no dropout drawn, no BatchNorm statistics moved), detached
+        with torch.no_grad(), eval_mode(head):
             pt = torch.softmax(head(zt.detach()).float(), 1).to(zt.dtype)
             if t.cmmd_confidence > 0:
                 pt = pt * (pt.amax(1, keepdim=True) >= t.cmmd_confidence).to(pt.dtype)
@@ -188,8 +190,8 @@ class ClassWeights:
         return self.estimated and self.weights is None
 
     def estimate(self, model: nn.Module) -> None:
+        # diagnostics/ sits above train/ (it imports the trainer's evaluation): imported when used
         from pytl.diagnostics.label_shift import label_shift_from_predictions
-        from pytl.train.evaluate import predict_proba
 
         t = self.t
         xs, ys = self.source[0][:ESTIMATE_ROWS], self.source[1][:ESTIMATE_ROWS]
