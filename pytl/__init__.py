@@ -31,10 +31,13 @@ from pytl.experiments import (
 from pytl import compare, curves, plot  # noqa: E402  (old module paths; plot imports matplotlib only when it draws)
 from pytl.diagnostics import (
     DivergenceReport,
+    FeasibilityReport,
     MMDTestResult,
     domain_divergence,
     mmd_test,
     proxy_a_distance,
+    rank_sources,
+    transfer_feasibility,
 )
 from pytl.data import make_domain_shift
 from pytl.models import ClassifierHead, ConvEncoder, MLPEncoder, TransferModel
@@ -49,6 +52,7 @@ __all__ = [
     "CurveTable",
     "DivergenceReport",
     "DivergenceSweep",
+    "FeasibilityReport",
     "MMDTestResult",
     "MLPEncoder",
     "CORALLoss",
@@ -78,9 +82,11 @@ __all__ = [
     "ops",
     "plot",
     "proxy_a_distance",
+    "rank_sources",
     "rbf_kernel_matmul",
     "select_lambda",
     "summarize",
+    "transfer_feasibility",
     "validation",
     "__version__",
 ]

@@ -5,11 +5,13 @@ is trained with the tutorial's recipe (λ = 0.5, 100 alignment epochs, 50 fine-t
 target labels) and the comparison table is printed. ``--plot FILE.png`` draws both domains and each
 strategy's decision boundary (needs matplotlib).
 
-``python -m pytl divergence SRC TGT`` reports how far apart two feature sets are;
+``python -m pytl divergence SRC TGT`` reports how far apart two feature sets are; ``python -m pytl
+feasibility SRC TGT`` estimates Ben-David's bound term by term before training, and ``python -m pytl
+rank-sources TGT SRC1 SRC2 ...`` ranks candidate sources;
 ``python -m pytl curve {data-efficiency,layers,divergence} --out FILE.png`` runs a curve of
 ``pytl.experiments``, prints its table and draws it with ``pytl.plot``.
 
-One module per subcommand (``demo.py``, ``divergence.py``, ``curve.py``: its parser and its run
+One module per subcommand (``demo.py``, ``divergence.py``, ``feasibility.py`` (two), ``curve.py``: its parser and its run
 function), the torchrun relaunch of ``--distributed`` in ``torchrun.py``, the shared argument types
 and checks in ``options.py``; the parser and the dispatch here.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pytl.cli import curve, demo, divergence
+from pytl.cli import curve, demo, divergence, feasibility
 from pytl.cli.curve import CURVE_DEFAULT_SEEDS, CURVE_KINDS, run_curve
 from pytl.cli.demo import run_demo
 from pytl.cli.divergence import load_features, run_divergence
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     demo.add_parser(sub)
     divergence.add_parser(sub)
+    feasibility.add_parsers(sub)
     curve.add_parser(sub)
     return parser
 

@@ -7,6 +7,9 @@
   from a domain classifier.
 * :func:`domain_divergence` (divergence.py) - both, with a verdict ("low" / "moderate" / "high") and a
   plain-English explanation.
+* :func:`transfer_feasibility`, :func:`rank_sources` (feasibility.py) - before training: Ben-David's bound
+  term by term (source error, divergence, joint error lambda*) with intervals, the MMD test and a verdict;
+  and which of several candidate sources to transfer from.
 * :func:`estimate_label_shift` (label_shift.py) - the target's class proportions from a classifier's
   predictions on unlabelled target data (BBSE, Lipton et al. 2018), and the class weights q(y)/p(y).
 
@@ -14,7 +17,22 @@ They take numpy arrays, nested lists or tensors (samples, features), like the tr
 :func:`rbf_kernel_matmul` is the op wrapper of pytl.ops, also importable from here.
 """
 
-from pytl.diagnostics.divergence import VERDICT_HIGH, VERDICT_LOW, DivergenceReport, domain_divergence
+from pytl.diagnostics.divergence import (
+    PAD_HIGH,
+    PAD_LOW,
+    VERDICT_HIGH,
+    VERDICT_LOW,
+    DivergenceReport,
+    domain_divergence,
+)
+from pytl.diagnostics.feasibility import (
+    FEASIBILITY_VERDICTS,
+    FeasibilityReport,
+    SourceRanking,
+    Term,
+    rank_sources,
+    transfer_feasibility,
+)
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, MIN_PAD_SAMPLES, proxy_a_distance
 from pytl.diagnostics.label_shift import (
     RELIABLE_CONDITION,
@@ -32,21 +50,29 @@ from pytl.ops import SigmasLike, WeightsLike, rbf_kernel_matmul
 
 __all__ = [
     "CLASSIFIERS",
+    "FEASIBILITY_VERDICTS",
     "MIN_PAD_SAMPLES",
+    "PAD_HIGH",
+    "PAD_LOW",
     "PERMUTATION_CHUNK_ELEMENTS",
     "PERMUTATION_CHUNK_RANGE",
     "RELIABLE_CONDITION",
     "VERDICT_HIGH",
     "VERDICT_LOW",
     "DivergenceReport",
+    "FeasibilityReport",
     "LabelShiftEstimate",
     "MMDTestResult",
     "SigmasLike",
+    "SourceRanking",
+    "Term",
     "WeightsLike",
     "domain_divergence",
     "estimate_label_shift",
     "label_shift_from_predictions",
     "mmd_test",
     "proxy_a_distance",
+    "rank_sources",
     "rbf_kernel_matmul",
+    "transfer_feasibility",
 ]

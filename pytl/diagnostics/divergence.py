@@ -11,10 +11,12 @@ from pytl._checks import check_choice, check_float, check_int
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, as_domains, proxy_a_distance
 from pytl.diagnostics.permutation_test import mmd_test
 
-__all__ = ["VERDICT_HIGH", "VERDICT_LOW", "DivergenceReport", "domain_divergence", "verdict"]
+__all__ = ["PAD_HIGH", "PAD_LOW", "VERDICT_HIGH", "VERDICT_LOW", "DivergenceReport", "domain_divergence", "verdict"]
 
 VERDICT_LOW = 0.1  # MMD^2 below this (normalised kernel, k(x, x) = 1): low shift
 VERDICT_HIGH = 0.5  # above this: high shift
+PAD_HIGH = 1.0  # proxy A-distance above this: high shift whatever the MMD^2 (its thresholds depend on the bandwidth)
+PAD_LOW = 0.5  # and at most this for a low one
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,24 @@ class DivergenceReport:
             f"MMD is {self.mmd2:.4g} (RBF kernels at median-heuristic bandwidths, normalised so that k(x, x) = 1, "
             f"hence between 0 and 2); {test}. The proxy A-distance of a {self.classifier} domain classifier is "
             f"{self.proxy_a_distance:.3g} (0: the domains are indistinguishable, 2: perfectly separable). "
-            f"Verdict: {self.verdict} shift (MMD^2 < {VERDICT_LOW:g} is low, > {VERDICT_HIGH:g} is high, and low "
-            f"whenever the test cannot reject). {advice}"
+            f"Verdict: {self.verdict} shift (high when MMD^2 > {VERDICT_HIGH:g} or the proxy A-distance > {PAD_HIGH:g}, "
+            f"low when MMD^2 < {VERDICT_LOW:g} with a proxy A-distance of at most {PAD_LOW:g}, and low whenever the "
+            f"test cannot reject). {advice}"
         )
 
 
-def verdict(mmd2_value: float, p_value: float, alpha: float) -> str:
-    """"low" when the test cannot reject at alpha or MMD^2 < VERDICT_LOW, "high" above VERDICT_HIGH,
-    else "moderate"."""
-    if p_value > alpha or mmd2_value < VERDICT_LOW:
+def verdict(mmd2_value: float, p_value: float, alpha: float, pad: float | None = None) -> str:
+    """"low" when the test cannot reject at alpha; "high" when MMD^2 > VERDICT_HIGH or the proxy A-distance
+    exceeds PAD_HIGH (a domain classifier tells the domains apart at least 75% of the time: half the PAD,
+    Ben-David's divergence term, above 0.5, as pytl.transfer_feasibility calls a large divergence); "low"
+    when MMD^2 < VERDICT_LOW and the PAD is at most PAD_LOW; else "moderate". Without ``pad``, MMD^2 alone."""
+    if p_value > alpha:
         return "low"
-    return "high" if mmd2_value > VERDICT_HIGH else "moderate"
+    if mmd2_value > VERDICT_HIGH or (pad is not None and pad > PAD_HIGH):
+        return "high"
+    if mmd2_value < VERDICT_LOW and (pad is None or pad <= PAD_LOW):
+        return "low"
+    return "moderate"
 
 
 def domain_divergence(
@@ -82,9 +91,10 @@ def domain_divergence(
     xs (n_s, d), xt (n_t, d): numpy arrays, nested lists or tensors (of any floating dtypes: the MMD
     test runs in the wider one). Runs :func:`mmd_test` (biased MMD^2, median-heuristic ladder with
     weights 1/K, so k(x, x) = 1) on at most max_samples rows per domain (a seeded subsample: the test
-    costs O((n + m)^2 x permutations)), and :func:`proxy_a_distance`. verdict: "low" if MMD^2 < 0.1 or
-    the test cannot reject at alpha, "high" if MMD^2 > 0.5, else "moderate". ``report.explain()`` gives
-    one paragraph.
+    costs O((n + m)^2 x permutations)), and :func:`proxy_a_distance`. verdict (:func:`verdict`): "low" if
+    the test cannot reject at alpha or MMD^2 < 0.1 with a proxy A-distance <= 0.5; "high" if MMD^2 > 0.5
+    or the proxy A-distance > 1 (its thresholds do not depend on a bandwidth, and it is the divergence
+    term of pytl.transfer_feasibility); else "moderate". ``report.explain()`` gives one paragraph.
     """
     xs, xt = as_domains(xs, xt)
     max_samples = check_int(max_samples, "max_samples", 2)
@@ -104,7 +114,7 @@ def domain_divergence(
         mmd2=mmd2_value,
         p_value=result.p_value,
         proxy_a_distance=pad,
-        verdict=verdict(mmd2_value, result.p_value, alpha),
+        verdict=verdict(mmd2_value, result.p_value, alpha, pad),
         num_source=int(xs.shape[0]),
         num_target=int(xt.shape[0]),
         num_permutations=num_permutations,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pytl._samples import as_matrix, check_same_features
 from pytl._checks import check_choice, check_int, check_optional_int
 
-__all__ = ["CLASSIFIERS", "MIN_PAD_SAMPLES", "proxy_a_distance", "train_domain_classifier"]
+__all__ = ["CLASSIFIERS", "MIN_PAD_SAMPLES", "pad_held_out_errors", "proxy_a_distance", "train_domain_classifier"]
 
 CLASSIFIERS = ("linear", "mlp")
 MIN_PAD_SAMPLES = 4  # per domain: 2 to train on and 2 held out
@@ -82,6 +82,15 @@ def proxy_a_distance(
     domain, at most max_samples, half of them for training) and eps is its error on the held-out half.
     0: the domains are indistinguishable to the classifier; 2: perfectly separable. Seeded.
     """
+    wrong = pad_held_out_errors(xs, xt, seed, classifier, max_samples=max_samples)
+    eps = float(wrong.double().mean())
+    return float(min(2.0, max(0.0, 2.0 * (1.0 - 2.0 * eps))))
+
+
+def pad_held_out_errors(xs: Any, xt: Any, seed: int = 0, classifier: str = "linear", *,
+                        max_samples: int | None = 10_000) -> Tensor:
+    """The domain classifier of :func:`proxy_a_distance`: whether it errs on each held-out row (bool, source
+    rows then target rows), from which the PAD and its bootstrap interval (pytl.diagnostics.feasibility) follow."""
     xs, xt = as_domains(xs, xt)
     seed = check_int(seed, "seed", 0)
     check_choice(classifier, "classifier", CLASSIFIERS)
@@ -112,5 +121,4 @@ def proxy_a_distance(
     model = train_domain_classifier(X_train, y_train, classifier, seed)
     with torch.no_grad():
         pred = (model(X_test)[:, 0] > 0).double()
-    eps = float((pred != y_test).double().mean())
-    return float(min(2.0, max(0.0, 2.0 * (1.0 - 2.0 * eps))))
+    return pred != y_test
