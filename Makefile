@@ -13,9 +13,11 @@ TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?= -q
 CMAKE_ARGS  ?=
 BUILD_CMAKE ?= build-cmake
-# matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); installed here so that the
-# plotting tests run instead of skipping.
-DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark pybind11 ninja setuptools wheel matplotlib
+# matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); scikit-learn, mlxtend, pillow:
+# the `bench` extra (benchmarks/real_pairs.py). Installed here so that the plotting and real-pair tests run
+# instead of skipping.
+DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark pybind11 ninja setuptools wheel matplotlib \
+               scikit-learn mlxtend pillow
 
 PY    := $(VENV)/bin/python
 # The venv's tools first: torch's extension builder and the JIT loader look for `ninja` on PATH, and the

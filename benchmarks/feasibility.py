@@ -3,6 +3,7 @@ target error that transfer actually reaches, over the tutorial problem's diverge
 pytl.rank_sources against the accuracy reached from each candidate source.
 
     python benchmarks/feasibility.py            # rotations 0..180 step 30, 3 seeds (about 2 minutes, one thread)
+    python benchmarks/feasibility.py --real     # + the real pairs of real_pairs.py, raw pixels
 
 Sweep: for each rotation r and seed, the two moons and a target rotated by r (no move): the report's terms
 (linear hypothesis class, 50 target labels) next to the measured target test error of "source_only" and
@@ -93,16 +94,43 @@ def ranking(seeds: int) -> None:
           f"the first-ranked source was the best in {top} of {seeds} seeds")
 
 
+def real_pairs(seeds: int) -> None:
+    """The report on the real pairs of benchmarks/real_pairs.py, raw pixels, a linear H (needs the [bench] extra);
+    the measured accuracies to set it against are those of benchmarks/OUTCOMES.md (same draws, same seeds)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from real_pairs import PAIR_NAMES, load_pair
+
+    print("| pair | eps_S | 1/2 d_HdH | lambda* | bound | measured: linear source classifier on target labels | "
+          "scratch (linear) | verdicts |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in PAIR_NAMES:
+        reps = []
+        for seed in range(seeds):
+            pair = load_pair(name, seed)
+            reps.append(pytl.transfer_feasibility(pair["source"], pair["target_unlabeled"], pair["target_labeled"],
+                                                  seed=seed))
+
+        def m(attr):
+            return f"{np.mean([getattr(r, attr).value for r in reps]):.3f}"
+
+        print(f"| {name} | {m('source_error')} | {m('divergence')} | {m('joint_error')} | {m('bound')} | "
+              f"{m('target_error')} | {m('scratch_error')} | {', '.join(sorted({r.verdict for r in reps}))} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--real", action="store_true", help="also the real pairs of real_pairs.py (the [bench] extra)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     sweep(args.seeds)
     print()
     ranking(args.seeds)
+    if args.real:
+        print()
+        real_pairs(args.seeds)
     print(f"\n{time.perf_counter() - t0:.0f} s, torch {torch.__version__}, {args.threads} thread(s)")
     return 0
 
