@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import pytl
 from pytl.data import make_domain_shift
 from pytl.diagnostics import domain_divergence, rank_sources, transfer_feasibility
 from pytl.diagnostics.divergence import verdict

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -88,7 +88,6 @@ class FeasibilityReport:
     num_target: int
     num_target_labeled: int
     classifier: str = "linear"
-    notes: tuple[str, ...] = field(default=())
 
     def table(self) -> str:
         rows = [("source error eps_S", self.source_error), ("1/2 d_HdH (from the PAD)", self.divergence),
@@ -129,8 +128,7 @@ class FeasibilityReport:
         caveat = ("" if self.joint_error.value is not None else
                   " lambda* is unknown without target labels, so the bound is too: a small divergence does not "
                   "rule out labels that disagree between the domains.")
-        notes = "".join(f" {n}" for n in self.notes)
-        return "; ".join(parts) + f". Verdict: {self.verdict}. {advice}{caveat}{notes}"
+        return "; ".join(parts) + f". Verdict: {self.verdict}. {advice}{caveat}"
 
 
 @dataclass(frozen=True)
