@@ -3,7 +3,8 @@ target error that transfer actually reaches, over the tutorial problem's diverge
 pytl.rank_sources against the accuracy reached from each candidate source.
 
     python benchmarks/feasibility.py            # rotations 0..180 step 30, 3 seeds (about 2 minutes, one thread)
-    python benchmarks/feasibility.py --real     # + the real pairs of real_pairs.py, raw pixels
+    python benchmarks/feasibility.py --real     # + the real pairs of real_pairs.py, raw pixels and CNN embeddings
+    python benchmarks/feasibility.py --plot sweep.png   # + the sweep drawn: each term and the measured errors
 
 Sweep: for each rotation r and seed, the two moons and a target rotated by r (no move): the report's terms
 (linear hypothesis class, 50 target labels) next to the measured target test error of "source_only" and
@@ -38,7 +39,34 @@ def _error(tr: pytl.TwoStageTrainer, test) -> float:
     return 1.0 - tr.score(*test)
 
 
-def sweep(seeds: int) -> None:
+def plot_sweep(rows: list, path: str) -> None:
+    """The terms and the bound against the measured target errors, over the rotation (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean(f):
+        return [np.mean([f(x) for x in rows if x[0] == r]) for r in ROTATIONS]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, f, style in (("eps_S", lambda x: x[2].source_error.value, ":"),
+                            ("1/2 d_HdH", lambda x: x[2].divergence.value, ":"),
+                            ("lambda*", lambda x: x[2].joint_error.value, "--"),
+                            ("bound", lambda x: x[2].bound.value, "-"),
+                            ("measured: source_only", lambda x: x[3], "-o"),
+                            ("measured: mmd_only", lambda x: x[4], "-s")):
+        ax.plot(ROTATIONS, mean(f), style, label=label)
+    ax.set_xlabel("target rotation (degrees)")
+    ax.set_ylabel("error")
+    ax.set_title("Ben-David's bound term by term vs the target error reached")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def sweep(seeds: int, plot: str | None = None) -> None:
     rows = []
     for r in ROTATIONS:
         for seed in range(seeds):
@@ -71,6 +99,8 @@ def sweep(seeds: int) -> None:
           f"{spearman(lam, [x[4] for x in rows]):+.2f}, divergence vs source_only error "
           f"{spearman(div, [x[3] for x in rows]):+.2f}; bound >= measured source_only error in "
           f"{sum(x[2].bound.value >= x[3] for x in rows)} of {len(rows)} runs")
+    if plot:
+        plot_sweep(rows, plot)
 
 
 def ranking(seeds: int) -> None:
@@ -134,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--real", action="store_true", help="also the real pairs of real_pairs.py (the [bench] extra)")
+    p.add_argument("--plot", default=None, help="draw the sweep to this image file (matplotlib)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    sweep(args.seeds)
+    sweep(args.seeds, args.plot)
     print()
     ranking(args.seeds)
     if args.real:
