@@ -111,7 +111,10 @@ class FeasibilityReport:
                          f"(interval {self.bound.low:.3f} to {self.bound.high:.3f}); measured on the target labels, the "
                          f"source classifier errs {self.target_error.value:.3f}, a classifier trained on the target "
                          f"labels alone {self.scratch_error.value:.3f}")
-        parts.append(f"MMD² {self.mmd2:.4f}, p = {self.p_value:.3g}")
+        rule = ("below 0.1, the tutorial's green light" if self.mmd2 < 0.1 else
+                "above 0.5, the tutorial's red flag" if self.mmd2 > 0.5 else "between the tutorial's 0.1 and 0.5")
+        parts.append(f"MMD² {self.mmd2:.4f}, p = {self.p_value:.3g} ({rule}; a rule of thumb for embeddings whose "
+                     "number depends on the bandwidth, so the verdict reads the divergence and lambda* instead)")
         advice = {
             "change the source": "lambda* is large (more than 0.2 above twice the source error): even the best "
             "hypothesis for both domains errs, so the two domains label alike inputs differently. Aligning the inputs (MMD, CORAL, DANN) cannot fix that; pick a "
