@@ -59,12 +59,12 @@ inline void check_weighted_pair_inputs(const at::Tensor& x, const at::Tensor& y,
 // Sample weights' values: non-negative and finite. On the host (ValueError at once), on CUDA a device assertion.
 inline void check_sample_weight_values(const at::Tensor& w, const char* name, const char* op) {
   const at::Tensor v = w.detach();
+  if (!has_readable_data(v)) return;  // traced (torch.compile, meta): no values to check
   const std::string msg = c10::str(op, name, " must be non-negative and finite");
   if (v.is_cuda()) {
     assert_all_on_device(at::logical_and(v >= 0, v < std::numeric_limits<double>::infinity()), msg);
     return;
   }
-  if (!has_readable_data(v)) return;
   c10::impl::ExcludeDispatchKeyGuard no_python(
       c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
   const at::Tensor bad = at::logical_not(at::logical_and(v >= 0, v < std::numeric_limits<double>::infinity()));
@@ -88,11 +88,11 @@ inline void check_sample_weights(const at::Tensor& w, int64_t rows, const at::De
 
 // A condition on values (e.g. "some weight is positive") that must hold: checked where the values live.
 inline void check_holds(const at::Tensor& ok, const std::string& msg) {
+  if (!has_readable_data(ok)) return;  // traced (torch.compile, meta): no values to check
   if (ok.is_cuda()) {
     assert_all_on_device(ok, msg);
     return;
   }
-  if (!has_readable_data(ok)) return;
   c10::impl::ExcludeDispatchKeyGuard no_python(
       c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
   TORCH_CHECK_VALUE(ok.all().item<bool>(), msg);
