@@ -90,18 +90,6 @@ inline void assemble_terms(MMDResult& res, const std::vector<double>& sums, cons
 constexpr int64_t kGemmTilesMinFeatures = 512;
 constexpr int64_t kGemmTilesMaxPooledRows = 128;  // n + m
 
-// The sample-weighted pair sums of pytl.weighted_pair_sums: S (3, K) row-major in the caller's order, the
-// sums of S times D (for dL/dsigma) likewise, and with coefs the gradients of sum coefs S.
-struct WeightedPairResult {
-  std::vector<double> sums, sigma_sums;
-  at::Tensor grad_x, grad_y, grad_xw, grad_yw;
-};
-
-// The register-blocked sweep with pair weights (mmd_cpu.cpp); coefs: (3, K) row-major, empty for the forward.
-WeightedPairResult weighted_pairs_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                                      const at::Tensor& y_weights, const std::vector<double>& sig,
-                                      const std::vector<double>& coefs);
-
 // The GEMM-on-tiles route; the same contract as mmd_cpu.cpp's sweep: sig are the bandwidths' values
 // (read and checked by the caller), grad_weights the upstream dL/dT_k, empty for the forward only.
 MMDResult mmd_gemm_tiles_cpu(const at::Tensor& x, const at::Tensor& y, const std::vector<double>& sig, bool unbiased,

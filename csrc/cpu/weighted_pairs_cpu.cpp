@@ -1,5 +1,5 @@
 // CPU kernels of pytl.weighted_pair_sums and weighted_pair_sums_and_grad: the register-blocked MMD sweep with
-// pair weights (mmd_cpu.cpp, weighted_pairs_cpu), or for small pooled batches of wide features, where that
+// pair weights (mmd_sweep.h's kWeighted instantiation, here), or for small pooled batches of wide features, where that
 // sweep pays for its padded tiles, the tile sweep of ATen ops (weighted_pair_sweep.cpp), as for the
 // unweighted MMD (mmd_cpu.h). PYTL_CPU_WEIGHTED_ROUTE=sweep|tiles forces one (tests, benchmarks).
 #include <ATen/ATen.h>
@@ -11,9 +11,90 @@
 #include "../common/sample_weight_checks.h"
 #include "../weighted_pair_sweep.h"
 #include "mmd_cpu.h"
+#include "mmd_sweep.h"
 
 namespace pytl {
 namespace {
+
+PYTL_CPU_CLONES void weighted_sweep_tile(const Side<float>& A, int64_t i0, int64_t i1, const Pass<float>* p, int np,
+                                         const Bandwidths<float>& bw, float* grad, float* wgrad) {
+  if (grad)
+    sweep_tile_impl<float, true, true>(A, i0, i1, p, np, bw, grad, wgrad);
+  else
+    sweep_tile_impl<float, false, true>(A, i0, i1, p, np, bw, nullptr, nullptr);
+}
+PYTL_CPU_CLONES void weighted_sweep_tile(const Side<double>& A, int64_t i0, int64_t i1, const Pass<double>* p, int np,
+                                         const Bandwidths<double>& bw, double* grad, double* wgrad) {
+  if (grad)
+    sweep_tile_impl<double, true, true>(A, i0, i1, p, np, bw, grad, wgrad);
+  else
+    sweep_tile_impl<double, false, true>(A, i0, i1, p, np, bw, nullptr, nullptr);
+}
+
+// The sample-weighted pair sums S (3, K), row-major in the caller's order, the sums of S times D (for
+// dL/dsigma) likewise, and with coefs the gradients of sum coefs S.
+struct WeightedPairResult {
+  std::vector<double> sums, sigma_sums;
+  at::Tensor grad_x, grad_y, grad_xw, grad_yw;
+};
+
+// The weighted pair sums S (3, K) of pytl.weighted_pair_sums (weighted_pair_sweep.cpp has the maths) and,
+// with coefs (the (3, K) combination, row-major, caller's order), the gradients of sum coefs S: the same
+// sweep with the pair weights u_i . v_j in every kernel value, the self blocks' diagonal (D = 0, pair
+// weight |u_i|^2) added in closed form.
+WeightedPairResult weighted_pairs_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& xw_in,
+                                      const at::Tensor& yw_in, const std::vector<double>& sig,
+                                      const std::vector<double>& coefs) {
+  const bool with_grad = !coefs.empty();
+  const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = x_in.size(0), m = y_in.size(0);
+  TORCH_CHECK_VALUE(n < (int64_t{1} << 30) && m < (int64_t{1} << 30), kWeightedPairOp,
+                    "at most 2^30 rows per sample, got n=", n, ", m=", m);
+  const int K = static_cast<int>(sig.size());
+  WeightedPairResult res;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pytl::weighted_pairs_cpu", [&] {
+    using T = scalar_t;
+    const at::Tensor center = x_in.to(at::kDouble).mean(0, /*keepdim=*/true).to(dtype);
+    const at::Tensor xw = xw_in.to(dtype), yw = yw_in.to(dtype);
+    const PreparedSide<T> px(x_in, center, xw), py(y_in, center, yw);
+    std::vector<int> order;
+    const Bandwidths<T> bw = compute_order<T>(sig, order);
+    std::array<std::array<T, kMaxBandwidths>, 3> coef{}, wcoef{};
+    if (with_grad) {
+      const double pos_scale[3] = {4.0, 4.0, 2.0}, weight_scale[3] = {2.0, 2.0, 1.0};
+      for (int b = 0; b < 3; ++b) {
+        const std::vector<double> row(coefs.begin() + b * K, coefs.begin() + (b + 1) * K);
+        coef[b] = pair_weight_coefs<T>(pos_scale[b], row, order, bw);
+        for (int q = 0; q < K; ++q) wcoef[b][q] = static_cast<T>(weight_scale[b] * row[order[q]]);
+      }
+    }
+    SweepSums out = run_sweep<T, true>(px, py, bw, with_grad, coef, wcoef, weighted_sweep_tile);
+    // S[b][k]: tiles summed in order; the self blocks' unordered pairs twice, plus their diagonal
+    const double diag[2] = {xw.to(at::kDouble).pow(2).sum().item<double>(), yw.to(at::kDouble).pow(2).sum().item<double>()};
+    res.sums.assign(3 * K, 0.0);
+    res.sigma_sums.assign(3 * K, 0.0);
+    for (int q = 0; q < K; ++q) {
+      const int k = order[q];
+      for (int b = 0; b < 3; ++b) {
+        double s = 0.0, e = 0.0;
+        for (int64_t t = 0; t < out.tiles; ++t) s += out.sums[(t * 3 + b) * K + q], e += out.sig_sums[(t * 3 + b) * K + q];
+        const double pairs = b < 2 ? 2.0 : 1.0;
+        res.sums[b * K + k] = pairs * s + (b < 2 ? diag[b] : 0.0);
+        res.sigma_sums[b * K + k] = pairs * e;
+      }
+    }
+    if (with_grad) {
+      res.grad_x = out.gx;
+      res.grad_y = out.gy;
+      // the diagonal's weight gradient: d/du_i of |u_i|^2 sum_k coefs[b][k]
+      double csum[2] = {0.0, 0.0};
+      for (int k = 0; k < K; ++k) csum[0] += coefs[k], csum[1] += coefs[K + k];
+      res.grad_xw = out.gxw + (2.0 * csum[0]) * xw;
+      res.grad_yw = out.gyw + (2.0 * csum[1]) * yw;
+    }
+  });
+  return res;
+}
 
 bool use_tiles(const at::Tensor& x, const at::Tensor& y) {
   const char* forced = std::getenv("PYTL_CPU_WEIGHTED_ROUTE");
