@@ -11,9 +11,9 @@ rank-sources TGT SRC1 SRC2 ...`` ranks candidate sources;
 ``python -m pytl curve {data-efficiency,layers,divergence} --out FILE.png`` runs a curve of
 ``pytl.experiments``, prints its table and draws it with ``pytl.plot``.
 
-One module per subcommand (``demo.py``, ``divergence.py``, ``feasibility.py`` (two), ``curve.py``: its parser and its run
-function), the torchrun relaunch of ``--distributed`` in ``torchrun.py``, the shared argument types
-and checks in ``options.py``; the parser and the dispatch here.
+One module per subcommand (``demo.py``, ``divergence.py``, ``feasibility.py`` (two), ``curve.py``: its
+parser and its run function), the torchrun relaunch of ``--distributed`` in ``torchrun.py``, the shared
+argument types and checks in ``options.py``; the parser and the dispatch here.
 """
 
 from __future__ import annotations

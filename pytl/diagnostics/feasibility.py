@@ -117,8 +117,9 @@ class FeasibilityReport:
                      "number depends on the bandwidth, so the verdict reads the divergence and lambda* instead)")
         advice = {
             "change the source": "lambda* is large (more than 0.2 above twice the source error): even the best "
-            "hypothesis for both domains errs, so the two domains label alike inputs differently. Aligning the inputs (MMD, CORAL, DANN) cannot fix that; pick a "
-            "different source domain (rank_sources compares candidates).",
+            "hypothesis for both domains errs, so the two domains label alike inputs differently. Aligning the "
+            "inputs (MMD, CORAL, DANN) cannot fix that; pick a different source domain (rank_sources compares "
+            "candidates).",
             "expect no help": "the domains are close, yet the source classifier does worse on the target labels "
             "than a classifier trained on those labels alone: transfer from this source is not expected to help; "
             "keep the from-scratch baseline, or find a better source.",
