@@ -170,6 +170,18 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
     return _gather(x, y, n, m, me, group)
 
 
+def gather_with_columns(x: Tensor, y: Tensor, x_cols: Tensor, y_cols: Tensor, group: Any, min_rows: int = 1,
+                        sizes: tuple[Sequence[int], Sequence[int]] | None = None
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`gather_samples` of x and y whose rows carry columns of their own (sample weights, labels, class
+    probabilities): appended as extra features, so one all-gather moves both. Returns the global x, y and
+    their columns (in x's and y's dtype)."""
+    d = x.shape[1]
+    xa, ya = gather_samples(torch.cat([x, x_cols.to(x.dtype)], 1), torch.cat([y, y_cols.to(y.dtype)], 1), group,
+                            min_rows=min_rows, sizes=sizes)
+    return xa[:, :d], ya[:, :d], xa[:, d:], ya[:, d:]
+
+
 def _exchange_shapes(x: Tensor, y: Tensor, group: Any) -> tuple[list[int], list[int]]:
     """Every rank's rows of x and of y, after checking that all ranks agree on the dtype and the width."""
     meta = torch.tensor([x.shape[0], y.shape[0], x.shape[1], y.shape[1], _dtype_code(x), _dtype_code(y)],

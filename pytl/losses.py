@@ -82,7 +82,7 @@ class ClassConditionalMMDLoss(nn.Module):
         total = class_conditional_mmd2(x, y, x_probs, y_probs, self.sigmas, self.weights, group=group)
         if self.reduction == "sum":
             return total
-        return total / _classes_on_both_sides(x_probs, y_probs, group)
+        return total / classes_on_both_sides(x_probs, y_probs, group)
 
     def extra_repr(self) -> str:
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
@@ -90,7 +90,7 @@ class ClassConditionalMMDLoss(nn.Module):
         return f"sigmas={sig}, reduction={self.reduction!r}{dist}"
 
 
-def _classes_on_both_sides(x_probs: Any, y_probs: Tensor, group: Any) -> Tensor:
+def classes_on_both_sides(x_probs: Any, y_probs: Tensor, group: Any = None) -> Tensor:
     """How many classes have weight in x_probs and in y_probs (over the global batch with a group), at least 1."""
     yp = torch.as_tensor(y_probs).detach()
     xp = torch.as_tensor(x_probs, device=yp.device).detach()

@@ -194,13 +194,9 @@ def _gather_weighted(x: Tensor, y: Tensor, xw: Tensor, yw: Tensor, group: Any,
     for name, w, z in (("x_weights", xw, x), ("y_weights", yw, y)):
         if w.shape[:1] != z.shape[:1]:
             raise ValueError(f"{name} must have one row per sample ({z.shape[0]}), got shape {tuple(w.shape)}")
-    d = x.shape[1]
-    xw2, yw2 = xw.reshape(xw.shape[0], -1), yw.reshape(yw.shape[0], -1)
-    xa = torch.cat([x, xw2.to(x.dtype)], 1)
-    ya = torch.cat([y, yw2.to(y.dtype)], 1)
-    xa, ya = _dist.gather_samples(xa, ya, group, min_rows=min_rows)
-    gx, gy = xa[:, :d], ya[:, :d]
-    gxw, gyw = xa[:, d:].to(xw.dtype), ya[:, d:].to(yw.dtype)
+    gx, gy, gxw, gyw = _dist.gather_with_columns(x, y, xw.reshape(xw.shape[0], -1), yw.reshape(yw.shape[0], -1),
+                                                 group, min_rows=min_rows)
+    gxw, gyw = gxw.to(xw.dtype), gyw.to(yw.dtype)
     if xw.dim() == 1:
         gxw, gyw = gxw.reshape(-1), gyw.reshape(-1)
     return gx, gy, gxw, gyw

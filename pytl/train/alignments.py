@@ -21,11 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pytl import distributed as pd
 from pytl.adversarial import DomainDiscriminator, domain_adversarial_loss
-from pytl.losses import coral_loss
+from pytl.losses import classes_on_both_sides, coral_loss
 from pytl.ops import class_conditional_mmd2, mmd2
 from pytl.train import ddp
 from pytl.train.evaluate import eval_mode, predict_proba
@@ -89,8 +91,7 @@ class CMMDAlignment(Alignment):
         ps = F.one_hot(ys, pt.shape[1]).to(zs.dtype)
         zs, zt, (ps, pt) = _gathered(t, zs, zt, ns, nt, [ps, pt])
         sig = t.mmd_sigmas(zs.detach(), zt.detach()) if callable(t.mmd_sigmas) else t.mmd_sigmas
-        present = ((ps.sum(0) > 0) & (pt.sum(0) > 0)).sum().clamp_min(1)
-        return class_conditional_mmd2(zs, zt, ps, pt, sig) / present.to(zs.dtype)
+        return class_conditional_mmd2(zs, zt, ps, pt, sig) / classes_on_both_sides(ps, pt)
 
 
 class CORALAlignment(Alignment):
@@ -161,12 +162,10 @@ def _gathered(t: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int,
     if not extra:
         zs, zt = ddp.gather_for_mmd(t, zs, zt, ns, nt)
         return zs, zt, [None]
-    d = zs.shape[1]
-    es = extra[0].to(zs.dtype)
-    et = extra[1].to(zt.dtype) if len(extra) > 1 else zt.new_zeros(zt.shape[0], es.shape[1])
-    zs2, zt2 = ddp.gather_for_mmd(t, torch.cat([zs, es], 1), torch.cat([zt, et], 1), ns, nt)
-    out = [zs2[:, d:].detach()] + ([zt2[:, d:].detach()] if len(extra) > 1 else [])
-    return zs2[:, :d], zt2[:, :d], out
+    es = extra[0]
+    et = extra[1] if len(extra) > 1 else zt.new_zeros(zt.shape[0], es.shape[1])
+    zs, zt, cs, ct = pd.gather_with_columns(zs, zt, es, et, dist.group.WORLD, sizes=ddp.global_sizes(t, ns, nt))
+    return zs, zt, [cs.detach()] + ([ct.detach()] if len(extra) > 1 else [])
 
 
 class ClassWeights:

@@ -47,9 +47,13 @@ def gather_for_mmd(t: TwoStageTrainer, zs: Tensor, zt: Tensor, ns: int, nt: int)
     """With ``mmd_scope="global"`` under DDP, every rank's embeddings (gradients reach this rank's rows);
     otherwise this rank's own. ns, nt: global batch sizes, whose split every rank knows (pd.shard_sizes)."""
     if t._world > 1 and t.mmd_scope == "global":
-        sizes = (pd.shard_sizes(ns, t._world), pd.shard_sizes(nt, t._world))
-        zs, zt = pd.gather_samples(zs, zt, dist.group.WORLD, sizes=sizes)
+        zs, zt = pd.gather_samples(zs, zt, dist.group.WORLD, sizes=global_sizes(t, ns, nt))
     return zs, zt
+
+
+def global_sizes(t: TwoStageTrainer, ns: int, nt: int) -> tuple[list[int], list[int]]:
+    """Every rank's rows of a global batch of ns source and nt target rows (the split every rank knows)."""
+    return pd.shard_sizes(ns, t._world), pd.shard_sizes(nt, t._world)
 
 
 def share_of_sum(local: Tensor) -> Tensor:
