@@ -7,7 +7,7 @@
   from a domain classifier.
 * :func:`domain_divergence` (divergence.py) - both, with a verdict ("low" / "moderate" / "high") and a
   plain-English explanation.
-* :func:`transfer_feasibility`, :func:`rank_sources` (feasibility.py) - before training: Ben-David's bound
+* :func:`transfer_feasibility` (feasibility.py), :func:`rank_sources` (source_ranking.py) - before training: Ben-David's bound
   term by term (source error, divergence, joint error lambda*) with intervals, the MMD test and a verdict;
   and which of several candidate sources to transfer from.
 * :func:`estimate_label_shift` (label_shift.py) - the target's class proportions from a classifier's
@@ -25,14 +25,8 @@ from pytl.diagnostics.divergence import (
     DivergenceReport,
     domain_divergence,
 )
-from pytl.diagnostics.feasibility import (
-    FEASIBILITY_VERDICTS,
-    FeasibilityReport,
-    SourceRanking,
-    Term,
-    rank_sources,
-    transfer_feasibility,
-)
+from pytl.diagnostics.feasibility import FEASIBILITY_VERDICTS, FeasibilityReport, Term, transfer_feasibility
+from pytl.diagnostics.source_ranking import SourceRanking, rank_sources
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, MIN_PAD_SAMPLES, proxy_a_distance
 from pytl.diagnostics.label_shift import (
     RELIABLE_CONDITION,

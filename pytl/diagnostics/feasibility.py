@@ -18,13 +18,14 @@ of 64), on held-out data, with a 95% interval:
   without target labels.
 
 The same target labels give the from-scratch alternative (a classifier on them alone, the same folds), and
-the MMD permutation test adds MMD^2 and its p-value. ``rank_sources`` compares candidate sources.
+the MMD permutation test adds MMD^2 and its p-value. ``rank_sources`` (source_ranking.py) compares candidate
+sources with it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,7 @@ from pytl._samples import check_same_features
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, pad_held_out_errors
 from pytl.diagnostics.permutation_test import mmd_test
 
-__all__ = ["FEASIBILITY_VERDICTS", "FeasibilityReport", "SourceRanking", "Term", "rank_sources",
-           "transfer_feasibility"]
+__all__ = ["FEASIBILITY_VERDICTS", "FeasibilityReport", "Term", "feasibility_verdict", "transfer_feasibility"]
 
 FEASIBILITY_VERDICTS = ("promising", "adapt the domains", "change the source", "expect no help")
 #: lambda* above twice the source error by more than this: no single hypothesis fits both domains (their
@@ -133,37 +133,6 @@ class FeasibilityReport:
                   " lambda* is unknown without target labels, so the bound is too: a small divergence does not "
                   "rule out labels that disagree between the domains.")
         return "; ".join(parts) + f". Verdict: {self.verdict}. {advice}{caveat}"
-
-
-@dataclass(frozen=True)
-class SourceRanking:
-    """The outcome of :func:`rank_sources`: names best first, each one's report, and what ranked them."""
-
-    order: list[str]
-    reports: dict[str, FeasibilityReport]
-    key: str  # "bound" or "divergence"
-
-    def table(self) -> str:
-        width = max(len("source"), *(len(n) for n in self.order))
-        head = f"{'source':<{width}}  {'eps_S':>6}  {'1/2 d':>6}  {'lambda*':>7}  {'bound':>6}  {'MMD²':>7}  verdict"
-        lines = [head, "-" * len(head)]
-
-        def f(t: Term) -> str:
-            return "     -" if t.value is None else f"{t.value:6.3f}"
-
-        for name in self.order:
-            r = self.reports[name]
-            lam = "      -" if r.joint_error.value is None else f"{r.joint_error.value:7.3f}"
-            lines.append(f"{name:<{width}}  {f(r.source_error)}  {f(r.divergence)}  {lam}  {f(r.bound)}  "
-                         f"{r.mmd2:7.4f}  {r.verdict}")
-        return "\n".join(lines)
-
-    def explain(self) -> str:
-        best = self.reports[self.order[0]]
-        how = ("by the estimated bound eps_S + 1/2 d_HdH + lambda* (lowest first)" if self.key == "bound" else
-               "by the divergence 1/2 d_HdH (lowest first; lambda* needs target labels, so the bound is unknown)")
-        return (f"{len(self.order)} candidate sources ranked {how}: {', '.join(self.order)}. The first, "
-                f"{self.order[0]!r}, has verdict {best.verdict!r}. {best.explain()}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,26 +351,3 @@ def feasibility_verdict(source_error: Term, divergence: Term, joint_error: Term,
     if target_error.value is not None and scratch_error.value is not None and target_error.value > scratch_error.value:
         return "expect no help"
     return "promising"
-
-
-def rank_sources(
-    target_unlabeled: Any,
-    sources: Mapping[str, Any],
-    target_labeled: Any = None,
-    **kwargs: Any,
-) -> SourceRanking:
-    """Which of several labelled sources to transfer from: :func:`transfer_feasibility` for each, ranked by
-    the estimated bound when target labels give lambda*, by the divergence 1/2 d_HdH otherwise (ties: MMD²).
-
-    sources: {name: (X, y)} with at least one entry; ``kwargs``: features, classifier, num_classes, seed
-    (the same for every source, so the numbers compare)."""
-    if not isinstance(sources, Mapping) or not sources:
-        raise TypeError("sources must be a non-empty mapping {name: (X, y)} of candidate source domains")
-    for name in sources:
-        if not isinstance(name, str):
-            raise TypeError(f"sources: names must be strings, got {name!r}")
-    reports = {name: transfer_feasibility(src, target_unlabeled, target_labeled, **kwargs)
-               for name, src in sources.items()}
-    key = "bound" if target_labeled is not None else "divergence"
-    order = sorted(reports, key=lambda n: (getattr(reports[n], key).value, reports[n].mmd2))
-    return SourceRanking(order=order, reports=reports, key=key)

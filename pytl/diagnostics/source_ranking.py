@@ -1,0 +1,65 @@
+"""Which of several candidate sources to transfer from: :func:`pytl.transfer_feasibility` for each, ranked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytl.diagnostics.feasibility import FeasibilityReport, Term, transfer_feasibility
+
+__all__ = ["SourceRanking", "rank_sources"]
+
+
+@dataclass(frozen=True)
+class SourceRanking:
+    """The outcome of :func:`rank_sources`: names best first, each one's report, and what ranked them."""
+
+    order: list[str]
+    reports: dict[str, FeasibilityReport]
+    key: str  # "bound" or "divergence"
+
+    def table(self) -> str:
+        width = max(len("source"), *(len(n) for n in self.order))
+        head = f"{'source':<{width}}  {'eps_S':>6}  {'1/2 d':>6}  {'lambda*':>7}  {'bound':>6}  {'MMD²':>7}  verdict"
+        lines = [head, "-" * len(head)]
+
+        def f(t: Term) -> str:
+            return "     -" if t.value is None else f"{t.value:6.3f}"
+
+        for name in self.order:
+            r = self.reports[name]
+            lam = "      -" if r.joint_error.value is None else f"{r.joint_error.value:7.3f}"
+            lines.append(f"{name:<{width}}  {f(r.source_error)}  {f(r.divergence)}  {lam}  {f(r.bound)}  "
+                         f"{r.mmd2:7.4f}  {r.verdict}")
+        return "\n".join(lines)
+
+    def explain(self) -> str:
+        best = self.reports[self.order[0]]
+        how = ("by the estimated bound eps_S + 1/2 d_HdH + lambda* (lowest first)" if self.key == "bound" else
+               "by the divergence 1/2 d_HdH (lowest first; lambda* needs target labels, so the bound is unknown)")
+        return (f"{len(self.order)} candidate sources ranked {how}: {', '.join(self.order)}. The first, "
+                f"{self.order[0]!r}, has verdict {best.verdict!r}. {best.explain()}")
+
+
+def rank_sources(
+    target_unlabeled: Any,
+    sources: Mapping[str, Any],
+    target_labeled: Any = None,
+    **kwargs: Any,
+) -> SourceRanking:
+    """Which of several labelled sources to transfer from: :func:`transfer_feasibility` for each, ranked by
+    the estimated bound when target labels give lambda*, by the divergence 1/2 d_HdH otherwise (ties: MMD²).
+
+    sources: {name: (X, y)} with at least one entry; ``kwargs``: features, classifier, num_classes, seed
+    (the same for every source, so the numbers compare)."""
+    if not isinstance(sources, Mapping) or not sources:
+        raise TypeError("sources must be a non-empty mapping {name: (X, y)} of candidate source domains")
+    for name in sources:
+        if not isinstance(name, str):
+            raise TypeError(f"sources: names must be strings, got {name!r}")
+    reports = {name: transfer_feasibility(src, target_unlabeled, target_labeled, **kwargs)
+               for name, src in sources.items()}
+    key = "bound" if target_labeled is not None else "divergence"
+    order = sorted(reports, key=lambda n: (getattr(reports[n], key).value, reports[n].mmd2))
+    return SourceRanking(order=order, reports=reports, key=key)
