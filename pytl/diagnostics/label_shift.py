@@ -26,8 +26,7 @@ from torch import Tensor
 
 from pytl import _inputs as inp
 from pytl._checks import check_bool, check_int
-from pytl.train.evaluate import EVAL_BATCH
-from pytl.validation.outputs import probabilities, read
+from pytl.inference import EVAL_BATCH, probabilities, read
 
 __all__ = ["LabelShiftEstimate", "RELIABLE_CONDITION", "estimate_label_shift", "label_shift_from_predictions"]
 

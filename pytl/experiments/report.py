@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from pytl import _inputs as inp
 from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired, format_p
 from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, describe, negative_transfer
-from pytl.train import eval_mode, validation_loss_climbs
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH, eval_mode
+from pytl.train import validation_loss_climbs
 
 __all__ = ["ComparisonReport", "SeedSummary", "format_table", "summarize"]
 

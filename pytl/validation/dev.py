@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH
 from pytl.validation import ratios
 
 __all__ = ["deep_embedded", "dev_risk"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH
 from pytl.validation import outputs
 
 __all__ = ["prediction_entropy"]

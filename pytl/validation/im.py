@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH
 from pytl.validation import outputs
 
 __all__ = ["information_maximization"]

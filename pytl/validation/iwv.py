@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH
 from pytl.validation import ratios
 
 __all__ = ["importance_weighted", "iwv_risk"]

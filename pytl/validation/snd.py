@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from pytl._checks import check_float, check_optional_int
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.inference import EVAL_BATCH
 from pytl.validation import outputs
 
 __all__ = ["CHUNK_ELEMENTS", "TEMPERATURE", "snd_from_probabilities", "soft_neighborhood_density"]
