@@ -8,7 +8,7 @@ import torch
 import pytl
 from pytl import TwoStageTrainer
 from pytl.data import make_domain_shift
-from pytl.train import alignments as alignments_mod
+from pytl.train.alignments import coral as coral_mod  # where the coral term calls its loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,13 +71,13 @@ def shift():
 
 def test_trainer_aligns_with_coral_on_the_embeddings(shift, monkeypatch):
     seen = []
-    real = alignments_mod.coral_loss
+    real = coral_mod.coral_loss
 
     def spy(zs, zt):
         seen.append((zs.shape, zt.shape, zs.requires_grad))
         return real(zs, zt)
 
-    monkeypatch.setattr(alignments_mod, "coral_loss", spy)
+    monkeypatch.setattr(coral_mod, "coral_loss", spy)
     tr = TwoStageTrainer(alignment="coral", lambda_mmd=1.0, batch_size=50, target_batch_size=30, align_epochs=2,
                          progress=False)
     tr.align(shift.source, shift.target_unlabeled)
@@ -117,7 +117,7 @@ def test_alignment_is_checked():
 
 
 def test_compare_strategies_all_runs_the_coral_baselines(shift):
-    from pytl.compare import STRATEGIES, compare_strategies
+    from pytl.experiments import STRATEGIES, compare_strategies
 
     r = compare_strategies(**shift.as_dict(), strategies="all", align_epochs=2, finetune_epochs=2, num_threads=1,
                            lambda_coral=500.0)
@@ -133,7 +133,7 @@ def test_compare_strategies_all_runs_the_coral_baselines(shift):
 
 
 def test_without_target_labels_coral_only_is_ranked_and_coral_skipped(shift):
-    from pytl.compare import compare_strategies
+    from pytl.experiments import compare_strategies
 
     data = shift.as_dict()
     data.pop("target_labeled")

@@ -307,7 +307,7 @@ def _scenario_train(rank, world, out):
     lt.align(loader, data.target_unlabeled)
     return {"weights": weights(tr.model), "history": tr.history, "resumed": weights(resumed.model),
             "resumed_history": resumed.history, "loader_weights": weights(lt.model),
-            "loader_batches": len(prepare(lt, loader, data.target_unlabeled, None, None, "align").source),
+            "loader_batches": len(prepare(lt.state, lt.model, loader, data.target_unlabeled, None, None, "align").source),
             "score": tr.score(*data.target_test)}
 
 
@@ -606,7 +606,7 @@ def test_demo_distributed_prints_one_table_equal_to_the_single_process_one():
     assert "torch.distributed: 2 processes, gloo" in run.stdout
     assert run.stdout.count("pytl strategy comparison") == 1  # rank 0 alone prints
     def table_rows(text):
-        return [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in pytl.compare.STRATEGIES]
+        return [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in pytl.experiments.STRATEGIES]
 
     rows = table_rows(run.stdout)
     # the same global batches as one process: the same table (float32 rounding aside, to the printed digit)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-import pytl.train.alignments as alignments_mod  # where stage 1 calls the MMD op
+import pytl.train.alignments.mmd as alignments_mod  # where stage 1's mmd term calls the MMD op
 from pytl.data import make_domain_shift
 from pytl.freezing import L2SP, FreezeFirst
 from pytl.models import default_model
@@ -560,7 +560,7 @@ def test_a_dataloader_is_split_like_arrays(shift):
     assert recs[tr.best_epoch]["best"] and recs[tr.best_epoch]["val_loss"] == pytest.approx(loss, rel=1e-6)
     assert recs[tr.best_epoch]["val_accuracy"] == pytest.approx(acc)
     # the loaders: Subsets of the same indices as for arrays, the batch size kept, the training one shuffled
-    p = prepare(tr, None, None, DataLoader(TensorDataset(xl, yl), batch_size=10, shuffle=True), None, "finetune")
+    p = prepare(tr.state, tr.model, None, None, DataLoader(TensorDataset(xl, yl), batch_size=10, shuffle=True), None, "finetune")
     train, val = p.target_labeled, p.target_validation
     assert train.dataset.indices == train_idx.tolist() and val.dataset.indices == val_idx.tolist()
     assert train.batch_size == val.batch_size == 10
@@ -635,7 +635,7 @@ def _ddp_early_stopping_worker():
     tr = TwoStageTrainer(es_model(init, dropout=0.0), finetune_epochs=12, finetune_validation=0.5, patience=2, **ES)
     tr.finetune((x, y))
     torch.save({"history": tr.history, "state": state(tr.model), "best_epoch": tr.best_epoch,
-                "stopped_early": tr.stopped_early, "world": tr._world},
+                "stopped_early": tr.stopped_early, "world": tr.state.world},
                os.path.join(os.environ["ES_OUT"], f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -39,25 +39,22 @@ from pytl.experiments.strategies import (
     ALIGNED,
     DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
+    POLICIES,
     STRATEGIES,
+    TRAINER_OPTIONS,
     TRANSFER_STRATEGIES,
     best_transfer,
     resolve_config,
     select_strategies,
 )
-from pytl.freezing import FreezingPolicy
+from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.ops import mmd2
-from pytl.train import TwoStageTrainer, eval_mode, resolve_device
-from pytl.train.evaluate import EVAL_BATCH
+from pytl.train import TwoStageTrainer, resolve_device
 from pytl.validation import CRITERIA
 from pytl.validation.criteria import check_criterion
 
 __all__ = ["compare_strategies"]
 
-#: the options that compare_strategies hands to every trainer unchanged
-TRAINER_OPTIONS = ("lambda_schedule", "lr", "finetune_lr", "batch_size", "target_batch_size", "finetune_batch_size",
-                   "weight_decay", "optimizer", "mmd_sigmas", "mmd_estimator", "mmd_scope", "progress", "num_threads",
-                   "finetune_validation", "patience", "warmup", "cmmd_confidence", "class_weights")
 EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
 #: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
 FINETUNED = {"scratch": "", "naive": "source_only", **{a: f"{a}_only" for a in ALIGNED}}
@@ -129,11 +126,10 @@ def compare_strategies(
             raise ValueError(f"every requested strategy needs target labels ({sorted(skipped)}) and target_labeled "
                              "is None")
     device = resolve_device(cfg["device"], model)
-    common = {k: cfg[k] for k in TRAINER_OPTIONS}
+    common = {k: cfg[k] for k in TRAINER_OPTIONS if k not in POLICIES}
     common.update(num_classes=data.num_classes, device=device, seed=seed)
     # The trainer's checks of the settings, once, before anything trains (bad epochs, lr, ...).
-    probe = TwoStageTrainer(None, lambda_mmd=cfg["lambda_mmd"], align_epochs=cfg["align_epochs"],
-                            finetune_epochs=cfg["finetune_epochs"], finetune_policy=cfg["finetune_policy"], **common)
+    probe = TwoStageTrainer(None, lambda_align=cfg["lambda_mmd"], **common, **{k: cfg[k] for k in POLICIES})
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
     base = initial_model(model, data.source, data.target_unlabeled, data.num_classes, cfg, seed).to(device)
@@ -233,9 +229,9 @@ class _Runs:
         """Stage 1 from the initial weights: source labels, plus λ·alignment (alignments.py) toward the
         unlabelled target when λ > 0."""
         t0 = time.perf_counter()
-        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_mmd=lam, alignment=alignment,
-                                  align_epochs=self.cfg["align_epochs"], **self.common)
-        trainer.label = f"{name}: "
+        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment,
+                                  align_policy=copy.deepcopy(self.cfg["align_policy"]), **self.common)
+        trainer.state.label = f"{name}: "
         d = self.data
         estimating = isinstance(self.cfg["class_weights"], str)  # the label-shift estimate predicts on the target
         trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
@@ -249,10 +245,10 @@ class _Runs:
         start = FINETUNED[name]
         scratch = name == "scratch"
         policy: FreezingPolicy | None = None if scratch else self.cfg["finetune_policy"]
-        trainer = TwoStageTrainer(copy.deepcopy(self.models[start] if start else self.base), lambda_mmd=0.0,
-                                  finetune_epochs=self.cfg["scratch_epochs" if scratch else "finetune_epochs"],
-                                  finetune_policy=copy.deepcopy(policy), **self.common)
-        trainer.label = f"{label}{name}: "
+        trainer = TwoStageTrainer(copy.deepcopy(self.models[start] if start else self.base),
+                                  **{**self.common, "lambda_align": 0.0, "finetune_policy": copy.deepcopy(policy),
+                                     "finetune_epochs": self.cfg["scratch_epochs" if scratch else "finetune_epochs"]})
+        trainer.state.label = f"{label}{name}: "
         trainer.finetune(labeled)
         if keep:
             self.models[name] = trainer.model

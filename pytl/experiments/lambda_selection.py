@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from pytl import _inputs as inp
 from pytl._checks import check_float, check_int
-from pytl.experiments.comparison import TRAINER_OPTIONS
-from pytl.experiments.strategies import resolve_config
+from pytl.experiments.strategies import POLICIES, TRAINER_OPTIONS, resolve_config
 from pytl.experiments.comparison_data import initial_model
 from pytl.experiments.folds import split_source
 from pytl.train import TwoStageTrainer, resolve_device
@@ -137,9 +136,9 @@ def select_lambda(
     source_val = (xs[val_idx], ys[val_idx])
 
     device = resolve_device(cfg["device"], model)
-    common = {k: cfg[k] for k in TRAINER_OPTIONS}
-    common.update(num_classes=num_classes, device=device, seed=seed, align_epochs=cfg["align_epochs"])
-    probe = TwoStageTrainer(None, lambda_mmd=max(lams), **common)  # the trainer's checks of the settings
+    common = {k: cfg[k] for k in TRAINER_OPTIONS if k not in POLICIES}
+    common.update(num_classes=num_classes, device=device, seed=seed)
+    probe = TwoStageTrainer(None, lambda_align=max(lams), **common)  # the trainer's checks of the settings
     # compare_strategies' initial model, its statistics from the training rows only (source_val stays unseen)
     base = initial_model(model, (x_train, y_train), xu, num_classes, cfg, seed).to(device)
     probe.model = copy.deepcopy(base)
@@ -150,8 +149,9 @@ def select_lambda(
     models: dict[float, nn.Module] = {}
     histories: dict[float, list[dict[str, Any]]] = {}
     for lam in lams:
-        trainer = TwoStageTrainer(copy.deepcopy(base), lambda_mmd=lam, **common)
-        trainer.label = f"λ={lam:g}: "
+        trainer = TwoStageTrainer(copy.deepcopy(base), lambda_align=lam,
+                                  align_policy=copy.deepcopy(cfg["align_policy"]), **common)
+        trainer.state.label = f"λ={lam:g}: "
         histories[lam] = trainer.align((x_train, y_train), xu if lam > 0 else None)
         models[lam] = trainer.model
         scores[lam] = float(CRITERIA[criterion](trainer.model, source_val, xu, **options))

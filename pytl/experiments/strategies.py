@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytl.freezing import FreezingPolicy
+from pytl.train import ALIGNMENTS, TrainSettings
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -18,7 +19,10 @@ __all__ = [
     "ALIGNED",
     "DESCRIPTIONS",
     "NEEDS_TARGET_LABELS",
+    "PER_RUN_SETTINGS",
+    "POLICIES",
     "STRATEGIES",
+    "TRAINER_OPTIONS",
     "TRANSFER_STRATEGIES",
     "best_transfer",
     "describe",
@@ -29,31 +33,37 @@ __all__ = [
 
 #: what compare_strategies runs by default: the tutorial's six
 DEFAULT_STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble")
-#: every strategy (``strategies="all"``): the six, class-conditional MMD (LMMD, DSAN: Zhu et al. 2020), and
-#: the baselines every comparison should include, Deep CORAL (Sun & Saenko 2016) and DANN (Ganin et al. 2016)
-STRATEGIES = DEFAULT_STRATEGIES + ("cmmd_only", "cmmd", "coral_only", "coral", "dann_only", "dann")
-NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "mmd", "ensemble", "cmmd", "coral", "dann"})
+#: the unsupervised alignments (pytl.train.alignments, in registration order): strategy "<name>_only" (stage 1)
+#: and "<name>" (then fine-tuned), and their λ option
+ALIGNED = {key: cls.lambda_option for key, cls in ALIGNMENTS.items()}
+#: every strategy (``strategies="all"``): the six, then "<name>_only" and "<name>" of every other alignment:
+#: class-conditional MMD (LMMD, DSAN: Zhu et al. 2020) and the baselines every comparison should include,
+#: Deep CORAL (Sun & Saenko 2016) and DANN (Ganin et al. 2016)
+STRATEGIES = DEFAULT_STRATEGIES + tuple(s for a in ALIGNED if f"{a}_only" not in DEFAULT_STRATEGIES
+                                        for s in (f"{a}_only", a))
+NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED})
 #: the strategies that transfer source knowledge and fine-tune on the target labels: what "scratch" is compared with
-TRANSFER_STRATEGIES = ("naive", "mmd", "cmmd", "coral", "dann")
-#: the unsupervised alignments: strategy "<name>_only" (stage 1) and "<name>" (then fine-tuned), their λ option
-ALIGNED = {"mmd": "lambda_mmd", "cmmd": "lambda_cmmd", "coral": "lambda_coral", "dann": "lambda_dann"}
+TRANSFER_STRATEGIES = ("naive", *ALIGNED)
 
 DESCRIPTIONS = {
     "source_only": "source labels, {align_epochs} epochs",
-    "mmd_only": "+ unlabelled target: CE + {lambda_mmd:g}·MMD², {align_epochs} epochs",
     "scratch": "target labels only, {scratch_epochs} epochs from random weights",
     "naive": "source_only, then {finetune_epochs} epochs on target labels",
-    "mmd": "mmd_only, then {finetune_epochs} epochs on target labels",
     "ensemble": "mean probabilities of mmd and scratch",
-    "cmmd_only": "+ unlabelled target: CE + {lambda_cmmd:g}·class-conditional MMD², {align_epochs} epochs",
-    "cmmd": "cmmd_only, then {finetune_epochs} epochs on target labels",
-    "coral_only": "+ unlabelled target: CE + {lambda_coral:g}·CORAL, {align_epochs} epochs",
-    "coral": "coral_only, then {finetune_epochs} epochs on target labels",
-    "dann_only": "+ unlabelled target: CE + domain discriminator, gradient reversed ×{lambda_dann:g}, {align_epochs} epochs",
-    "dann": "dann_only, then {finetune_epochs} epochs on target labels",
+    **{f"{a}_only": f"+ unlabelled target: {cls.description}, {{align_epochs}} epochs" for a, cls in ALIGNMENTS.items()},
+    **{a: f"{a}_only, then {{finetune_epochs}} epochs on target labels" for a in ALIGNMENTS},
 }
 
-#: compare_strategies' defaults: the tutorial's recipe (λ = 0.5, 100 alignment and 50 fine-tuning epochs).
+#: the trainer settings that compare_strategies sets per run itself (λ and alignment per strategy, the seed)
+#: or that make no sense across its runs (one checkpoint file, torch.distributed)
+PER_RUN_SETTINGS = ("lambda_align", "alignment", "seed", "checkpoint", "distributed")
+#: the freezing policies: each run gets its own copy (a policy keeps per-run state, e.g. L2-SP's snapshot)
+POLICIES = ("align_policy", "finetune_policy")
+#: the trainer settings that compare_strategies hands to every trainer (the policies copied)
+TRAINER_OPTIONS = tuple(n for n in TrainSettings.names() if n not in PER_RUN_SETTINGS)
+
+#: compare_strategies' defaults: the trainer's (TrainSettings: the tutorial's recipe, 100 alignment and 50
+#: fine-tuning epochs), each alignment's λ, the default model's and the comparison's own options.
 DEFAULT_CONFIG: dict[str, Any] = {
     # model (used when no model is passed)
     "hidden_sizes": None,          # None: sized from the data (models.default_width)
@@ -61,45 +71,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dropout": 0.0,
     "batch_norm": False,
     "standardize": True,           # the default model standardises inputs with pooled source+target statistics
-    "num_classes": None,           # None: largest label + 1
-    # trainer
-    "lambda_mmd": 0.5,
-    # λ of "coral_only"/"coral": Deep CORAL's ||C_s - C_t||^2 / 4d^2 is ~1e-4 on the tutorial's 64-wide
-    # embedding, where MMD² is 0.1-0.5, so its λ is larger; 1000 makes its term a sizeable fraction of the
-    # cross-entropy there (docs/python_layer.md, "Which alignment")
-    "lambda_coral": 1000.0,
-    # λ of "cmmd_only"/"cmmd": the class-conditional MMD² averaged over classes has the scale of one MMD²
-    "lambda_cmmd": 0.5,
-    # λ of "dann_only"/"dann": the gradient reversal's scale (DANN's own loss is not weighted)
-    "lambda_dann": 1.0,
-    "lambda_schedule": "constant",
-    "align_epochs": 100,
-    "finetune_epochs": 50,
+    # each alignment's λ (pytl.train.alignments: where each default comes from)
+    **{cls.lambda_option: cls.lambda_default for cls in ALIGNMENTS.values()},
+    # the trainer's settings
+    **{name: TrainSettings.defaults()[name] for name in TRAINER_OPTIONS},
+    "device": "cpu",               # the trainer's None means "where the model lives"; a comparison's model is new
+    "progress": False,
     "scratch_epochs": None,        # None: finetune_epochs, the target-label budget of the transfer strategies
-    "lr": 1e-3,
-    "finetune_lr": None,           # None: lr
-    "batch_size": 64,
-    "target_batch_size": None,     # None: batch_size
-    "finetune_batch_size": None,   # None: batch_size
-    "weight_decay": 0.0,
-    "optimizer": "adam",
-    "finetune_policy": None,       # None: fine-tune every layer (a pytl.freezing policy otherwise)
-    "finetune_validation": None,   # a fraction of the target labels held out to stop fine-tuning early (None: off)
-    "patience": None,              # epochs without a better validation loss before stopping (needs the above)
-    "mmd_sigmas": None,
-    "mmd_estimator": "biased",
-    "mmd_scope": "global",         # under torchrun: the MMD² of the global batch, or "per_rank" (pytl.distributed)
-    "warmup": 0.1,                 # fraction of stage-1 steps before "cmmd" (and a class-weight estimate) starts
-    "cmmd_confidence": 0.0,        # target rows less confident than this get no weight in "cmmd"
-    "class_weights": None,         # source class weights of stage 1: None, a sequence, or "estimated" (label shift)
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
     # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
     # "im", as select_lambda's default: the criterion that ranked best in benchmarks/label_free_ranking.py
     "criterion": "im",
     "source_validation": 0.2,
-    "device": "cpu",
-    "progress": False,
-    "num_threads": None,           # torch CPU threads while training (None: torch's setting)
 }
 
 
@@ -107,13 +90,14 @@ def resolve_config(config: Mapping[str, Any], caller: str = "compare_strategies"
     """``DEFAULT_CONFIG`` updated with ``config``; an unknown option is a TypeError listing the valid ones.
 
     The values themselves are checked by the trainer (epochs, lr, batch sizes, ...) when a run is set
-    up; only ``finetune_policy``, which the comparison copies per strategy, is checked here."""
+    up; only the policies, which the comparison copies per run, are checked here."""
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
     if unknown:
         raise TypeError(f"{caller} got unknown option(s) {unknown}; valid options: {sorted(DEFAULT_CONFIG)}")
     cfg = {**DEFAULT_CONFIG, **config}
-    if cfg["finetune_policy"] is not None and not isinstance(cfg["finetune_policy"], FreezingPolicy):
-        raise TypeError(f"finetune_policy must be a pytl.freezing policy or None, got {type(cfg['finetune_policy']).__name__}")
+    for name in ("align_policy", "finetune_policy"):
+        if cfg[name] is not None and not isinstance(cfg[name], FreezingPolicy):
+            raise TypeError(f"{name} must be a pytl.freezing policy or None, got {type(cfg[name]).__name__}")
     return cfg
 
 

@@ -19,7 +19,7 @@ from pytl import _inputs as inp
 from pytl import distributed as pd
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import TwoStageTrainer
+    from pytl.train.state import RunState
 
 Batch = tuple[Tensor, Tensor | None, int]  # (x, y or None, global batch size)
 
@@ -53,29 +53,29 @@ def steps_per_epoch(data: Any, batch_size: int, world: int) -> int:
     return k - 1 if k > 1 and last < 2 * world else k  # as ArrayBatches drops a too small last batch
 
 
-def batches(t: TwoStageTrainer, data: Any, batch_size: int, gen: torch.Generator, labeled: bool, name: str,
+def batches(run: RunState, data: Any, batch_size: int, gen: torch.Generator, labeled: bool, name: str,
             min_size: int = 2, epoch: int = 0) -> Iterator[Batch]:
-    """One pass over the data as (x, y, n) batches on the trainer's device (training skips batches of one).
+    """One pass over the data as (x, y, n) batches on the run's device and dtype (training skips batches of one).
 
     Under DDP, x and y are this rank's part of a global batch of n samples."""
-    dtype = t._param_dtype()
+    dtype = run.dtype
     if isinstance(data, DataLoader):
-        assert t._sample_shape is not None and t.num_classes is not None
+        assert run.sample_shape is not None and run.num_classes is not None
         if isinstance(data.sampler, DistributedSampler):
             data.sampler.set_epoch(epoch)  # a new shuffle per pass, the same on every rank
         for batch in data:
             x, y = inp.split_batch(batch, labeled, name)
-            x, y = inp.check_batch(x, y, t.num_classes, t._sample_shape, name)
+            x, y = inp.check_batch(x, y, run.num_classes, run.sample_shape, name)
             if x.shape[0] < min_size:
                 continue
-            yield x.to(t.device, dtype), (None if y is None else y.to(t.device)), x.shape[0] * t._world
+            yield x.to(run.device, dtype), (None if y is None else y.to(run.device)), x.shape[0] * run.world
         return
     x, y = (data if labeled else (data, None))
-    for idx in ArrayBatches(x.shape[0], batch_size, gen, min_last=2 * t._world).epoch():
+    for idx in ArrayBatches(x.shape[0], batch_size, gen, min_last=2 * run.world).epoch():
         n = idx.numel()
-        if t._world > 1:
-            idx = pd.shard(idx, t._rank, t._world)
-        yield x[idx].to(t.device, dtype), (None if y is None else y[idx].to(t.device)), n
+        if run.world > 1:
+            idx = pd.shard(idx, run.rank, run.world)
+        yield x[idx].to(run.device, dtype), (None if y is None else y[idx].to(run.device)), n
 
 
 class TargetBatches:
@@ -84,9 +84,8 @@ class TargetBatches:
     Its position (the global batches left in the current pass, the number of passes) is saved in
     checkpoints, so that a resumed run draws the same batches; a DataLoader restarts at a new pass."""
 
-    def __init__(self, trainer: TwoStageTrainer, data: Any, gen: torch.Generator) -> None:
-        self.trainer, self.data, self.gen = trainer, data, gen
-        self.dtype = trainer._param_dtype()  # looked up once: finding a model's dtype walks its modules
+    def __init__(self, run: RunState, data: Any, gen: torch.Generator) -> None:
+        self.run, self.data, self.gen = run, data, gen
         self.passes = 0
         self.pending: list[Tensor] = []  # arrays: global index batches left in this pass
         self._loader_pass: Iterator[Batch] | None = None
@@ -94,23 +93,24 @@ class TargetBatches:
 
     def next(self) -> tuple[Tensor, int]:
         """This rank's part of the next target batch, and the global batch size."""
-        t = self.trainer
+        run = self.run
         if isinstance(self.data, DataLoader):
             x = self._next_from_loader()
-            return x, x.shape[0] * t._world
+            return x, x.shape[0] * run.world
         if not self.pending:  # drawn when first needed, so the generator's draws keep their order
-            self.pending = ArrayBatches(self.data.shape[0], t.target_batch_size, self.gen, 2 * t._world).epoch()
+            self.pending = ArrayBatches(self.data.shape[0], run.settings.target_batch_size_value, self.gen,
+                                        2 * run.world).epoch()
             self.passes += 1
         idx = self.pending.pop(0)
         n = idx.numel()
-        if t._world > 1:
-            idx = pd.shard(idx, t._rank, t._world)
-        return self.data[idx].to(t.device, self.dtype), n
+        if run.world > 1:
+            idx = pd.shard(idx, run.rank, run.world)
+        return self.data[idx].to(run.device, run.dtype), n
 
     def _next_from_loader(self) -> Tensor:
         while True:
             if self._loader_pass is None:
-                self._loader_pass = batches(self.trainer, self.data, 0, self.gen, labeled=False,
+                self._loader_pass = batches(self.run, self.data, 0, self.gen, labeled=False,
                                             name="target_unlabeled", epoch=self.passes)
                 self.passes += 1
                 self._fresh = True
@@ -122,8 +122,8 @@ class TargetBatches:
                 raise ValueError("target_unlabeled yields no batch of at least 2 samples")
             self._loader_pass = None
 
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"pending": [p.clone() for p in self.pending], "passes": self.passes}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending, self.passes = list(state["pending"]), int(state["passes"])

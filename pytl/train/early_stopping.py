@@ -19,10 +19,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
 
 from pytl import _inputs as inp
-from pytl.train.evaluate import eval_mode, labeled_sums
+from pytl.inference import eval_mode
+from pytl.train.evaluate import labeled_sums
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import TwoStageTrainer
+    from pytl.train.settings import TrainSettings
+    from pytl.train.state import RunState
 
 __all__ = ["CLIMB_TOLERANCE", "EarlyStopping", "split_target", "stratified_split", "validation_loss_climbs"]
 
@@ -51,7 +53,7 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     return mask.nonzero().flatten(), val
 
 
-def split_target(t: TwoStageTrainer, tl: Any, name: str = "target_labeled") -> tuple[Any, Any]:
+def split_target(settings: TrainSettings, tl: Any, name: str = "target_labeled") -> tuple[Any, Any]:
     """The labelled target data as (training part, validation part), split by ``stratified_split``.
 
     Arrays are indexed. A DataLoader over a map-style dataset is split by index: its labels are read
@@ -59,13 +61,13 @@ def split_target(t: TwoStageTrainer, tl: Any, name: str = "target_labeled") -> t
     ``Subset``s are built with its batch size, collate_fn and workers (the training one shuffles if
     the original did; the validation one does not, and keeps every batch). Iterable datasets, custom
     samplers and batch samplers cannot be split from outside: a ValueError says so."""
-    fraction = t.finetune_validation
+    fraction = settings.finetune_validation
     assert fraction is not None
     if isinstance(tl, DataLoader):
         labels = _dataset_labels(tl, name)
     else:
         labels = tl[1]
-    train_idx, val_idx = stratified_split(labels, fraction, t.seed)
+    train_idx, val_idx = stratified_split(labels, fraction, settings.seed)
     if val_idx.numel() == 0:
         counts = torch.bincount(labels).tolist()
         raise ValueError(f"finetune_validation={fraction:g} holds out nothing: {name} has no class with at least 2 "
@@ -117,11 +119,11 @@ def _subset_loader(loader: DataLoader, idx: Tensor, sampler: Any) -> DataLoader:
 
 
 @torch.no_grad()
-def validation_metrics(t: TwoStageTrainer, model: nn.Module, data: Any) -> dict[str, float]:
+def validation_metrics(run: RunState, model: nn.Module, data: Any) -> dict[str, float]:
     """``val_loss`` (mean cross-entropy) and ``val_accuracy`` of ``model`` on all of ``data``, in eval mode.
     Not sharded: under DDP each rank evaluates every held-out sample."""
     with eval_mode(model):
-        correct, loss, n = labeled_sums(t, model, data, "target_labeled (validation part)")
+        correct, loss, n = labeled_sums(run, model, data, "target_labeled (validation part)")
     return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1)}
 
 
@@ -131,17 +133,17 @@ class EarlyStopping:
 
     ``after_epoch`` adds ``val_loss``, ``val_accuracy`` and ``best`` (False until ``finish``) to the
     epoch's record and says whether to stop; ``finish`` loads the best weights (buffers included) and
-    marks that record ``best: True``. ``state``/``load_state`` carry all of it through a checkpoint."""
+    marks that record ``best: True``. ``state_dict``/``load_state_dict`` carry all of it through a checkpoint."""
 
-    def __init__(self, t: TwoStageTrainer, data: Any) -> None:
-        self.t, self.data, self.patience = t, data, t.patience
+    def __init__(self, run: RunState, data: Any) -> None:
+        self.run, self.data, self.patience = run, data, run.settings.patience
         self.best_loss: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, Tensor] | None = None
         self.stopped = False
 
     def after_epoch(self, epoch: int, model: nn.Module, rec: dict[str, Any], advice: str) -> bool:
-        metrics = validation_metrics(self.t, model, self.data)
+        metrics = validation_metrics(self.run, model, self.data)
         if not math.isfinite(metrics["val_loss"]):
             raise FloatingPointError(f"finetune epoch {epoch}: the validation loss became {metrics['val_loss']}; "
                                      f"{advice}")
@@ -161,11 +163,11 @@ class EarlyStopping:
             if rec["epoch"] == self.best_epoch:
                 rec["best"] = True
 
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state,
                 "stopped": self.stopped}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_loss, self.best_epoch = state["best_loss"], state["best_epoch"]
         self.best_state, self.stopped = state["best_state"], bool(state["stopped"])
 

@@ -24,45 +24,46 @@ from pytl.train.precision import Precision
 from pytl.train.steps import Stage, objective
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import OptimizerLike, TwoStageTrainer
+    from pytl.train.settings import OptimizerLike
+    from pytl.train.state import RunState
 
 
-def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
+def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
               resume: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One stage, epoch by epoch: the policy's schedule, the steps, the epoch's record (means, eval
     metrics), the divergence stop and the checkpoint. ``stage`` supplies the batches and the loss, and may
     add to each record and stop early (``after_epoch``) and act once at the end (``finish``: fine-tuning
-    restores its best epoch's weights)."""
-    model = t._require_model()
+    restores its best epoch's weights). The records are appended to ``run.history`` and returned."""
+    settings = run.settings
     policy = with_frozen_batchnorm(stage.policy)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     records: list[dict[str, Any]] = []
     epoch = 0
-    with t._rng(offset=stage.rng_offset, per_rank=True) as gen:
-        ddp.check_checkpoint_everywhere(t)
+    with run.rng(offset=stage.rng_offset, per_rank=True) as gen:
+        ddp.check_checkpoint_everywhere(run)
         if resume is not None:  # policies such as L2SP snapshot the weights the stage started from
             model.load_state_dict(resume["stage_start_model"])
         start_state = None
-        if t.checkpoint is not None:
+        if settings.checkpoint is not None:
             start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar = None
         try:
             policy.apply(model)
-            opt = make_optimizer(t.optimizer, param_groups(model, stage.lr, policy, t.weight_decay))
-            t.policy_summary[stage.name] = f"policy: {policy!r}\n{summary(model, opt)}"
-            precision = Precision(t)
+            opt = make_optimizer(settings.optimizer, param_groups(model, stage.lr, policy, float(settings.weight_decay)))
+            run.policy_summary[stage.name] = f"policy: {policy!r}\n{summary(model, opt)}"
+            precision = Precision(run)
             if resume is not None:
-                epoch, records = restore(t, stage.name, resume, model, policy, opt, gen)
+                epoch, records = restore(run, stage.name, resume, model, policy, opt, gen)
                 precision.load_state_dict(resume.get("scaler"))
             stage.begin(gen, resume, model, policy)
-            bar = Progress(stage.epochs - epoch, f"{t.label}{stage.name}", t.progress and t._rank == 0)
+            bar = Progress(stage.epochs - epoch, f"{run.label}{stage.name}", settings.progress and run.rank == 0)
             step_fn: nn.Module | None = None
             for epoch in range(epoch, stage.epochs):
                 if stage.stopped():  # early stopping ended the stage (a checkpoint written at the stop)
                     break
                 unfrozen = policy.on_epoch_start(model, epoch, opt)
                 if step_fn is None or unfrozen:
-                    step_fn = ddp.step_module(t, model)
+                    step_fn = ddp.step_module(run, model)
                 model.train()
                 sums = Sums()
                 for x, y, n in stage.batches(epoch):
@@ -72,28 +73,28 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
                         pen = policy.penalty(model)
                         loss = out.loss if pen is None else out.loss + pen
                     opt.zero_grad(set_to_none=True)
-                    precision.backward(objective(t, loss, out, pen))
+                    precision.backward(objective(run, loss, out, pen))
                     precision.step(opt)
                     stage.after_step()
                     sums.add(x.shape[0], loss=loss, ce=out.ce, penalty=pen, correct=(out.logits.argmax(1) == y).sum(),
                              **{stage.align_key: out.align})
                 rec: dict[str, Any] = {"stage": stage.name, "epoch": epoch,
-                                       **sums.means(t.device if t._world > 1 else None), **stage.record()}
+                                       **sums.means(run.device if run.world > 1 else None), **stage.record()}
                 rec.setdefault(stage.align_key, None)  # "coral" too when the stage had no alignment term
                 check_finite(rec, stage.advice)
                 if unfrozen:
                     rec["unfrozen"] = unfrozen
-                rec.update(evaluate(t, ev))
+                rec.update(evaluate(run, model, ev))
                 stop = stage.after_epoch(epoch, model, rec)
                 records.append(rec)
                 bar.update(1, **{k: rec[k] for k in stage.bar_keys if rec.get(k) is not None})
-                save_checkpoint(t, stage.name, epoch + 1, model, start_state, opt, gen, records,
-                                scaler=precision.state_dict(), **stage.checkpoint_state())
+                save_checkpoint(run, stage.name, epoch + 1, model, start_state, opt, gen, records,
+                                scaler=precision.state_dict(), **stage.state_dict())
                 if stop:
                     break
             stage.finish(model, records)
         except Exception as e:
-            ddp.raise_if_collective(t, e, stage.name, epoch)
+            ddp.raise_if_collective(run, e, stage.name, epoch)
             raise
         finally:
             if bar is not None:
@@ -102,7 +103,7 @@ def run_stage(t: TwoStageTrainer, stage: Stage, ev: dict[str, Any],
             for p, flag in flags:  # the policy holds for its stage only
                 p.requires_grad_(flag)
     model.eval()
-    t.history[stage.name].extend(records)
+    run.history[stage.name].extend(records)
     return records
 
 

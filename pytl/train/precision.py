@@ -16,15 +16,15 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import TwoStageTrainer
+    from pytl.train.state import RunState
 
 
 class Precision:
     """The step's precision: ``autocast()`` around the forward, ``backward`` and ``step`` through the scaler."""
 
-    def __init__(self, trainer: TwoStageTrainer) -> None:
-        self.enabled = trainer.amp
-        self.device_type = trainer.device.type
+    def __init__(self, run: RunState) -> None:
+        self.enabled = run.settings.amp
+        self.device_type = run.device.type
         self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.device_type == "cuda" else None
 

@@ -2,7 +2,8 @@
 shapes and labels, the model against the data; the default model built when there is none.
 
 ``prepare`` is what ``TwoStageTrainer.fit/align/finetune/check_inputs`` run; ``compare_strategies``
-calls it through ``check_inputs`` so that every error comes before the first of its trainings.
+calls it through ``check_inputs`` so that every error comes before the first of its trainings. It reads
+the settings and writes what it finds out (ranks, classes, sample shape, dtype) into the run's state.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
 from pytl._checks import warn_user
+from pytl.inference import eval_mode, param_dtype
 from pytl.models import Standardize, default_model
 from pytl.train import ddp
-from pytl.train.evaluate import eval_mode
-from pytl.train.validation import split_target
+from pytl.train.early_stopping import split_target
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import TwoStageTrainer
+    from pytl.train.state import RunState
 
 
 class Prepared(NamedTuple):
-    """The checked inputs of a stage, cast to the model's dtype (None where not given)."""
+    """The checked inputs of a stage, cast to the model's dtype (None where not given), and the model."""
 
+    model: nn.Module
     source: Any
     target_unlabeled: Any
     target_labeled: Any  # with finetune_validation, the training part only
@@ -53,16 +55,9 @@ def resolve_device(device: Any, model: nn.Module | None = None) -> torch.device:
     return dev
 
 
-def param_dtype(model: nn.Module | None) -> torch.dtype:
-    """The model's floating-point dtype (float32 for no model or no floating parameter)."""
-    p = next(model.parameters(), None) if model is not None else None
-    return p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
-
-
-def check_class_weights(t: TwoStageTrainer, src: Any, tu: Any, num_classes: int, stage: str) -> None:
-    """class_weights against the data: one non-negative weight per class; "estimated" needs the source and
-    target as arrays (the estimate predicts on their first rows) and stage 1."""
-    spec = t.class_weights
+def check_class_weights(spec: Any, src: Any, tu: Any, num_classes: int, stage: str) -> None:
+    """class_weights (checked: settings.class_weight_spec) against the data: one weight per class; "estimated"
+    needs the source and target as arrays (the estimate predicts on their first rows) and stage 1."""
     if spec is None or stage == "finetune":
         return
     if isinstance(spec, str):
@@ -77,55 +72,57 @@ def check_class_weights(t: TwoStageTrainer, src: Any, tu: Any, num_classes: int,
         raise ValueError(f"class_weights must have one weight per class ({num_classes}), got {spec.numel()}")
 
 
-def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_labeled: Any, eval_data: Any,
-            stage: str) -> Prepared:
-    """Convert and check every input, build the default model if needed, check labels against it.
-    The model is kept on the trainer only once every check has passed (a failed fit leaves it as it was)."""
-    ddp.setup_ranks(t)
-    needs_target = stage in ("fit", "align") and t.lambda_mmd > 0 and t.align_epochs > 0
+def prepare(run: RunState, model: nn.Module | None, source: Any, target_unlabeled: Any, target_labeled: Any,
+            eval_data: Any, stage: str) -> Prepared:
+    """Convert and check every input, build the default model if ``model`` is None, check labels against it.
+    The run's state learns the classes and sample shape only once every check has passed (the caller keeps
+    the returned model then: a failed fit leaves the trainer as it was)."""
+    settings = run.settings
+    ddp.setup_ranks(run)
+    alignment = settings.alignment.upper()
+    needs_target = stage in ("fit", "align") and settings.lambda_align > 0 and settings.align_epochs > 0
     src = inp.as_labeled(source, "source") if source is not None else None
     if stage in ("fit", "align") and src is None:
         raise ValueError("source (X, y) is required for stage 1")
     if needs_target and target_unlabeled is None:
-        raise ValueError(f"target_unlabeled is required for {t.alignment.upper()} alignment (lambda_mmd > 0); "
-                         "pass lambda_mmd=0 to train on the source alone")
+        raise ValueError(f"target_unlabeled is required for {alignment} alignment (lambda_align > 0); "
+                         "pass lambda_align=0 to train on the source alone")
     tu = inp.as_unlabeled(target_unlabeled, "target_unlabeled") if target_unlabeled is not None else None
     if stage == "finetune" and target_labeled is None:
         raise ValueError("target_labeled (X, y) is required for fine-tuning")
     tl = inp.as_labeled(target_labeled, "target_labeled") if target_labeled is not None else None
     ev = eval_sets(eval_data)
-    if t.finetune_validation is not None and tl is not None and "val" in ev:
+    if settings.finetune_validation is not None and tl is not None and "val" in ev:
         raise ValueError("eval_data has a set named 'val', whose record keys (val_loss) would collide with "
                          "finetune_validation's (val_loss, val_accuracy); rename it")
-    ref_shape = _common_shape(t, src, tu, tl, ev, stage)
+    ref_shape = _common_shape(run.sample_shape, src, tu, tl, ev, stage)
 
-    model = t.model
     if model is None:
-        classes = t.num_classes or infer_num_classes(src, tl, ev)
+        classes = run.num_classes or infer_num_classes(src, tl, ev)
         stats = Standardize.fit(*[_some_features(d, lab) for d, lab in ((src, True), (tu, False), (tl, True))
                                   if d is not None])
-        with t._rng(offset=0):
+        with run.rng(offset=0):
             model = default_model(inp.prod(ref_shape), classes, standardize=stats)
-    model.to(t.device)
-    num_classes = model_num_classes(model, ref_shape, src if src is not None else tl, t.device)
-    if t.num_classes is not None and t.num_classes != num_classes:
-        raise ValueError(f"num_classes={t.num_classes} but the model outputs {num_classes} classes")
+    model.to(run.device)
+    num_classes = model_num_classes(model, ref_shape, src if src is not None else tl, run.device)
+    if run.num_classes is not None and run.num_classes != num_classes:
+        raise ValueError(f"num_classes={run.num_classes} but the model outputs {num_classes} classes")
     if needs_target and not (hasattr(model, "embed") and hasattr(model, "head")):
         raise TypeError(
-            f"{t.alignment.upper()} alignment needs a model with embed(x) and head(z), got {type(model).__name__}; "
+            f"{alignment} alignment needs a model with embed(x) and head(z), got {type(model).__name__}; "
             "wrap it with TransferModel(encoder, head) or TransferModel.from_backbone(model, num_classes)"
         )
     for name, data in [("source", src), ("target_labeled", tl)] + [(f"eval_data[{k!r}]", v) for k, v in ev.items()]:
         if isinstance(data, tuple):
             inp.check_label_range(data[1], num_classes, f"{name}[1] (y)")
-    check_class_weights(t, src, tu, num_classes, stage)
+    check_class_weights(settings.class_weight_spec(), src, tu, num_classes, stage)
     val = None
     if tl is not None:
         check_enough_labels(tl, num_classes)
-        if t.finetune_validation is not None:  # before sharding: every rank holds out, and evaluates, the same part
-            tl, val = split_target(t, tl)
-    t.model, t.num_classes, t._sample_shape = model, num_classes, ref_shape
+        if settings.finetune_validation is not None:  # before sharding: every rank holds out, and evaluates, the same
+            tl, val = split_target(settings, tl)
     dtype = param_dtype(model)
+    run.num_classes, run.sample_shape, run.dtype = num_classes, ref_shape, dtype
 
     def cast(d: Any) -> Any:
         if isinstance(d, tuple):
@@ -133,13 +130,16 @@ def prepare(t: TwoStageTrainer, source: Any, target_unlabeled: Any, target_label
         return d.to(dtype) if isinstance(d, Tensor) else d
 
     # eval_data is not sharded: each rank evaluates its part of arrays, a DataLoader as given (evaluate.py)
-    return Prepared(ddp.shard_input(t, None if src is None else cast(src), "source", t.batch_size),
-                    ddp.shard_input(t, None if tu is None else cast(tu), "target_unlabeled", t.target_batch_size),
-                    ddp.shard_input(t, None if tl is None else cast(tl), "target_labeled", t.finetune_batch_size),
+    return Prepared(model,
+                    ddp.shard_input(run, None if src is None else cast(src), "source", settings.batch_size),
+                    ddp.shard_input(run, None if tu is None else cast(tu), "target_unlabeled",
+                                    settings.target_batch_size_value),
+                    ddp.shard_input(run, None if tl is None else cast(tl), "target_labeled",
+                                    settings.finetune_batch_size_value),
                     {k: cast(v) for k, v in ev.items()}, None if val is None else cast(val))
 
 
-def _common_shape(t: TwoStageTrainer, src: Any, tu: Any, tl: Any, ev: dict[str, Any], stage: str) -> tuple[int, ...]:
+def _common_shape(trained: tuple[int, ...] | None, src: Any, tu: Any, tl: Any, ev: dict[str, Any], stage: str) -> tuple[int, ...]:
     """The sample shape every input shares (and, when fine-tuning a trained model, the one it was trained on)."""
     shapes: dict[str, tuple[int, ...]] = {}
     if src is not None:
@@ -151,8 +151,8 @@ def _common_shape(t: TwoStageTrainer, src: Any, tu: Any, tl: Any, ev: dict[str, 
     for name, data in ev.items():
         shapes[f"eval_data[{name!r}]"] = inp.sample_shape(data, True, f"eval_data[{name!r}]")
     ref_name, ref_shape = next(iter(shapes.items()))
-    if t._sample_shape is not None and stage == "finetune":
-        ref_name, ref_shape = "the data the model was trained on", t._sample_shape
+    if trained is not None and stage == "finetune":
+        ref_name, ref_shape = "the data the model was trained on", trained
     for name, shape in shapes.items():
         if shape != ref_shape:
             raise ValueError(

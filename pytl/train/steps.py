@@ -1,52 +1,32 @@
-"""The objective of a training step: CE + λ·alignment (stage 1: alignments.py) or CE (stage 2), plus the
+"""The objective of a training step: CE + λ·alignment (stage 1: alignments/) or CE (stage 2), plus the
 policy's penalty.
 
 Each stage is a small object that knows its batches and its loss (``AlignStage``, ``FinetuneStage``,
-both ``Stage``s); the one stage loop (loop.py) runs either. Also here: the λ schedules and what a rank
-back-propagates under DDP (``objective``).
+both ``Stage``s); the one stage loop (loop.py) runs either. Also here: what a rank back-propagates under
+DDP (``objective``). The λ schedules are in schedules.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pytl.train import ddp
-from pytl.train.alignments import ALIGNMENT_KEYS, ALIGNMENTS, ClassWeights, make_alignment
+from pytl.train.alignments import make_alignment
 from pytl.train.batches import TargetBatches, batches, steps_per_epoch
-from pytl.train.validation import EarlyStopping
+from pytl.train.class_weights import ClassWeights
+from pytl.train.early_stopping import EarlyStopping
+from pytl.train.schedules import lambda_factor
 
 if TYPE_CHECKING:
-    from pytl.train.trainer import TwoStageTrainer
+    from pytl.train.state import RunState
 
-__all__ = ["ALIGNMENTS", "ALIGNMENT_KEYS", "LAMBDA_SCHEDULES", "AlignStage", "FinetuneStage", "Stage", "lambda_factor",
-           "objective"]
-
-LAMBDA_SCHEDULES = ("constant", "linear", "dann")
-ScheduleLike = Union[str, Callable[[float], float]]
-
-
-def lambda_factor(schedule: ScheduleLike, progress: float) -> float:
-    """Multiplier of λ at training progress p ∈ [0, 1].
-
-    "constant": 1. "linear": p. "dann": 2/(1+exp(−10p)) − 1 (Ganin et al.): MMD starts weak while the
-    features are still random and reaches full strength after about a third of the training. A
-    callable gets p and returns the multiplier."""
-    if callable(schedule):
-        return float(schedule(progress))
-    if schedule == "constant":
-        return 1.0
-    if schedule == "linear":
-        return progress
-    if schedule == "dann":
-        return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-    raise ValueError(f"lambda_schedule must be one of {LAMBDA_SCHEDULES} or a callable, got {schedule!r}")
+__all__ = ["AlignStage", "FinetuneStage", "Stage", "StepLoss", "objective"]
 
 
 @dataclass
@@ -64,7 +44,7 @@ class StepLoss:
     ce_share: Tensor | None = None
 
 
-def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tensor | None) -> Tensor:
+def objective(run: RunState, loss: Tensor, step: StepLoss, pen: Tensor | None) -> Tensor:
     """What this rank back-propagates: ``loss`` alone; under DDP, a reweighting of its terms.
 
     DDP averages parameter gradients over the W ranks. So that the average is the gradient of
@@ -74,13 +54,13 @@ def objective(trainer: TwoStageTrainer, loss: Tensor, step: StepLoss, pen: Tenso
     gathered batch alike); the
     penalty, a function of the shared weights, is the same on every rank and stays as it is. A
     class-weighted CE (a weighted mean) is weighted by this rank's share of the global weight sum instead."""
-    world = trainer._world
+    world = run.world
     if world == 1:
         return loss
     share = step.logits.shape[0] / step.n_global if step.ce_share is None else step.ce_share
     obj = step.ce * (share * world)
     if step.align is not None:
-        obj = obj + (step.lam * world if trainer.mmd_scope == "global" else step.lam) * step.align
+        obj = obj + (step.lam * world if run.settings.mmd_scope == "global" else step.lam) * step.align
     return obj if pen is None else obj + pen
 
 
@@ -115,7 +95,7 @@ class Stage:
         """The stage's own keys of an epoch's record."""
         return {}
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The stage's own state in a checkpoint (keyword arguments of checkpoint.save_checkpoint)."""
         return {}
 
@@ -133,20 +113,22 @@ class Stage:
 
 class AlignStage(Stage):
     """Stage 1: labelled source batches (one pass per epoch), each with an unlabelled target batch
-    when alignment is on (``lambda_mmd > 0`` and target data given); λ follows the schedule step by step.
-    The alignment term and the source class weights are parts of their own (alignments.py)."""
+    when alignment is on (λ > 0 and target data given); λ follows the schedule step by step.
+    The alignment term (alignments/) and the source class weights (class_weights.py) are parts of their own."""
 
-    name, rng_offset, advice = "align", 1, "lower lr or lambda_mmd"
+    name, rng_offset = "align", 1
 
-    def __init__(self, trainer: TwoStageTrainer, source: Any, target: Any) -> None:
-        self.t, self.source = trainer, source
-        self.alignment = make_alignment(trainer)
-        self.align_key = self.alignment.key
+    def __init__(self, run: RunState, source: Any, target: Any) -> None:
+        settings = run.settings
+        self.run, self.settings, self.source = run, settings, source
+        self.alignment = make_alignment(run)
+        self.align_key = self.alignment.record_key
         self.bar_keys = ("loss", self.align_key)
-        self.use_mmd = trainer.lambda_mmd > 0 and target is not None
-        self.class_weights = ClassWeights(trainer, source, target)
+        self.advice = "lower lr or lambda_align"
+        self.use_alignment = settings.lambda_align > 0 and target is not None
+        self.class_weights = ClassWeights(run, source, target)
         self.target_data = target
-        self.policy, self.lr, self.epochs = trainer.align_policy, trainer.lr, trainer.align_epochs
+        self.policy, self.lr, self.epochs = settings.align_policy, float(settings.lr), settings.align_epochs
         self.step, self.lam = 0, 0.0
         self.target: TargetBatches | None = None
         self.total, self.warmup_steps = 1, 0
@@ -154,26 +136,28 @@ class AlignStage(Stage):
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
         super().begin(gen, resume, model, policy)
         self.model = model
-        self.total = max(1, self.epochs * steps_per_epoch(self.source, self.t.batch_size, self.t._world))
-        self.warmup_steps = round(self.t.warmup * self.total)
-        self.target = TargetBatches(self.t, self.target_data, gen) if self.use_mmd else None
+        self.total = max(1, self.epochs * steps_per_epoch(self.source, self.settings.batch_size, self.run.world))
+        self.warmup_steps = round(self.settings.warmup * self.total)
+        self.target = TargetBatches(self.run, self.target_data, gen) if self.use_alignment else None
         if resume is not None:
             self.step, self.lam = resume["step"], resume["lambda"]
             if self.target is not None and resume["target"] is not None:
-                self.target.load_state(resume["target"])
-        self.class_weights.begin(resume)
-        if self.use_mmd:
-            self.alignment.begin(model, resume)
+                self.target.load_state_dict(resume["target"])
+        self.class_weights.begin(None if resume is None else resume.get("class_weights"))
+        if self.use_alignment:
+            self.alignment.begin(model, None if resume is None else resume.get("alignment"))
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
-        return batches(self.t, self.source, self.t.batch_size, self.gen, labeled=True, name="source", epoch=epoch)
+        return batches(self.run, self.source, self.settings.batch_size, self.gen, labeled=True, name="source",
+                       epoch=epoch)
 
     def loss(self, step_fn: nn.Module, xs: Tensor, ys: Tensor, n: int) -> StepLoss:
-        t = self.t
-        self.lam = t.lambda_mmd * lambda_factor(t.lambda_schedule, self.step / self.total) if self.use_mmd else 0.0
+        s = self.settings
+        self.lam = float(s.lambda_align) * lambda_factor(s.lambda_schedule, self.step / self.total) \
+            if self.use_alignment else 0.0
         weights = self.class_weights.of(ys)
-        share = None if weights is None or t._world == 1 else ddp.share_of_sum(weights.detach().sum())
-        if not self.use_mmd:
+        share = None if weights is None or self.run.world == 1 else ddp.share_of_sum(weights.detach().sum())
+        if not self.use_alignment:
             logits, _ = step_fn(xs)
             ce = _cross_entropy(logits, ys, self.class_weights.weights)
             return StepLoss(ce, ce, None, 0.0, logits, n, share)
@@ -189,7 +173,7 @@ class AlignStage(Stage):
         return StepLoss(loss, ce, m, self.lam, logits, n, share)
 
     def after_step(self) -> None:
-        if self.use_mmd:
+        if self.use_alignment:
             self.alignment.after_step()
         self.step += 1
         if self.class_weights.due() and self.step >= self.warmup_steps:
@@ -198,10 +182,11 @@ class AlignStage(Stage):
     def record(self) -> dict[str, Any]:
         return {"lambda": self.lam}
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {"step": self.step, "lam": self.lam, "target": None if self.target is None else self.target.state(),
-                "alignment": self.alignment.state() if self.use_mmd else None,
-                "class_weights": self.class_weights.state()}
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "lam": self.lam,
+                "target": None if self.target is None else self.target.state_dict(),
+                "alignment": self.alignment.state_dict() if self.use_alignment else None,
+                "class_weights": self.class_weights.state_dict()}
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None) -> Tensor:
@@ -213,15 +198,16 @@ def _cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None)
 
 class FinetuneStage(Stage):
     """Stage 2: passes over the labelled target samples, cross-entropy only. With a validation part
-    (``finetune_validation``), early stopping (validation.py): its loss after every epoch, the best
+    (``finetune_validation``), early stopping (early_stopping.py): its loss after every epoch, the best
     epoch's weights restored at the end, the patience stop."""
 
     name, rng_offset, advice, bar_keys = "finetune", 2, "lower finetune_lr", ("loss", "val_loss")
 
-    def __init__(self, trainer: TwoStageTrainer, target_labeled: Any, validation: Any = None) -> None:
-        self.t, self.data = trainer, target_labeled
-        self.policy, self.lr, self.epochs = trainer.finetune_policy, trainer.finetune_lr, trainer.finetune_epochs
-        self.early = None if validation is None else EarlyStopping(trainer, validation)
+    def __init__(self, run: RunState, target_labeled: Any, validation: Any = None) -> None:
+        settings = run.settings
+        self.run, self.settings, self.data = run, settings, target_labeled
+        self.policy, self.lr, self.epochs = settings.finetune_policy, settings.finetune_lr_value, settings.finetune_epochs
+        self.early = None if validation is None else EarlyStopping(run, validation)
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
         super().begin(gen, resume, model, policy)
@@ -231,7 +217,7 @@ class FinetuneStage(Stage):
             if resume.get("validation") is None:
                 raise ValueError("resume_from is a fine-tuning checkpoint of a run without finetune_validation; "
                                  "resume it with finetune_validation=None (its early-stopping state is missing)")
-            self.early.load_state(resume["validation"])
+            self.early.load_state_dict(resume["validation"])
 
     def after_epoch(self, epoch: int, model: nn.Module, rec: dict[str, Any]) -> bool:
         return False if self.early is None else self.early.after_epoch(epoch, model, rec, self.advice)
@@ -240,18 +226,17 @@ class FinetuneStage(Stage):
         return self.early is not None and self.early.stopped
 
     def finish(self, model: nn.Module, records: list[dict[str, Any]]) -> None:
-        t = self.t
-        t.best_epoch = None if self.early is None else self.early.best_epoch
-        t.stopped_early = self.stopped()
+        self.run.best_epoch = None if self.early is None else self.early.best_epoch
+        self.run.stopped_early = self.stopped()
         if self.early is not None:
             self.early.finish(model, records)
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {} if self.early is None else {"validation": self.early.state()}
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.early is None else {"validation": self.early.state_dict()}
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
-        return batches(self.t, self.data, self.t.finetune_batch_size, self.gen, labeled=True, name="target_labeled",
-                       epoch=epoch)
+        return batches(self.run, self.data, self.settings.finetune_batch_size_value, self.gen, labeled=True,
+                       name="target_labeled", epoch=epoch)
 
     def loss(self, step_fn: nn.Module, x: Tensor, y: Tensor, n: int) -> StepLoss:
         logits, _ = step_fn(x)
