@@ -28,7 +28,7 @@ from pytl.experiments import (
     select_lambda,
     summarize,
 )
-from pytl import compare, curves, plot  # noqa: E402  (old module paths; plot imports matplotlib only when it draws)
+from pytl import plot  # noqa: E402  (imports matplotlib only when it draws)
 from pytl.diagnostics import (
     DivergenceReport,
     FeasibilityReport,
@@ -64,7 +64,6 @@ __all__ = [
     "class_conditional_mmd2",
     "compare_strategies",
     "coral_loss",
-    "curves",
     "data",
     "data_efficiency_curve",
     "diagnostics",

@@ -18,7 +18,6 @@ helpers (pytl.bandwidths), MMDLoss (pytl.losses), and mmd2_reference (deprecated
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -45,8 +44,6 @@ __all__ = [
     "ESTIMATORS",
     "LADDER_EXPONENTS",
     "MEDIAN_MAX_POINTS",
-    "ClassConditionalMMDLoss",
-    "MMDLoss",
     "SigmasLike",
     "WeightsLike",
     "bandwidth_ladder",
@@ -217,19 +214,3 @@ def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: Weights
     sig = as_bandwidth_vector(sigmas, "sigmas", z)
     w = default_weights(sig.numel(), sig.dtype, z.device) if weights is None else as_bandwidth_vector(weights, "weights", z)
     return torch.ops.pytl.rbf_kernel_matmul.default(z, s, sig, w)
-
-
-def __getattr__(name: str) -> Any:
-    # Names that moved out of this module, resolved on first use: pytl.losses and pytl.testing sit
-    # above the op layer and import it, so they cannot be imported from here up front.
-    if name in ("MMDLoss", "ClassConditionalMMDLoss"):
-        from pytl import losses
-
-        return getattr(losses, name)
-    if name == "mmd2_reference":
-        warnings.warn("pytl.ops.mmd2_reference moved to pytl.testing.mmd2_reference (a test oracle, not an op)",
-                      DeprecationWarning, stacklevel=2)
-        from pytl.testing import mmd2_reference
-
-        return mmd2_reference
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

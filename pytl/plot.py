@@ -7,8 +7,8 @@ returns the matplotlib ``Figure`` and, given ``path``, saves it (PNG, or any for
 from the suffix). Figures are drawn on matplotlib's Agg canvas directly: nothing goes through pyplot,
 no window opens, and the global backend is left alone.
 
-    from pytl import curves, plot
-    plot.plot_divergence_sweep(curves.divergence_sweep(), "divergence.png")
+    from pytl import experiments, plot
+    plot.plot_divergence_sweep(experiments.divergence_sweep(), "divergence.png")
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
 
 def _check_table(table: Any, kind: str, func: str) -> None:
     if not isinstance(table, CurveTable):
-        raise TypeError(f"{func} takes a pytl.curves.CurveTable, got {type(table).__name__}")
+        raise TypeError(f"{func} takes a pytl.experiments.CurveTable, got {type(table).__name__}")
     if table.kind != kind:
         raise ValueError(f"{func} draws a {kind} table, got a {table.kind} table (use plot_curve to dispatch)")
 
@@ -146,7 +146,7 @@ def plot_divergence_sweep(table: DivergenceSweep, path: str | os.PathLike | None
 def plot_curve(table: CurveTable, path: str | os.PathLike | None = None) -> Any:
     """Dispatch on ``table.kind``."""
     if not isinstance(table, CurveTable):
-        raise TypeError(f"plot_curve takes a pytl.curves.CurveTable, got {type(table).__name__}")
+        raise TypeError(f"plot_curve takes a pytl.experiments.CurveTable, got {type(table).__name__}")
     funcs = {"data_efficiency": plot_data_efficiency, "layer_transferability": plot_layer_transferability,
              "divergence_sweep": plot_divergence_sweep}
     if table.kind not in funcs:
@@ -161,7 +161,7 @@ def plot_report(report: ComparisonReport, data: Any, path: str | os.PathLike | N
     import torch
 
     if not isinstance(report, ComparisonReport):
-        raise TypeError(f"plot_report takes a pytl.compare.ComparisonReport, got {type(report).__name__}")
+        raise TypeError(f"plot_report takes a pytl.experiments.ComparisonReport, got {type(report).__name__}")
     xs, ys = data.source
     xu = data.target_unlabeled
     xt, yt = data.target_test

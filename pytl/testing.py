@@ -27,7 +27,6 @@ from pytl.ops import is_unbiased
 __all__ = [
     "class_conditional_mmd2_naive",
     "class_conditional_mmd2_reference64",
-    "cli_exit_code",
     "kernel_matmul_reference",
     "make_pair",
     "mmd2_reference",
@@ -200,13 +199,3 @@ def make_pair(n: int, m: int, d: int, dtype: torch.dtype = torch.float64, device
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.randn(m, d, generator=g, dtype=torch.float64) * 1.1 + shift
     return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
-
-
-def cli_exit_code(argv: list[str]) -> int | str | None:
-    """``python -m pytl ARGV``'s exit status, run in this process (argparse errors exit with status 2)."""
-    from pytl.cli import main  # the top layer: imported only by the tests that drive the CLI
-
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code

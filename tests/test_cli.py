@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytl.testing import cli_exit_code
+from pytl.cli import exit_status as cli_exit_code
 from pytl.cli import main
 
 ROOT = Path(__file__).absolute().parent.parent

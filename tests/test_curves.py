@@ -1,4 +1,4 @@
-"""pytl.curves: the tables, the crossover, the three curves on tiny problems, grid checks, and `python -m pytl curve`."""
+"""pytl.experiments' curves: the tables, the crossover, the three curves on tiny problems, grid checks, and `python -m pytl curve`."""
 
 import importlib.util
 import json
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import pytl
-from pytl import curves as cv
-from pytl.testing import cli_exit_code
+from pytl import experiments as cv
+from pytl.experiments.splits import stratified_order
+from pytl.cli import exit_status as cli_exit_code
 from pytl.cli import main
-from pytl.compare import compare_strategies
+from pytl.experiments import compare_strategies
 from pytl.data import make_domain_shift
 from pytl.experiments import layers
 from pytl.train import TwoStageTrainer
@@ -75,13 +76,13 @@ def test_crossover_none_says_why():
 
 def test_stratified_order_gives_nested_balanced_prefixes():
     y = torch.tensor([0] * 13 + [1] * 11)
-    order = cv._stratified_order(y, seed=3)
+    order = stratified_order(y, seed=3)
     assert sorted(order.tolist()) == list(range(24))
     for n in range(1, 23):
         counts = torch.bincount(y[order[:n]], minlength=2)
         assert int(counts.max() - counts.min()) <= 1, (n, counts)
-    assert torch.equal(order, cv._stratified_order(y, seed=3))
-    assert not torch.equal(order, cv._stratified_order(y, seed=4))
+    assert torch.equal(order, stratified_order(y, seed=3))
+    assert not torch.equal(order, stratified_order(y, seed=4))
 
 
 # ------------------------------------------------------------------------------------------ curves
@@ -96,7 +97,7 @@ def test_data_efficiency_points_are_compare_strategies_results():
     for d in table.to_dicts():
         assert d["mean"] == pytest.approx(np.mean(d["values"])) and d["std"] == pytest.approx(np.std(d["values"], ddof=1))
     data = small(1)
-    order = cv._stratified_order(torch.as_tensor(data.target_labeled[1]), 1)
+    order = stratified_order(torch.as_tensor(data.target_labeled[1]), 1)
     xl, yl = data.target_labeled
     idx = order[:12].numpy()
     ref = compare_strategies(data.source, data.target_unlabeled, data.target_test, (xl[idx], yl[idx]), seed=1,

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pytl.compare import compare_strategies
+from pytl.experiments import compare_strategies
 from pytl.data import make_domain_shift
 
 

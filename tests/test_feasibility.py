@@ -8,7 +8,7 @@ import torch
 from pytl.data import make_domain_shift
 from pytl.diagnostics import domain_divergence, rank_sources, transfer_feasibility
 from pytl.diagnostics.divergence import verdict
-from pytl.testing import cli_exit_code
+from pytl.cli import exit_status as cli_exit_code
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

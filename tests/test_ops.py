@@ -423,8 +423,3 @@ def test_bad_input_cpp_backward_op():
         torch.ops.pytl.mmd2_terms_and_grad(torch.ones(2, dtype=torch.int32), GOOD_X, GOOD_Y, torch.ones(2), False)
 
 
-def test_mmd2_reference_moved_to_pytl_testing():
-    with pytest.warns(DeprecationWarning, match="pytl.testing.mmd2_reference"):
-        old = ops.mmd2_reference
-    assert old is mmd2_reference
-    assert ops.MMDLoss is pytl.MMDLoss  # moved to pytl.losses, still importable from pytl.ops

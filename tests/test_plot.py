@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytl import curves as cv
+from pytl import experiments as cv
 from pytl import plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -142,7 +142,7 @@ def test_without_matplotlib_the_error_says_what_to_install(monkeypatch):
 
 def test_report_figure_draws_the_domains_and_one_panel_per_strategy(tmp_path):
     pytest.importorskip("matplotlib")
-    from pytl.compare import compare_strategies
+    from pytl.experiments import compare_strategies
     from pytl.data import make_domain_shift
 
     data = make_domain_shift(0, n_source=100, n_target_unlabeled=100, n_target_labeled=10, n_target_test=120)
@@ -163,7 +163,7 @@ def test_report_figure_draws_the_domains_and_one_panel_per_strategy(tmp_path):
 def test_import_pytl_does_not_import_matplotlib():
     root = Path(__file__).absolute().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    code = "import sys, pytl, pytl.plot, pytl.curves; print('matplotlib' in sys.modules)"
+    code = "import sys, pytl, pytl.plot, pytl.experiments; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -26,10 +26,9 @@ from pytl.cli.curve import CURVE_DEFAULT_SEEDS, CURVE_KINDS, run_curve
 from pytl.cli.demo import run_demo
 from pytl.cli.divergence import load_features, run_divergence
 from pytl.cli.options import FIGURE_SUFFIXES
-from pytl.plot import plot_report  # noqa: F401  (was defined here; plotting lives in pytl.plot)
 
-__all__ = ["CURVE_DEFAULT_SEEDS", "CURVE_KINDS", "FIGURE_SUFFIXES", "build_parser", "load_features", "main",
-           "run_curve", "run_demo", "run_divergence"]
+__all__ = ["CURVE_DEFAULT_SEEDS", "CURVE_KINDS", "FIGURE_SUFFIXES", "build_parser", "exit_status", "load_features",
+           "main", "run_curve", "run_demo", "run_divergence"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,3 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return args.run(args, argv)  # each subcommand's add_parser registers its runner
+
+
+def exit_status(argv: Sequence[str]) -> int | str | None:
+    """``python -m pytl ARGV``'s exit status, run in this process, argparse's exits included (status 2):
+    for tests that drive the command line."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

@@ -52,13 +52,13 @@ def add_parser(sub: Any) -> None:
     de = kinds.add_parser(
         "data-efficiency", parents=[common], help="target accuracy vs number of target labels",
         description="Target accuracy vs the number of target labels for scratch, naive and mmd transfer "
-                    "(pytl.curves.data_efficiency_curve). Default: about a minute on a 2-core CPU.")
+                    "(pytl.experiments.data_efficiency_curve). Default: about a minute on a 2-core CPU.")
     de.add_argument("--labels", type=int_list(1), default=[10, 20, 50, 100, 200, 500, 1000],
                     help="comma-separated target label counts (default 10,20,50,100,200,500,1000)")
     layers = kinds.add_parser(
         "layers", parents=[common], help="Yosinski et al.: copy k layers, frozen vs fine-tuned",
         description="For k = 0..L copy the first k layers of a source-trained MLP, train the rest on the target "
-                    "labels with the copied layers frozen and fine-tuned (pytl.curves.layer_transferability).")
+                    "labels with the copied layers frozen and fine-tuned (pytl.experiments.layer_transferability).")
     layers.add_argument("--layers", type=int_list(0), default=None, help="comma-separated values of k, layers copied (default 0..depth)")
     layers.add_argument("--depth", type=positive_int, default=4, help="hidden layers L of the MLP (default 4)")
     layers.add_argument("--width", type=positive_int, default=64, help="units per hidden layer (default 64)")
@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
         "divergence", parents=[common], help="transfer vs scratch as the target rotates away; the crossover",
         description="Transfer vs scratch accuracy as the target domain is rotated further from the source, the "
                     "input MMD² at each angle and the crossover where transfer stops paying "
-                    "(pytl.curves.divergence_sweep). Default: about two minutes on a 2-core CPU.")
+                    "(pytl.experiments.divergence_sweep). Default: about two minutes on a 2-core CPU.")
     div.add_argument("--angles", type=angle_list, default=[0, 30, 60, 90, 120, 150, 180],
                      help="comma-separated rotation angles in degrees (default 0,30,60,90,120,150,180)")
     div.add_argument("--labels", type=positive_int, default=50, help="labelled target samples (default 50)")

@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
 from pytl import plot
 from pytl.cli import torchrun
@@ -23,7 +22,7 @@ from pytl.cli.options import (
 )
 from pytl.data import make_domain_shift
 from pytl.experiments import compare_strategies, summarize
-from pytl.experiments.folds import check_folds
+from pytl.experiments.folds import DEFAULT_FOLDS
 
 __all__ = ["add_parser", "run_demo"]
 
@@ -41,9 +40,10 @@ def add_parser(sub: Any) -> None:
                       help="number of seeds to run (seed, seed+1, ...) and average (default 1)")
     add_training_options(demo)
     demo.add_argument("--labels", type=positive_int, default=50, help="labelled target samples (default 50)")
-    demo.add_argument("--folds", type=non_negative_int, default=5,
+    demo.add_argument("--folds", type=non_negative_int, default=DEFAULT_FOLDS,
                       help="stratified folds of the target labels for the cross-validated estimate, the verdict "
-                           "and the best strategy (default 5; 0 skips them; each class needs this many labels)")
+                           f"and the best strategy (default {DEFAULT_FOLDS}; 0 skips them; each class needs this "
+                           "many labels)")
     demo.add_argument("--rotation", type=float, default=30.0, help="target rotation in degrees (default 30)")
     demo.add_argument("--shift", type=float, nargs=2, default=(3.0, 3.0), metavar=("DX", "DY"),
                       help="target shift (default 3 3)")
@@ -85,16 +85,14 @@ def _run(args: argparse.Namespace) -> int:
     for seed in seeds:
         data = make_domain_shift(seed, n_target_labeled=args.labels, rotation=args.rotation, shift=tuple(args.shift))
         first_data = first_data or data
-        if args.folds:
-            try:
-                check_folds(args.folds, torch.as_tensor(data.target_labeled[1]))
-            except ValueError as e:
-                print(f"error: --labels {args.labels}, --folds {args.folds}: {e}", file=sys.stderr)
-                return 2
         t0 = time.perf_counter()
-        report = compare_strategies(**data.as_dict(), folds=args.folds or None, seed=seed, lambda_mmd=args.lambda_mmd,
-                                    align_epochs=args.align_epochs, finetune_epochs=args.finetune_epochs,
-                                    device=device, progress=args.progress, num_threads=args.threads)
+        try:  # every argument is checked before the first training
+            report = compare_strategies(**data.as_dict(), folds=args.folds, seed=seed, lambda_mmd=args.lambda_mmd,
+                                        align_epochs=args.align_epochs, finetune_epochs=args.finetune_epochs,
+                                        device=device, progress=args.progress, num_threads=args.threads)
+        except ValueError as e:
+            print(f"error: --labels {args.labels}, --folds {args.folds}: {e}", file=sys.stderr)
+            return 2
         reports.append(report)
         if len(seeds) > 1:
             accs = "  ".join(f"{s} {100 * a:.1f}%" for s, a in report.accuracy.items())

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pytl import plot
+from pytl.experiments import DEFAULT_CONFIG
 from pytl.train import resolve_device
 
 __all__ = ["FIGURE_SUFFIXES", "UsageError", "add_training_options", "angle_list", "check_figure_path",
@@ -75,11 +76,13 @@ def angle_list(text: str) -> list[float]:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """λ and the two stages' epochs, as compare_strategies takes them (the demo and two curves)."""
-    parser.add_argument("--lambda", dest="lambda_mmd", type=non_negative_float, default=0.5,
-                        help="weight λ of the MMD² term (default 0.5)")
-    parser.add_argument("--align-epochs", type=non_negative_int, default=100, help="stage-1 epochs (default 100)")
-    parser.add_argument("--finetune-epochs", type=non_negative_int, default=50, help="stage-2 epochs (default 50)")
+    """λ and the two stages' epochs, as compare_strategies takes them, with its defaults (the demo and two curves)."""
+    lam, align, finetune = (DEFAULT_CONFIG[k] for k in ("lambda_mmd", "align_epochs", "finetune_epochs"))
+    parser.add_argument("--lambda", dest="lambda_mmd", type=non_negative_float, default=lam,
+                        help=f"weight λ of the MMD² term (default {lam:g})")
+    parser.add_argument("--align-epochs", type=non_negative_int, default=align, help=f"stage-1 epochs (default {align})")
+    parser.add_argument("--finetune-epochs", type=non_negative_int, default=finetune,
+                        help=f"stage-2 epochs (default {finetune})")
 
 
 def check_figure_path(path: str | None, flag: str) -> None:
