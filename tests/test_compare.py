@@ -1,10 +1,10 @@
-"""pytl.compare: the strategies, the report, the negative-transfer rule, and the demo's claim."""
+"""pytl.experiments' comparison: the strategies, the report, the negative-transfer rule, and the demo's claim."""
 
 import numpy as np
 import pytest
 import torch
 
-from pytl.compare import DEFAULT_STRATEGIES, STRATEGIES, ComparisonReport, EnsembleModel, compare_strategies, summarize
+from pytl.experiments import DEFAULT_STRATEGIES, ComparisonReport, EnsembleModel, compare_strategies, summarize
 from pytl.data import make_domain_shift
 from pytl.models import default_model
 
@@ -169,7 +169,8 @@ BAD = [
     ("one fold", dict(folds=1), ValueError, "folds must be an int >= 2"),
     ("patience without validation", dict(patience=3), ValueError, "patience=3 needs finetune_validation"),
     ("validation fraction", dict(finetune_validation=1.5), ValueError, "finetune_validation"),
-    ("float folds", dict(folds=2.0), TypeError, "folds must be an int"),
+    ("float folds", dict(folds=2.0), TypeError, r"folds \(None or 0: no cross-validation\) must be an int"),
+    ("negative folds", dict(folds=-1), ValueError, r"folds \(None or 0: no cross-validation\) must be an int >= 0"),
     ("unlabelled target-labeled loader", dict(target_labeled=torch.utils.data.DataLoader(torch.zeros(8, 2))),
      TypeError, "target_labeled must yield"),
     ("bad mmd_scope", dict(mmd_scope="local"), ValueError, "mmd_scope"),
@@ -183,7 +184,7 @@ BAD = [
 
 @pytest.mark.parametrize("case, change, exc, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_rejected_before_training(shift, monkeypatch, case, change, exc, words):
-    import pytl.compare as cmp
+    import pytl.experiments.comparison as cmp
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
@@ -232,3 +233,11 @@ def test_explain_lists_the_remedies_cheapest_first_on_negative_transfer():
 def test_explain_without_target_labels_says_why_it_cannot_judge():
     text = fake_report(source_only=0.6, mmd_only=0.8).explain()
     assert "No negative-transfer check" in text and "target labels" in text
+
+
+def test_folds_zero_and_none_are_the_one_off_value(shift):
+    """The command line's folds=0 and the API's None both skip the cross-validation, with the same models."""
+    off = {f: compare_strategies(**shift.as_dict(), folds=f, strategies=["scratch"], **TINY) for f in (None, 0)}
+    for r in off.values():
+        assert r.estimate == {} and r.config["folds"] is None
+    assert off[None].accuracy == off[0].accuracy

@@ -33,7 +33,7 @@ from pytl.experiments.comparison_data import (
 )
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
-from pytl.experiments.folds import check_folds, stratified_folds
+from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
 from pytl.experiments.report import LABEL_FREE, ComparisonReport
 from pytl.experiments.strategies import (
     ALIGNED,
@@ -47,6 +47,7 @@ from pytl.experiments.strategies import (
     resolve_config,
     select_strategies,
 )
+from pytl.freezing import FreezingPolicy
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, resolve_device
@@ -66,7 +67,7 @@ def compare_strategies(
     target_test: Any = None,
     target_labeled: Any = None,
     *,
-    folds: int | None = 5,
+    folds: int | None = DEFAULT_FOLDS,
     seed: int = 0,
     strategies: Sequence[str] | None = None,
     model: nn.Module | None = None,
@@ -91,7 +92,7 @@ def compare_strategies(
     the label-free strategies are scored on all the labels; stage-1 models are trained once and shared
     by every fold. This gives ``report.estimate`` (no test set needed), ``report.verdict`` (a paired
     test against scratch) and ``report.best``; the models in ``report.models`` are trained on all the
-    labels. Each class needs at least ``folds`` labels; ``folds=None`` skips the cross-validation.
+    labels. Each class needs at least ``folds`` labels; ``folds=None`` (or 0) skips the cross-validation.
     target_test: optional labelled target data; when given, ``report.accuracy`` holds each strategy's
     accuracy on it and the verdict is taken on it.
 
@@ -108,8 +109,6 @@ def compare_strategies(
     cfg = resolve_config(config)
     wanted = list(select_strategies(DEFAULT_STRATEGIES if strategies is None else strategies))
     seed = check_int(seed, "seed", 0)
-    if folds is not None:
-        folds = check_int(folds, "folds", 2)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
 
@@ -137,9 +136,9 @@ def compare_strategies(
     probe.model = copy.deepcopy(base)
     probe.check_inputs(data.source, data.target_unlabeled, data.labeled,
                        eval_data=None if data.test is None else {"target_test": data.test})
-    fold_index = None
-    if folds is not None and data.labeled is not None:
-        fold_index = stratified_folds(data.labeled[1], check_folds(folds, data.labeled[1]), seed)
+    fold_index, k = None, check_folds(folds, None if data.labeled is None else data.labeled[1])
+    if k is not None and data.labeled is not None:
+        fold_index = stratified_folds(data.labeled[1], k, seed)
 
     runs = _Runs(base, data, common, cfg)
     runs.stage1(wanted)

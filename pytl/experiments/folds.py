@@ -9,14 +9,26 @@ from torch import Tensor
 from pytl._checks import check_int
 from pytl.train import stratified_split
 
-__all__ = ["check_folds", "split_source", "stratified_folds"]
+__all__ = ["DEFAULT_FOLDS", "check_folds", "split_source", "stratified_folds"]
+
+#: compare_strategies' (and the demo's) folds of the target labels
+DEFAULT_FOLDS = 5
 
 
-def check_folds(folds: object, y: Tensor) -> int:
-    """``folds`` as an int >= 2 that every class present in ``y`` can fill: each fold must hold out at
-    least one label of every class, so a class with fewer labels than folds is an error (not a silently
-    unbalanced split)."""
-    k = check_int(folds, "folds", 2)
+def check_folds(folds: object, y: Tensor | None = None) -> int | None:
+    """The one check of ``folds``: None or 0 (the command line's spelling of None) skip the cross-validation
+    (returns None); otherwise an int >= 2 that every class present in ``y`` (when given) can fill: each fold
+    must hold out at least one label of every class, so a class with fewer labels than folds is an error
+    (not a silently unbalanced split)."""
+    if folds is None:
+        return None
+    k = check_int(folds, "folds (None or 0: no cross-validation)", 0)
+    if k == 0:
+        return None
+    if k == 1:
+        raise ValueError(f"folds must be an int >= 2 (or None or 0: no cross-validation), got {folds!r}")
+    if y is None:
+        return k
     classes, counts = torch.unique(y, return_counts=True)
     short = [(int(c), int(n)) for c, n in zip(classes, counts) if n < k]
     if short:
