@@ -48,6 +48,7 @@ class BatchNormPolicy(FreezingPolicy):
     def _install(self, bn: _BatchNorm, block_params: list[nn.Parameter]) -> list:
         own = list(bn.parameters())
         mode = self.mode
+        saved: dict[str, bool] = {}  # the layer's own mode, between its pre- and post-forward hooks
 
         def is_frozen() -> bool:
             if mode == "all":
@@ -56,12 +57,12 @@ class BatchNormPolicy(FreezingPolicy):
             return bool(watched) and not any(p.requires_grad for p in watched)
 
         def pre(module: nn.Module, _inputs: tuple) -> None:
-            module._pytl_saved_training = module.training  # type: ignore[attr-defined]
+            saved["training"] = module.training
             if is_frozen():
                 module.training = False
 
         def post(module: nn.Module, _inputs: tuple, _out: Tensor) -> None:
-            module.training = getattr(module, "_pytl_saved_training", module.training)
+            module.training = saved.get("training", module.training)
 
         return [bn.register_forward_pre_hook(pre), bn.register_forward_hook(post)]
 

@@ -8,19 +8,18 @@ domains, ``forward(x)`` gives the logits.
 One concept per module: ``layers`` (activations, size checks, dense layers), ``standardize``,
 ``mlp`` (``MLPEncoder``), ``cnn`` (``ConvEncoder``), ``head`` (``ClassifierHead``), ``transfer``
 (``TransferModel`` and the ``from_backbone`` helpers), ``defaults`` (``default_width``,
-``default_model``, ``default_cnn``). Every name lives on here as ``pytl.models.<name>``.
+``default_model``, ``default_cnn``); their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-from pytl.models.layers import _ACTIVATIONS, ActivationLike, _activation, _check_dropout, _check_sizes, _dense_layers
+from pytl.models.layers import ActivationLike
 from pytl.models.standardize import Standardize
 from pytl.models.mlp import MLPEncoder
 from pytl.models.cnn import ConvEncoder
 from pytl.models.head import ClassifierHead
-from pytl.models.transfer import (TransferModel, _check_last_linear_is_output, _drop_trailing, _infer_head_in,
-                                  _last_linear, _linears, _num_classes_of, _parent)
+from pytl.models.transfer import TransferModel
 from pytl.models.defaults import default_cnn, default_model, default_width
 
-__all__ = ["ClassifierHead", "ConvEncoder", "MLPEncoder", "Standardize", "TransferModel", "default_cnn",
-           "default_model"]
+__all__ = ["ActivationLike", "ClassifierHead", "ConvEncoder", "MLPEncoder", "Standardize", "TransferModel",
+           "default_cnn", "default_model", "default_width"]
