@@ -124,22 +124,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t row0 = ti * kTile, col0 = tj * kTile;
 
+    // (on the first tile, distance_tile's first barrier also publishes s_ng and s_ladder)
     acc_t D[kPer][kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) D[i][j] = 0;
-
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t d0 = c * kChunk;
-      __syncthreads();  // previous readers of As/Bs are done (also publishes s_ng, s_ladder on the first pass)
-      if (nchunks > 1 || loaded_ti != ti) load_chunk(As, A, row0, nA, d, d0);
-      load_chunk(Bs, B, col0, nB, d, d0);
-      __syncthreads();
-      accumulate_dots(As, Bs, static_cast<int>((d - d0 < kChunk ? d - d0 : kChunk)), D);
-    }
+    distance_tile(As, Bs, A, NA, row0, nA, B, NB, col0, nB, d, nchunks, loaded_ti == ti, D);
     loaded_ti = ti;
-    to_distances(D, NA, row0, nA, NB, col0, nB);
 
     const bool diag_tile = triangle && ti == tj;
     // Only diagonal and edge tiles need the pair mask; interior tiles (almost all) skip it.
@@ -254,21 +242,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<acc_t>)
     const int64_t ncols = is_self ? nself : nother;
     const int64_t col0 = (is_self ? ct : ct - Ts) * kTile;
 
-    // ---- phase 1: distances
+    // ---- phase 1: distances (the first barrier also publishes s_ng, s_cg, s_roww); with a single chunk the
+    // CTA's own rows stay in As for its whole run
     acc_t D[kPer][kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) D[i][j] = 0;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t d0 = c * kChunk;
-      __syncthreads();  // previous readers of As/Bs are done (also publishes s_ng, s_cg, s_roww)
-      if (nchunks > 1 || ct == ct_begin) load_chunk(As, self, row0, nself, d, d0);
-      load_chunk(Bs, cols, col0, ncols, d, d0);
-      __syncthreads();
-      accumulate_dots(As, Bs, static_cast<int>((d - d0 < kChunk ? d - d0 : kChunk)), D);
-    }
-    to_distances(D, norms_self, row0, nself, norms_cols, col0, ncols);
+    distance_tile(As, Bs, self, norms_self, row0, nself, cols, norms_cols, col0, ncols, d, nchunks, ct != ct_begin,
+                  D);
 
     // ---- weights and sums, in registers
     // Only diagonal and edge tiles need the pair mask; interior tiles (almost all) skip it.

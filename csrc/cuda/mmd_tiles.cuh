@@ -1,5 +1,6 @@
 // The MMD kernels' tile stages (mmd_kernels.cuh): staging rows into shared memory, the 4 x 4 dot products,
-// distances, pair masks, the triangle walk and the CTA reductions. Tile geometry in tiles.cuh.
+// distances (together: distance_tile), pair masks, the triangle walk and the CTA reductions. Tile geometry in
+// tiles.cuh.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -160,6 +161,36 @@ __device__ __forceinline__ void to_distances(acc_t (&G)[kPer][kPer], const acc_t
       const acc_t v = fma_acc(acc_t(-2), G[i][j], na[i] + nb[j]);
       G[i][j] = v < acc_t(0) ? acc_t(0) : v;  // (not fmax: a NaN must stay NaN)
     }
+}
+
+// The squared distances of one pair tile, D[i][j] for row row0 + 4ty + i of A and row col0 + 4tx + j of B:
+// the features staged 32 at a time into As and Bs (load_chunk), the dot products accumulated in registers
+// (accumulate_dots), then to_distances. Every thread of the CTA must call it. Each chunk begins with a barrier
+// (the previous readers of As/Bs are done; it also publishes the caller's earlier shared-memory writes) and
+// another follows its staging; none follows the last chunk's reads, so the next writer of As/Bs must sync
+// first (the next call does). nchunks = ceil_div(d, kChunk), computed once by the caller. a_staged: As still
+// holds this row tile from the previous call; honoured only with a single chunk (d <= kChunk), where only the
+// B tile is then staged.
+template <typename acc_t>
+__device__ __forceinline__ void distance_tile(acc_t* __restrict__ As, acc_t* __restrict__ Bs,
+                                              const acc_t* __restrict__ A, const acc_t* __restrict__ norms_a,
+                                              int64_t row0, int64_t nrows, const acc_t* __restrict__ B,
+                                              const acc_t* __restrict__ norms_b, int64_t col0, int64_t ncols,
+                                              int64_t d, int64_t nchunks, bool a_staged,
+                                              acc_t (&D)[kPer][kPer]) {
+#pragma unroll
+  for (int i = 0; i < kPer; ++i)
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) D[i][j] = 0;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t d0 = c * kChunk;
+    __syncthreads();  // previous readers of As/Bs are done
+    if (nchunks > 1 || !a_staged) load_chunk(As, A, row0, nrows, d, d0);
+    load_chunk(Bs, B, col0, ncols, d, d0);
+    __syncthreads();
+    accumulate_dots(As, Bs, static_cast<int>((d - d0 < kChunk ? d - d0 : kChunk)), D);
+  }
+  to_distances(D, norms_a, row0, nrows, norms_b, col0, ncols);
 }
 
 // Bit (i * 4 + j) set when the thread's pair (row 4ty + i, col 4tx + j) is a real pair: both in range and,
