@@ -44,8 +44,9 @@ def test_check_folds_names_the_short_class():
     assert check_folds(2, y) == 2
     with pytest.raises(ValueError, match=r"folds=3 but class 1 has 2 target label\(s\).*folds<=2"):
         check_folds(3, y)
-    with pytest.raises(TypeError, match="folds must be an int"):
+    with pytest.raises(TypeError, match=r"folds \(None or 0: no cross-validation\) must be an int"):
         check_folds("3", y)
+    assert check_folds(None, y) is None and check_folds(0, y) is None  # the one off value, and its CLI spelling
 
 
 def test_sign_test_matches_enumeration_of_every_sign_assignment():
