@@ -31,10 +31,11 @@ from pytl.experiments.comparison_data import (
     hold_out_source,
     initial_model,
 )
-from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
-from pytl.experiments.report import LABEL_FREE, ComparisonReport
+from pytl.experiments.lambda_search import lambda_grid
+from pytl.experiments.report import ComparisonReport
+from pytl.experiments.runs import Runs
 from pytl.experiments.strategies import (
     ALIGNED,
     DEFAULT_STRATEGIES,
@@ -47,7 +48,6 @@ from pytl.experiments.strategies import (
     resolve_config,
     select_strategies,
 )
-from pytl.freezing import FreezingPolicy
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, resolve_device
@@ -57,8 +57,6 @@ from pytl.validation.criteria import check_criterion
 __all__ = ["compare_strategies"]
 
 EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
-#: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
-FINETUNED = {"scratch": "", "naive": "source_only", **{a: f"{a}_only" for a in ALIGNED}}
 
 
 def compare_strategies(
@@ -128,7 +126,8 @@ def compare_strategies(
     common = {k: cfg[k] for k in TRAINER_OPTIONS if k not in POLICIES}
     common.update(num_classes=data.num_classes, device=device, seed=seed)
     # The trainer's checks of the settings, once, before anything trains (bad epochs, lr, ...).
-    probe = TwoStageTrainer(None, lambda_align=cfg["lambda_mmd"], **common, **{k: cfg[k] for k in POLICIES})
+    grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}  # λ options checked
+    probe = TwoStageTrainer(None, lambda_align=max(grids["mmd"]), **common, **{k: cfg[k] for k in POLICIES})
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
     base = initial_model(model, data.source, data.target_unlabeled, data.num_classes, cfg, seed).to(device)
@@ -140,7 +139,7 @@ def compare_strategies(
     if k is not None and data.labeled is not None:
         fold_index = stratified_folds(data.labeled[1], k, seed)
 
-    runs = _Runs(base, data, common, cfg)
+    runs = Runs(base, data, common, cfg, source_val)
     runs.stage1(wanted)
     estimate: dict[str, Estimate] = {}
     t0 = time.perf_counter()
@@ -158,111 +157,16 @@ def compare_strategies(
                             seconds={s: runs.seconds[s] for s in models}, skipped=skipped, models=models,
                             histories={s: runs.histories[s] for s in models if s in runs.histories},
                             config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
-                                    "folds": None if fold_index is None else len(fold_index)},
+                                    "folds": None if fold_index is None else len(fold_index),
+                                    **{s.option: s.chosen for s in runs.searches.values()}},  # the λ used
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
-                            criterion=None if source_val is None else cfg["criterion"])
+                            criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches)
 
 
 def _label_free_scores(models: dict[str, nn.Module], source_val: tuple[Tensor, Tensor],
                        target: Tensor | DataLoader) -> dict[str, dict[str, float]]:
     """Every criterion of pytl.validation for every model: strategy → criterion → score (higher is better)."""
     return {s: {name: float(f(m, source_val, target)) for name, f in CRITERIA.items()} for s, m in models.items()}
-
-
-class _Runs:
-    """The training runs of one comparison: each stage-1 model is trained once and shared by the
-    strategies (and the cross-validation folds) that start from it; models, histories and seconds by
-    strategy name (the models trained on all the labels)."""
-
-    def __init__(self, base: nn.Module, data: ComparisonData, common: dict[str, Any], cfg: dict[str, Any]) -> None:
-        self.base, self.data, self.common, self.cfg = base, data, common, cfg
-        self.models: dict[str, nn.Module] = {}
-        self.histories: dict[str, dict[str, list]] = {}
-        self.seconds: dict[str, float] = {}
-
-    def stage1(self, wanted: Sequence[str]) -> None:
-        """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
-        weights and the same seed: the order of the runs changes nothing)."""
-        wanted = set(wanted)
-        if wanted & {"source_only", "naive"}:
-            self.align("source_only", 0.0)
-        for a, lam in ALIGNED.items():
-            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
-                self.align(f"{a}_only", self.cfg[lam], alignment=a)
-
-    def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "") -> dict[str, nn.Module]:
-        """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
-        ``label`` names a cross-validation fold."""
-        wanted = set(wanted)
-        needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
-        out: dict[str, nn.Module] = {}
-        for s in FINETUNED:
-            if s in needs:
-                out[s] = self.finetune(s, labeled, keep=not label, label=label)
-        if "ensemble" in wanted:
-            out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
-            if not label:
-                self.models["ensemble"] = out["ensemble"]
-                self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
-        return out
-
-    def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
-        """Each label-using strategy trained once per fold without that fold's labels and scored on it;
-        each label-free strategy's one model scored on every label."""
-        xl, yl = self.data.labeled  # type: ignore[misc]
-        logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
-                for s in STRATEGIES if s in wanted}
-        for s in LABEL_FREE:
-            if s in logp:
-                logp[s] = _log_proba(self.models[s], xl)
-        for k, held in enumerate(folds):
-            train = torch.ones(yl.shape[0], dtype=torch.bool)
-            train[held] = False
-            fold_models = self.stage2(wanted, (xl[train], yl[train]), label=f"fold {k + 1}/{len(folds)} ")
-            for s, m in fold_models.items():
-                if s in logp:
-                    logp[s][held] = _log_proba(m, xl[held])
-        return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
-
-    def align(self, name: str, lam: float, alignment: str = "mmd") -> None:
-        """Stage 1 from the initial weights: source labels, plus λ·alignment (alignments.py) toward the
-        unlabelled target when λ > 0."""
-        t0 = time.perf_counter()
-        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment,
-                                  align_policy=copy.deepcopy(self.cfg["align_policy"]), **self.common)
-        trainer.state.label = f"{name}: "
-        d = self.data
-        estimating = isinstance(self.cfg["class_weights"], str)  # the label-shift estimate predicts on the target
-        trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
-        self.models[name] = trainer.model
-        self.histories[name] = {"align": trainer.history["align"], "finetune": []}
-        self.seconds[name] = time.perf_counter() - t0
-
-    def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str) -> nn.Module:
-        """Stage 2 of strategy ``name`` on ``labeled``, from its stage-1 model (scratch: the initial weights)."""
-        t0 = time.perf_counter()
-        start = FINETUNED[name]
-        scratch = name == "scratch"
-        policy: FreezingPolicy | None = None if scratch else self.cfg["finetune_policy"]
-        trainer = TwoStageTrainer(copy.deepcopy(self.models[start] if start else self.base),
-                                  **{**self.common, "lambda_align": 0.0, "finetune_policy": copy.deepcopy(policy),
-                                     "finetune_epochs": self.cfg["scratch_epochs" if scratch else "finetune_epochs"]})
-        trainer.state.label = f"{label}{name}: "
-        trainer.finetune(labeled)
-        if keep:
-            self.models[name] = trainer.model
-            self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
-                                    "finetune": trainer.history["finetune"]}
-            self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
-        return trainer.model
-
-
-def _log_proba(model: nn.Module, x: Tensor) -> Tensor:
-    """Log class probabilities of ``x`` (CPU, float64), in eval mode."""
-    p = next(model.parameters())
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([torch.log_softmax(model(b.to(p.device, p.dtype)).double(), 1).cpu()
-                          for b in x.split(EVAL_BATCH)])
 
 
 def _test_batches(test: tuple[Tensor, Tensor] | DataLoader) -> Iterator[tuple[Tensor, Tensor]]:

@@ -22,6 +22,7 @@ from pytl._checks import check_float, check_int
 from pytl.experiments.strategies import POLICIES, TRAINER_OPTIONS, resolve_config
 from pytl.experiments.comparison_data import initial_model
 from pytl.experiments.folds import split_source
+from pytl.experiments.lambda_search import by_criterion, pick
 from pytl.train import TwoStageTrainer, resolve_device
 from pytl.validation.criteria import CRITERIA, check_criterion
 
@@ -145,7 +146,6 @@ def select_lambda(
     probe.check_inputs((x_train, y_train), xu if max(lams) > 0 else None)
     CRITERIA[criterion](probe.model, source_val, xu, **options)  # the criterion's own checks, before training
 
-    scores: dict[float, float] = {}
     models: dict[float, nn.Module] = {}
     histories: dict[float, list[dict[str, Any]]] = {}
     for lam in lams:
@@ -154,11 +154,9 @@ def select_lambda(
         trainer.state.label = f"λ={lam:g}: "
         histories[lam] = trainer.align((x_train, y_train), xu if lam > 0 else None)
         models[lam] = trainer.model
-        scores[lam] = float(CRITERIA[criterion](trainer.model, source_val, xu, **options))
-    result = LambdaSelection(best=lams[0], scores=scores, models=models, criterion=criterion, lambdas=lams,
-                             train_indices=train_idx, validation_indices=val_idx, histories=histories, seed=seed)
-    result.best = result.ranking()[0]
-    return result
+    scores = by_criterion(models, criterion, source_val, xu, options)  # compare_strategies' λ search does the same
+    return LambdaSelection(best=pick(scores), scores=scores, models=models, criterion=criterion, lambdas=lams,
+                           train_indices=train_idx, validation_indices=val_idx, histories=histories, seed=seed)
 
 
 def _check_lambdas(lambdas: Any) -> tuple[float, ...]:

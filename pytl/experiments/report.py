@@ -37,6 +37,8 @@ class ComparisonReport:
     embedding_mmd2: strategy → MMD² between source and target embeddings of its final model (the
     tutorial's rule of thumb: < 0.1 looks transferable, > 0.5 does not).
     models: strategy → its model trained on all the target labels.
+    lambdas: alignment → ``LambdaSearch`` where its λ option was "auto" or a grid: every λ's score and
+    noise, the chosen λ (the one ``config`` and the table show) and each cross-validation fold's choice.
     """
 
     accuracy: dict[str, float]
@@ -52,6 +54,7 @@ class ComparisonReport:
     cv_seconds: float = 0.0
     label_free: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     criterion: str | None = None
+    lambdas: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def negative_transfer(self) -> bool | None:
@@ -207,7 +210,7 @@ class ComparisonReport:
             scores = (self.criterion, {s: v[self.criterion] for s, v in self.label_free.items()})
         return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
                             config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
-                            label_free=scores)
+                            label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()])
 
 
 @dataclass
@@ -274,7 +277,7 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
                  estimate: Mapping[str, Estimate] | None = None, paired: PairedComparison | None = None,
                  best: str | None = None,
                  estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None,
-                 label_free: tuple[str, Mapping[str, float]] | None = None) -> str:
+                 label_free: tuple[str, Mapping[str, float]] | None = None, lambdas: Sequence[str] = ()) -> str:
     """The comparison table: one line per strategy (test accuracy ± std when given, cross-validated
     estimate ± std over folds when given, embedding MMD², what it uses), the skipped strategies, the
     negative-transfer verdict and the strategy to ship."""
@@ -319,6 +322,8 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
     if label_free:
         lines.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
                      "does not measure accuracy; * = best)")
+    for line in lambdas:
+        lines.append(f"(λ chosen from the data: {line})")
     negative = negative_transfer(accuracy)
     if negative is not None:
         bt = best_transfer(accuracy)

@@ -1,0 +1,128 @@
+"""λ chosen from the data: each alignment's grid, the scores of its stage-1 models, and the choice.
+
+``compare_strategies(lambda_mmd="auto")`` (any alignment's λ option) trains stage 1 once per λ of the
+alignment's grid (geometric, 0.1× to 10× its default in steps of √10, so one grid fits every alignment
+whatever the scale of its term) and keeps the model of the best-scoring λ:
+
+- with target labels, the score is minus the calibrated cross-entropy of each λ's stage-1 model on the
+  labels (the held-out cross-entropy at its best temperature, as ``report.best`` ranks): stage 1 never
+  sees a target label, so every label is held out for it. Under cross-validation each fold chooses its
+  own λ from the other folds' labels, so a fold's labels never choose the λ its models are scored with;
+- without target labels, the score is a label-free criterion (pytl.validation) on held-out source rows
+  and the unlabelled target, as ``select_lambda`` uses.
+
+``LambdaSearch`` (``report.lambdas[alignment]``) keeps the grid, each λ's score and its noise, the choice
+and each fold's choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pytl._checks import check_float
+from pytl.experiments.estimate import calibrated_cross_entropy
+from pytl.train import ALIGNMENTS
+from pytl.validation.criteria import CRITERIA
+
+__all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "lambda_grid", "pick"]
+
+AUTO = "auto"
+#: the "auto" grid of an alignment: its default λ times these (geometric, ratio √10, 0.1× to 10×)
+LAMBDA_FACTORS = tuple(10.0 ** (k / 2) for k in range(-2, 3))
+
+
+def lambda_grid(alignment: str, spec: Any, option: str | None = None) -> tuple[float, ...]:
+    """The λ values to train for ``alignment`` given its option's value: a number (that λ alone), "auto"
+    (the alignment's default × LAMBDA_FACTORS, rounded to 3 significant digits), or a sequence of numbers
+    >= 0 (a grid of your own, distinct)."""
+    cls = ALIGNMENTS[alignment]
+    name = option or cls.lambda_option
+    if isinstance(spec, str):
+        if spec != AUTO:
+            raise ValueError(f"{name} must be a number >= 0, 'auto' or a sequence of numbers >= 0, got {spec!r}")
+        return tuple(float(f"{cls.lambda_default * f:.3g}") for f in LAMBDA_FACTORS)
+    if isinstance(spec, Sequence) or (isinstance(spec, Tensor) and spec.dim() == 1):
+        values = tuple(check_float(v, f"{name}[{i}]", 0.0) for i, v in enumerate(spec))
+        if not values:
+            raise ValueError(f"{name} is an empty grid: give at least one λ, or 'auto'")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} must hold distinct values, got {list(values)}")
+        return values
+    try:
+        return (check_float(spec, name, 0.0),)
+    except TypeError:
+        raise TypeError(f"{name} must be a number >= 0, 'auto' or a sequence of numbers >= 0, got {spec!r} "
+                        f"({type(spec).__name__})") from None
+
+
+@dataclass
+class LambdaSearch:
+    """How λ of one alignment was chosen. grid: the λ values trained; scores: λ → score (higher is better:
+    minus the calibrated cross-entropy on the target labels, or a label-free criterion's score); noise:
+    λ → the standard error of that score (labels only; None for a label-free criterion); chosen: the λ
+    whose stage-1 model the strategies use; by: what scored them; fold_choices: under cross-validation, the
+    λ each fold chose without its own labels."""
+
+    alignment: str
+    option: str
+    grid: tuple[float, ...]
+    scores: dict[float, float]
+    chosen: float
+    by: str
+    noise: dict[float, float] | None = None
+    fold_choices: tuple[float, ...] = ()
+    seconds: float = 0.0
+    models: dict[float, nn.Module] = field(default_factory=dict, repr=False)
+
+    def table(self) -> str:
+        """One row per λ: its score (± noise), the chosen one marked."""
+        lines = [f"λ of {self.alignment} ({self.option}), scored by {self.by} (higher is better)"]
+        for lam in self.grid:
+            noise = "" if self.noise is None else f" ± {self.noise[lam]:.3g}"
+            mark = "  <- chosen" if lam == self.chosen else ""
+            lines.append(f"{lam:>10g}  {self.scores[lam]:>10.4g}{noise}{mark}")
+        if self.fold_choices:
+            lines.append(f"each cross-validation fold, without its labels, chose: "
+                         f"{', '.join(f'{v:g}' for v in self.fold_choices)}")
+        if self.chosen in (self.grid[0], self.grid[-1]) and len(self.grid) > 1:
+            lines.append("the chosen λ is at the edge of the grid: the best may lie beyond it")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One line for the comparison table."""
+        edge = " (edge of the grid)" if self.chosen in (self.grid[0], self.grid[-1]) and len(self.grid) > 1 else ""
+        folds = f"; folds chose {', '.join(f'{v:g}' for v in self.fold_choices)}" if self.fold_choices else ""
+        return (f"{self.option}: {self.chosen:g} chosen from {', '.join(f'{v:g}' for v in self.grid)} by "
+                f"{self.by}{edge}{folds}")
+
+
+def pick(scores: Mapping[float, float]) -> float:
+    """The λ with the highest score; ties (and NaN scores, ranked last) go to the smaller λ."""
+    return min(scores, key=lambda lam: (math.isnan(scores[lam]), -scores[lam] if not math.isnan(scores[lam]) else 0,
+                                        lam))
+
+
+def by_labels(log_proba: Mapping[float, Tensor], y: Tensor,
+              rows: Tensor | None = None) -> tuple[dict[float, float], dict[float, float]]:
+    """Scores (minus the calibrated cross-entropy) and their standard errors of each λ's stage-1 model, from
+    its log class probabilities of the target labels; ``rows``: only those labels (a fold's training part)."""
+    scores, noise = {}, {}
+    for lam, lp in log_proba.items():
+        lp_r, y_r = (lp, y) if rows is None else (lp[rows], y[rows])
+        loss, temperature = calibrated_cross_entropy(lp_r, y_r)
+        per_row = -torch.log_softmax(lp_r.double() / temperature, 1).gather(1, y_r[:, None])[:, 0]
+        scores[lam] = -loss
+        noise[lam] = float(per_row.std() / math.sqrt(per_row.numel())) if per_row.numel() > 1 else math.nan
+    return scores, noise
+
+
+def by_criterion(models: Mapping[float, nn.Module], criterion: str, source_val: Any, target: Any,
+                 options: Mapping[str, Any] | None = None) -> dict[float, float]:
+    """Each λ's stage-1 model scored by a label-free criterion of pytl.validation (higher is better)."""
+    return {lam: float(CRITERIA[criterion](m, source_val, target, **dict(options or {}))) for lam, m in models.items()}

@@ -1,0 +1,174 @@
+"""The training runs of one comparison: each stage-1 model is trained once and shared by the strategies
+(and the cross-validation folds) that start from it; with a λ grid ("auto" or a sequence), one stage-1
+model per λ, the choice among them (lambda_search.py) made per fold without the fold's labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pytl.experiments.comparison_data import ComparisonData
+from pytl.experiments.ensemble import EnsembleModel
+from pytl.experiments.estimate import Estimate
+from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, lambda_grid, pick
+from pytl.experiments.report import LABEL_FREE
+from pytl.experiments.strategies import ALIGNED, STRATEGIES
+from pytl.freezing import FreezingPolicy
+from pytl.inference import EVAL_BATCH, eval_mode
+from pytl.train import TwoStageTrainer
+
+__all__ = ["FINETUNED", "Runs", "log_proba"]
+
+#: the strategies trained on target labels, and the stage-1 model each starts from ("": the initial weights)
+FINETUNED = {"scratch": "", "naive": "source_only", **{a: f"{a}_only" for a in ALIGNED}}
+
+
+class Runs:
+    """The training runs of one comparison: models, histories and seconds by strategy name (the models
+    trained on all the labels), and ``searches``: alignment → LambdaSearch where its λ was a grid."""
+
+    def __init__(self, base: nn.Module, data: ComparisonData, common: dict[str, Any], cfg: dict[str, Any],
+                 source_val: Any = None) -> None:
+        self.base, self.data, self.common, self.cfg, self.source_val = base, data, common, cfg, source_val
+        self.models: dict[str, nn.Module] = {}
+        self.histories: dict[str, dict[str, list]] = {}
+        self.seconds: dict[str, float] = {}
+        self.searches: dict[str, LambdaSearch] = {}
+        self.label_log_proba: dict[str, dict[float, Tensor]] = {}  # alignment → λ → log p of the target labels
+
+    def stage1(self, wanted: Sequence[str]) -> None:
+        """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
+        weights and the same seed: the order of the runs changes nothing)."""
+        wanted = set(wanted)
+        if wanted & {"source_only", "naive"}:
+            self.align("source_only", 0.0)
+        for a, option in ALIGNED.items():
+            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
+                grid = lambda_grid(a, self.cfg[option], option)
+                if len(grid) == 1:
+                    self.align(f"{a}_only", grid[0], alignment=a)
+                else:
+                    self.search(a, option, grid)
+
+    def search(self, alignment: str, option: str, grid: tuple[float, ...]) -> None:
+        """Stage 1 once per λ of ``grid``; "<alignment>_only" becomes the best-scoring λ's model (by the target
+        labels when there are some, else by the label-free criterion). Its seconds are those of the whole search."""
+        name, t0 = f"{alignment}_only", time.perf_counter()
+        models, histories = {}, {}
+        for lam in grid:
+            self.align(name, lam, alignment=alignment, label=f"{name} λ={lam:g}: ")
+            models[lam], histories[lam] = self.models[name], self.histories[name]
+        noise = None
+        if self.data.labeled is not None:
+            xl, yl = self.data.labeled
+            self.label_log_proba[alignment] = {lam: log_proba(m, xl) for lam, m in models.items()}
+            scores, noise = by_labels(self.label_log_proba[alignment], yl)
+            by = "the target labels (calibrated cross-entropy, negated)"
+        else:
+            criterion = self.cfg["criterion"]
+            scores = by_criterion(models, criterion, self.source_val, self.data.target_unlabeled)
+            by = f"the label-free criterion {criterion!r}"
+        chosen = pick(scores)
+        self.models[name], self.histories[name] = models[chosen], histories[chosen]
+        self.seconds[name] = time.perf_counter() - t0
+        self.searches[alignment] = LambdaSearch(alignment, option, grid, scores, chosen, by, noise,
+                                                seconds=self.seconds[name], models=models)
+
+    def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "",
+               starts: dict[str, nn.Module] | None = None) -> dict[str, nn.Module]:
+        """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
+        ``label`` names a cross-validation fold. ``starts``: stage-1 models to start from instead of the
+        shared ones (a fold's own choice of λ)."""
+        wanted = set(wanted)
+        needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
+        out: dict[str, nn.Module] = {}
+        for s in FINETUNED:
+            if s in needs:
+                out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts or {})
+        if "ensemble" in wanted:
+            out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
+            if not label:
+                self.models["ensemble"] = out["ensemble"]
+                self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
+        return out
+
+    def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
+        """Each label-using strategy trained once per fold without that fold's labels and scored on it;
+        each label-free strategy's one model scored on every label. Where λ was searched, each fold chooses
+        its λ from the other folds' labels: its "<alignment>_only" predictions and its fine-tuned models
+        come from that λ's stage-1 model, so the held-out labels never choose what they score."""
+        xl, yl = self.data.labeled  # type: ignore[misc]
+        logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
+                for s in STRATEGIES if s in wanted}
+        for s in LABEL_FREE:
+            if s in logp:
+                logp[s] = log_proba(self.models[s], xl)
+        choices: dict[str, list[float]] = {a: [] for a in self.label_log_proba}
+        for k, held in enumerate(folds):
+            train = torch.ones(yl.shape[0], dtype=torch.bool)
+            train[held] = False
+            starts = {}
+            for a, by_lambda in self.label_log_proba.items():
+                lam = pick(by_labels(by_lambda, yl, rows=train)[0])
+                choices[a].append(lam)
+                starts[f"{a}_only"] = self.searches[a].models[lam]
+                if f"{a}_only" in logp:
+                    logp[f"{a}_only"][held] = by_lambda[lam][held]
+            fold_models = self.stage2(wanted, (xl[train], yl[train]), label=f"fold {k + 1}/{len(folds)} ",
+                                      starts=starts)
+            for s, m in fold_models.items():
+                if s in logp:
+                    logp[s][held] = log_proba(m, xl[held])
+        for a, lams in choices.items():
+            self.searches[a].fold_choices = tuple(lams)
+        return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
+
+    def align(self, name: str, lam: float, alignment: str = "mmd", label: str | None = None) -> None:
+        """Stage 1 from the initial weights: source labels, plus λ·alignment (pytl.train.alignments) toward the
+        unlabelled target when λ > 0."""
+        t0 = time.perf_counter()
+        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment,
+                                  align_policy=copy.deepcopy(self.cfg["align_policy"]), **self.common)
+        trainer.state.label = label or f"{name}: "
+        d = self.data
+        estimating = isinstance(self.cfg["class_weights"], str)  # the label-shift estimate predicts on the target
+        trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
+        self.models[name] = trainer.model
+        self.histories[name] = {"align": trainer.history["align"], "finetune": []}
+        self.seconds[name] = time.perf_counter() - t0
+
+    def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
+                 starts: dict[str, nn.Module]) -> nn.Module:
+        """Stage 2 of strategy ``name`` on ``labeled``, from its stage-1 model (scratch: the initial weights)."""
+        t0 = time.perf_counter()
+        start = FINETUNED[name]
+        scratch = name == "scratch"
+        policy: FreezingPolicy | None = None if scratch else self.cfg["finetune_policy"]
+        init = self.base if scratch else starts.get(start, self.models[start])
+        trainer = TwoStageTrainer(copy.deepcopy(init),
+                                  **{**self.common, "lambda_align": 0.0, "finetune_policy": copy.deepcopy(policy),
+                                     "finetune_epochs": self.cfg["scratch_epochs" if scratch else "finetune_epochs"]})
+        trainer.state.label = f"{label}{name}: "
+        trainer.finetune(labeled)
+        if keep:
+            self.models[name] = trainer.model
+            self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
+                                    "finetune": trainer.history["finetune"]}
+            self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
+        return trainer.model
+
+
+def log_proba(model: nn.Module, x: Tensor) -> Tensor:
+    """Log class probabilities of ``x`` (CPU, float64), in eval mode."""
+    p = next(model.parameters())
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([torch.log_softmax(model(b.to(p.device, p.dtype)).double(), 1).cpu()
+                          for b in x.split(EVAL_BATCH)])
+
+
