@@ -47,6 +47,7 @@ def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
         if settings.checkpoint is not None:
             start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar = None
+        step_fn: nn.Module | None = None  # the step's forward: the model, or its DDP wrapper
         try:
             policy.apply(model)
             opt = make_optimizer(settings.optimizer, param_groups(model, stage.lr, policy, float(settings.weight_decay)))
@@ -57,7 +58,6 @@ def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
                 precision.load_state_dict(resume.get("scaler"))
             stage.begin(gen, resume, model, policy)
             bar = Progress(stage.epochs - epoch, f"{run.label}{stage.name}", settings.progress and run.rank == 0)
-            step_fn: nn.Module | None = None
             for epoch in range(epoch, stage.epochs):
                 if stage.stopped():  # early stopping ended the stage (a checkpoint written at the stop)
                     break
@@ -99,6 +99,8 @@ def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
         finally:
             if bar is not None:
                 bar.close()
+            step_fn = None
+            ddp.release(run)
             policy.release(model)
             for p, flag in flags:  # the policy holds for its stage only
                 p.requires_grad_(flag)
