@@ -101,3 +101,65 @@ def test_divergence_npz_and_bad_files(tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((10, 3)))
     assert main(["divergence", str(tmp_path / "wide.npy"), str(tmp_path / "ok.npy")]) == 2
     assert "pytl divergence:" in capsys.readouterr().err
+
+
+def test_divergence_skips_a_csv_header_row_and_says_so(tmp_path, capsys):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    path = tmp_path / "src.csv"
+    np.savetxt(path, g.normal(size=(20, 3)), delimiter=",", header="f0,f1,f2", comments="")
+    np.save(tmp_path / "tgt.npy", g.normal(size=(20, 3)))
+    assert main(["divergence", str(path), str(tmp_path / "tgt.npy"), "--permutations", "9"]) == 0
+    captured = capsys.readouterr()
+    assert "verdict:" in captured.out
+    note = captured.err.strip()
+    assert "\n" not in note and str(path) in note and "'f0,f1,f2'" in note and "header" in note
+    # a cell missing from the first row is a missing value, not a header: an error at that cell
+    (tmp_path / "gap.csv").write_text("1,,2\n3,4,5\n6,7,8\n9,1,2\n")
+    assert main(["divergence", str(tmp_path / "gap.csv"), str(tmp_path / "tgt.npy")]) == 2
+    assert "line 1, column 2: '' is not a number" in capsys.readouterr().err
+
+
+def _write_bad_files(tmp_path):
+    import numpy as np
+
+    (tmp_path / "cell.csv").write_text("f0,f1\n1,2\n3,x\n")
+    (tmp_path / "ragged.csv").write_text("1,2\n3,4\n5\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "only-header.csv").write_text("a,b\n")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x81")
+    np.savez(tmp_path / "words.npz", np.array([["a", "b"]] * 5))
+    np.savez(tmp_path / "no-arrays.npz")
+    np.save(tmp_path / "no-rows.npy", np.zeros((0, 2)))
+    np.save(tmp_path / "nan.npy", np.array([[1.0, 2.0], [np.nan, 1.0]] * 5))
+    (tmp_path / "junk.npz").write_text("not a zip")
+    (tmp_path / "junk.npy").write_text("not an array")
+    np.save(tmp_path / "ok.npy", np.zeros((10, 2)))
+
+
+@pytest.mark.parametrize("name, words", [
+    ("cell.csv", "line 3, column 2: 'x' is not a number"),
+    ("ragged.csv", "line 3 has 1 value, line 1 has 2"),
+    ("empty.csv", "the file is empty"),
+    ("only-header.csv", "a header row and no samples"),
+    ("binary.csv", "not a text file"),
+    ("words.npz", "expected real numbers, the array holds text"),
+    ("no-arrays.npz", "holds no arrays"),
+    ("no-rows.npy", "no samples"),
+    ("nan.npy", "NaN or infinite values in 5 of 10 samples"),
+    ("junk.npz", "not a readable .npz file"),
+    ("junk.npy", "not a readable .npy file"),
+])
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_divergence_load_errors_name_the_file(tmp_path, capsys, name, words, side):
+    import warnings
+
+    _write_bad_files(tmp_path)
+    bad, ok = str(tmp_path / name), str(tmp_path / "ok.npy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning may leak (an empty .csv)
+        assert cli_exit_code(["divergence", *([bad, ok] if side == "source" else [ok, bad])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pytl divergence: error: ") and err.count("\n") == 1, err
+    assert f"{side} {bad}: " in err and words in err, err

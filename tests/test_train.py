@@ -674,3 +674,30 @@ def test_early_stopping_under_ddp(noisy, tmp_path):
     model = es_model(ranks[0]["state"], dropout=0.0)
     assert got[ranks[0]["best_epoch"]]["val_loss"] == pytest.approx(held_out_ce(model, x[val_idx], y[val_idx])[0],
                                                                      rel=1e-6)
+
+
+def test_resume_into_another_architecture_is_a_clear_error(tmp_path, monkeypatch):
+    """A checkpoint of another model (same samples and classes, another hidden width) is refused by name, with
+    the first mismatching tensors, before any step: in fit, align and finetune (which loads a stage-1 model)."""
+    x, y = _noisy_data()
+    tiny = dict(align_epochs=1, finetune_epochs=1, batch_size=20, finetune_batch_size=20, progress=False, seed=0)
+    aligned, tuned = str(tmp_path / "aligned.pt"), str(tmp_path / "tuned.pt")
+    TwoStageTrainer(default_model(4, 2, [16]), checkpoint=aligned, **tiny).align((x, y), x + 1.0)
+    TwoStageTrainer(default_model(4, 2, [16]), checkpoint=tuned, **tiny).fit((x, y), x + 1.0, (x, y))
+    monkeypatch.setattr("pytl.train.trainer.run_stage", lambda *a, **k: pytest.fail("training started"))
+    wider = TwoStageTrainer(default_model(4, 2, [32]), **tiny)
+    calls = [(aligned, lambda p: wider.fit((x, y), x + 1.0, (x, y), resume_from=p)),
+             (tuned, lambda p: wider.fit((x, y), x + 1.0, (x, y), resume_from=p)),
+             (aligned, lambda p: wider.align((x, y), x + 1.0, resume_from=p)),
+             (aligned, lambda p: wider.finetune((x, y), resume_from=p))]
+    for path, call in calls:
+        with pytest.raises(ValueError) as info:
+            call(path)
+        message = str(info.value)
+        assert message.startswith(f"resume_from={path!r}: the checkpoint's model does not match this trainer's model")
+        assert ("encoder.blocks.0.0.weight: checkpoint (16, 4), model (32, 4); encoder.blocks.0.0.bias: checkpoint "
+                "(16,), model (32,); head.layers.0.weight: checkpoint (2, 16), model (2, 32)") in message
+        assert "head.layers.0.bias" not in message and "more" not in message  # its shape (2,) matches
+    # a deeper model: the first three of five differences, and how many more
+    with pytest.raises(ValueError, match=r"head.layers.0.weight: checkpoint \(2, 16\), model \(2, 8\); and 2 more$"):
+        TwoStageTrainer(default_model(4, 2, [32, 8]), **tiny).fit((x, y), x + 1.0, (x, y), resume_from=tuned)

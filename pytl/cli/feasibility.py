@@ -3,7 +3,8 @@ training, Ben-David's bound term by term (``pytl.transfer_feasibility``) and the
 (``pytl.rank_sources``), on files.
 
 Labelled files (a source, ``--target-labeled``): .npz with arrays ``X`` and ``y``, or .npy / .csv whose last
-column holds the integer labels. Unlabelled target files: as for ``pytl divergence`` (.npy, .npz, .csv).
+column holds the integer labels. Unlabelled target files: as for ``pytl divergence`` (.npy, .npz with one
+array or ``--key``, .csv). files.py reads and checks them all, before anything is computed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from pytl.cli.divergence import load_features
+from pytl.cli.files import (
+    LABELED_FILES,
+    Note,
+    add_key_option,
+    check_distinct,
+    check_samples,
+    file_label,
+    load_features,
+    load_labeled,
+    stderr_note,
+)
 from pytl.cli.options import non_negative_int
 from pytl.diagnostics import CLASSIFIERS, rank_sources, transfer_feasibility
 
 __all__ = ["add_parsers", "load_labeled", "run_feasibility", "run_rank_sources"]
+
+_FILES = LABELED_FILES + " A .csv first row that is not numbers is taken as a header and skipped (said on stderr)."
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,7 +51,8 @@ def add_parsers(sub: Any) -> None:
         "rank-sources",
         help="which of several labelled sources to transfer from",
         description="Rank candidate labelled sources for one unlabelled target (pytl.rank_sources): by the "
-                    "estimated bound with --target-labeled, by the divergence without. " + _FILES,
+                    "estimated bound with --target-labeled, by the divergence without. Every file is read and "
+                    "checked before any candidate is evaluated; a file given twice is an error. " + _FILES,
     )
     rank.set_defaults(run=lambda args, argv: run_rank_sources(args))
     rank.add_argument("target", help="unlabelled target features: .npy, .npz or .csv")
@@ -46,46 +60,43 @@ def add_parsers(sub: Any) -> None:
     _common(rank)
 
 
-_FILES = ("Labelled files: .npz with arrays X and y, or .npy/.csv whose last column is the integer label.")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-labeled", default=None, help="a few labelled target samples (gives lambda* and the bound)")
+    add_key_option(p, labeled=True)
     p.add_argument("--classifier", choices=CLASSIFIERS, default="linear", help="hypothesis class (default linear)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the splits and classifiers")
 
 
-def load_labeled(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) from .npz (arrays X and y) or .npy/.csv (the last column is the label, integer-valued)."""
-    if Path(path).suffix.lower() == ".npz" and Path(path).is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            names = {n.lower(): n for n in archive.keys()}
-            if "x" not in names or "y" not in names:
-                raise ValueError(f"{path}: a labelled .npz needs arrays X and y, it holds {list(archive.keys())}")
-            x, y = archive[names["x"]], archive[names["y"]]
-        return np.asarray(x, dtype=np.float64).reshape(len(x), -1), _labels(np.asarray(y), path)
-    arr = load_features(path)
-    if arr.shape[1] < 2:
-        raise ValueError(f"{path}: a labelled .npy/.csv needs features and a last label column, got shape {arr.shape}")
-    return arr[:, :-1], _labels(arr[:, -1], path)
+Labeled = tuple[np.ndarray, np.ndarray]
 
 
-def _labels(y: np.ndarray, path: str) -> np.ndarray:
-    if y.ndim != 1 or not np.all(np.isfinite(y)) or not np.all(y == np.round(y)) or (y.size and y.min() < 0):
-        raise ValueError(f"{path}: labels must be non-negative integers, one per row")
-    return y.astype(np.int64)
+def _target(args: argparse.Namespace, note: Note) -> tuple[np.ndarray, Labeled | None]:
+    """The unlabelled target and the optional labelled target samples, read and checked."""
+    xt = load_features(args.target, args.key, role="target", note=note)
+    if args.target_labeled is None:
+        return xt, None
+    return xt, load_labeled(args.target_labeled, role="--target-labeled", note=note)
 
 
-def _target_labeled(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray] | None:
-    return None if args.target_labeled is None else load_labeled(args.target_labeled)
+def _check(target: np.ndarray, target_path: str, labeled: Labeled | None, labeled_path: str | None,
+           sources: list[tuple[str, np.ndarray]]) -> None:
+    """Every file: enough samples, and the target's width (the first named is the target)."""
+    items = [(file_label(target_path, "target"), target), *sources]
+    if labeled is not None:
+        items.append((file_label(labeled_path or "", "--target-labeled"), labeled[0]))
+    check_samples(items)
 
 
 def run_feasibility(args: argparse.Namespace) -> int:
+    prog = "pytl feasibility"
+    note = stderr_note(prog)
     try:
-        report = transfer_feasibility(load_labeled(args.source), load_features(args.target), _target_labeled(args),
-                                      classifier=args.classifier, seed=args.seed)
+        source = load_labeled(args.source, role="source", note=note)
+        xt, labeled = _target(args, note)
+        _check(xt, args.target, labeled, args.target_labeled, [(file_label(args.source, "source"), source[0])])
+        report = transfer_feasibility(source, xt, labeled, classifier=args.classifier, seed=args.seed)
     except (ValueError, TypeError) as exc:
-        print(f"pytl feasibility: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     print(report.table())
     print()
@@ -94,15 +105,22 @@ def run_feasibility(args: argparse.Namespace) -> int:
 
 
 def run_rank_sources(args: argparse.Namespace) -> int:
-    try:
+    prog = "pytl rank-sources"
+    note = stderr_note(prog)
+    try:  # every file read and checked before the first candidate is evaluated
+        check_distinct(args.sources, "candidate source")
+        xt, labeled = _target(args, note)
+        roles = [f"candidate source {i}" if len(args.sources) > 1 else "candidate source"
+                 for i in range(1, len(args.sources) + 1)]
+        loaded = [load_labeled(path, role=role, note=note) for path, role in zip(args.sources, roles)]
+        _check(xt, args.target, labeled, args.target_labeled,
+               [(file_label(path, role), x) for path, role, (x, _) in zip(args.sources, roles, loaded)])
         names = [Path(p).stem for p in args.sources]
         if len(set(names)) != len(names):
             names = list(args.sources)  # the stems collide: the paths name them
-        sources = {name: load_labeled(path) for name, path in zip(names, args.sources)}
-        ranking = rank_sources(load_features(args.target), sources, _target_labeled(args), classifier=args.classifier,
-                               seed=args.seed)
+        ranking = rank_sources(xt, dict(zip(names, loaded)), labeled, classifier=args.classifier, seed=args.seed)
     except (ValueError, TypeError) as exc:
-        print(f"pytl rank-sources: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     print(ranking.table())
     print()

@@ -77,8 +77,9 @@ def save_checkpoint(run: RunState, stage: str, epoch: int, model: nn.Module, sta
     os.replace(tmp, path)
 
 
-def read_checkpoint(run: RunState, path: Any) -> dict[str, Any] | None:
-    """The checked contents of ``resume_from`` (None: no resume)."""
+def read_checkpoint(run: RunState, path: Any, model: nn.Module | None = None) -> dict[str, Any] | None:
+    """The checked contents of ``resume_from`` (None: no resume); ``model``: the model it will be loaded into,
+    whose parameters and buffers must match the checkpoint's (names and shapes)."""
     if path is None:
         return None
     if not isinstance(path, (str, os.PathLike)):
@@ -96,6 +97,8 @@ def read_checkpoint(run: RunState, path: Any) -> dict[str, Any] | None:
         raise ValueError(f"resume_from={path!r} was written for samples of shape "
                          f"{inp.format_shape(tuple(ckpt['sample_shape']))} and {ckpt['num_classes']} classes; this "
                          f"run has {inp.format_shape(run.sample_shape or ())} and {run.num_classes}")
+    if model is not None:
+        check_model(path, ckpt, model)
     mine = settings_of(run.settings)
     theirs = {ALIASES.get(k, k): v for k, v in ckpt["settings"].items()}  # a checkpoint of before the renames
     diff = {k: (v, mine.get(k)) for k, v in theirs.items() if mine.get(k) != v}
@@ -103,6 +106,34 @@ def read_checkpoint(run: RunState, path: Any) -> dict[str, Any] | None:
         warn_user(f"resuming from {path!r} with settings that differ from its run (checkpoint, now): {diff}; "
                   "the result will differ from an uninterrupted run")
     return ckpt
+
+
+def check_model(path: str, ckpt: dict[str, Any], model: nn.Module, shown: int = 3) -> None:
+    """ValueError naming ``resume_from`` unless the checkpoint's model has the tensors of ``model``, by name
+    and shape: another architecture (a different width, depth or head) fails here, before any step, rather
+    than in ``load_state_dict``. The first ``shown`` differences are listed."""
+    theirs, mine = _shapes(ckpt.get("model")), _shapes(model.state_dict())
+    if theirs is None:
+        raise ValueError(f"resume_from={path!r} holds no model weights: not a TwoStageTrainer checkpoint")
+    diffs = [f"{k}: checkpoint {_shape(theirs[k])}, model {_shape(mine[k])}"
+             for k in theirs if k in mine and theirs[k] != mine[k]]
+    diffs += [f"{k} only in the checkpoint" for k in theirs if k not in mine]
+    diffs += [f"{k} only in the model" for k in mine if k not in theirs]
+    if diffs:
+        more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+        raise ValueError(f"resume_from={path!r}: the checkpoint's model does not match this trainer's model "
+                         f"(another architecture?): {'; '.join(diffs[:shown])}{more}")
+
+
+def _shapes(state: Any) -> dict[str, tuple[int, ...] | None] | None:
+    """A state dict's entries and their shapes (None: not a tensor, e.g. a module's extra state)."""
+    if not isinstance(state, dict):
+        return None
+    return {k: tuple(v.shape) if isinstance(v, Tensor) else None for k, v in state.items()}
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "(not a tensor)" if shape is None else str(shape)
 
 
 def restore(run: RunState, stage: str, resume: dict[str, Any], model: nn.Module, policy: FreezingPolicy,

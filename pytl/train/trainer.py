@@ -121,7 +121,7 @@ class TwoStageTrainer:
         trainer's settings; training continues after its last epoch (a fine-tuning checkpoint skips
         stage 1) and, for array inputs, ends with the weights of an uninterrupted run."""
         p = self._prepare(source, target_unlabeled, target_labeled, eval_data, stage="fit")
-        ckpt = read_checkpoint(self.state, resume_from)
+        ckpt = read_checkpoint(self.state, resume_from, p.model)
         if ckpt is not None and ckpt["stage"] == "finetune" and p.target_labeled is None:
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: pass target_labeled")
         if ckpt is None or ckpt["stage"] == "align":
@@ -136,7 +136,7 @@ class TwoStageTrainer:
               resume_from: _PathLike = None) -> list[dict[str, Any]]:
         """Stage 1 only; returns its per-epoch history. ``lambda_align=0`` trains on the source alone."""
         p = self._prepare(source, target_unlabeled, None, eval_data, stage="align")
-        ckpt = read_checkpoint(self.state, resume_from)
+        ckpt = read_checkpoint(self.state, resume_from, p.model)
         if ckpt is not None and ckpt["stage"] != "align":
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: resume it with "
                              "fit() or finetune()")
@@ -147,7 +147,7 @@ class TwoStageTrainer:
         """Stage 2 only (on the current model); returns its per-epoch history. ``resume_from``: a
         fine-tuning checkpoint continues; a stage-1 checkpoint provides the weights to fine-tune."""
         p = self._prepare(None, None, target_labeled, eval_data, stage="finetune")
-        ckpt = read_checkpoint(self.state, resume_from)
+        ckpt = read_checkpoint(self.state, resume_from, p.model)
         if ckpt is not None and ckpt["stage"] == "align":
             p.model.load_state_dict(ckpt["model"])
             self.state.history = {"align": ckpt["history"]["align"] + ckpt["records"],
