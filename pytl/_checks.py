@@ -19,9 +19,14 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_optional_int", "warn_user"]
+__all__ = ["DataWarning", "check_bool", "check_choice", "check_float", "check_int", "check_optional_int", "warn_user"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class DataWarning(UserWarning):
+    """A warning about the user's data (classes missing from a label set): a caller that checks the data once
+    and then trains many models on it (compare_strategies) shows it once, not once per model."""
 
 
 def _is_int(value: Any) -> bool:

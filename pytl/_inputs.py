@@ -8,13 +8,15 @@ instead of surfacing as a cryptic error (or a silent wrong result) deep inside a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+
+from pytl._checks import DataWarning, warn_user
 
 ArrayLike = Union[np.ndarray, Tensor, Sequence[Any]]
 LabeledData = Union[tuple[ArrayLike, ArrayLike], DataLoader]
@@ -25,6 +27,9 @@ PEEK_SEED = 0  # the global seed under which first_batch draws a shuffling DataL
 def to_tensor(value: Any, name: str) -> Tensor:
     """An array, tensor (detached) or nested list of real numbers as a tensor; TypeError naming ``name`` else."""
     if isinstance(value, Tensor):
+        if value.is_meta:  # shapes only: every check and computation below needs the values
+            raise ValueError(f"{name} is a tensor on the meta device, which holds no values; pass real data "
+                             "(a CPU or CUDA tensor, or an array)")
         return value.detach()
     if isinstance(value, (str, bytes, dict)) or value is None:
         raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a nested list of numbers, got "
@@ -48,7 +53,8 @@ def as_features(value: Any, name: str) -> Tensor:
     if x.dim() < 2:
         raise ValueError(
             f"{name} must be at least 2-D (samples, features), got shape {tuple(x.shape)}"
-            + ("; use x.reshape(-1, 1) for a single feature" if x.dim() == 1 else "")
+            + ("; one sample of several features: x.reshape(1, -1); several samples of one feature: "
+               "x.reshape(-1, 1)" if x.dim() == 1 else "")
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has no samples (shape {tuple(x.shape)})")
@@ -98,6 +104,65 @@ def check_label_range(y: Tensor, num_classes: int, name: str) -> None:
         raise ValueError(
             f"{name} has label {top}, out of range for {num_classes} classes (labels must be 0..{num_classes - 1})"
         )
+
+
+def check_label_space(
+    source_labels: Any,
+    target_labels: Any,
+    num_classes: int | None = None,
+    *,
+    source_name: str = "source[1] (y)",
+    target_name: str = "target_labeled[1] (y)",
+    single_target_class: bool = False,
+) -> None:
+    """The label space of a transfer problem, checked before anything trains on it.
+
+    source_labels, target_labels: 1-D class indices (anything :func:`as_labels` takes; either may be None),
+    the whole labelled sets (not a DataLoader's first batch); source_labels may also be a mapping
+    {name: labels} of candidate sources, each checked in turn and each problem warned once for all of them.
+    num_classes: the declared number of classes, or None when the caller infers it as 1 + the largest label.
+
+    Refused (ValueError naming the argument), because every number computed from such labels is wrong or
+    meaningless: a label >= num_classes; labels of a single class, in the source or in the target (a
+    classifier trained on them is a constant, and one tested on them scores a vacuous 0 error: typically
+    the first rows of data sorted by class); and, with num_classes inferred, source labels without a 0
+    (1-based labels 1..K: an empty class 0, and every class shifted by one against 0-based target labels;
+    num_classes= declares a source that simply lacks class 0). Warned once (warn_user), because it can be
+    a legitimate partial label space: target classes absent from the source labels (nothing learnt from the
+    source predicts them; only target labels can teach them). ``single_target_class=True`` lets target labels
+    of one class through (the trainer fine-tunes on what it gets and warns about the classes it lacks)."""
+    sources = dict(source_labels) if isinstance(source_labels, Mapping) else (
+        {} if source_labels is None else {source_name: source_labels})
+    ys = {name: as_labels(y, name) for name, y in sources.items()}
+    yt = None if target_labels is None else as_labels(target_labels, target_name)
+    named = list(ys.items()) + ([] if yt is None else [(target_name, yt)])
+    if num_classes is not None:
+        for name, y in named:
+            check_label_range(y, num_classes, name)
+    for name, y in named:
+        classes = y.unique()
+        if classes.numel() < 2 and not (single_target_class and y is yt):
+            raise ValueError(
+                f"{name} holds a single class ({int(classes[0])}) in its {y.numel()} labels; a classifier needs "
+                "at least two classes to learn from or to be tested on (data sorted by class? draw a random "
+                "subset instead of the first rows)")
+    if num_classes is None:
+        for name, y in ys.items():
+            if int(y.min()) > 0:
+                raise ValueError(
+                    f"{name} has no label 0 (its labels run {int(y.min())}..{int(y.max())}): class indices start "
+                    "at 0, and 1-based labels add an empty class 0 and shift every class by one against 0-based "
+                    "labels; subtract 1 from them, or pass num_classes= if this source simply lacks class 0")
+    if yt is None or not ys:
+        return
+    target_classes = set(yt.unique().tolist())
+    lacking = {name: sorted(target_classes - set(y.unique().tolist())) for name, y in ys.items()}
+    lacking = {name: missing for name, missing in lacking.items() if missing}
+    if lacking:
+        which = "; ".join(f"{name} lacks class(es) {missing}" for name, missing in lacking.items())
+        warn_user(f"{target_name} has classes absent from the source labels ({which}): nothing learnt from the "
+                  "source predicts them, only the target labels can teach them; if the two label sets are coded "
+                  "differently, map them to one coding first", DataWarning)
 
 
 def as_labeled(data: Any, name: str) -> tuple[Tensor, Tensor] | DataLoader:

@@ -11,11 +11,12 @@ here with the same hypothesis class H ("linear": multinomial logistic regression
 of 64), on held-out data, with a 95% interval:
 
 - eps_S: a classifier trained on half of the source (seeded), its error on the other half (Wilson interval);
-- 1/2 d_HdH: half the proxy A-distance 2 (1 - 2 err) of a domain classifier (pytl.diagnostics), with a
-  bootstrap interval over its held-out predictions;
+- 1/2 d_HdH: half the proxy A-distance 2 (1 - 2 err) of a domain classifier (pytl.diagnostics), its interval
+  the Wilson interval of the held-out err mapped through 1 - 2 err;
 - lambda*: one classifier trained on the source half and part of the labelled target together, its source
   error plus its target error on the held-out parts (2-fold cross-fitting over the target labels); unknown
-  without target labels.
+  without target labels. Its interval, and the bound's, are sums of Wilson bounds at Bonferroni levels
+  (intervals.py): they keep a positive width when an error is 0 or 1.
 
 The same target labels give the from-scratch alternative (a classifier on them alone, the same folds), and
 the MMD permutation test adds MMD^2 and its p-value. ``rank_sources`` (source_ranking.py) compares candidate
@@ -24,7 +25,6 @@ sources with it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +32,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._checks import check_choice, check_int
-from pytl._samples import check_same_features
-from pytl.diagnostics.domain_classifier import CLASSIFIERS, pad_held_out_errors
+from pytl.diagnostics.domain_classifier import pad_held_out_errors
+from pytl.diagnostics.feasibility_inputs import (
+    as_source,
+    as_target,
+    check_options,
+    featurize_source,
+    featurize_target,
+)
+from pytl.diagnostics.intervals import simultaneous_wilson, wilson
 from pytl.diagnostics.permutation_test import mmd_test
 
 __all__ = ["FEASIBILITY_VERDICTS", "FeasibilityReport", "Term", "feasibility_verdict", "transfer_feasibility"]
@@ -51,8 +56,6 @@ JOINT_EXCESS_LARGE = 0.2
 DIVERGENCE_LARGE = 0.5
 MMD_SAMPLES = 1024  # rows per domain for the MMD test
 MMD_PERMUTATIONS = 200
-BOOTSTRAP = 1000
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -136,36 +139,8 @@ class FeasibilityReport:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The estimates
+# The hypothesis class, and the entry point (its inputs: feasibility_inputs.py)
 # ---------------------------------------------------------------------------------------------------
-def _apply_features(x: Tensor, features: Any, name: str) -> Tensor:
-    """The rows of x through ``features`` (a callable or nn.Module, in eval mode, no gradient), flattened."""
-    if features is None:
-        return x.flatten(1).double()
-    if not callable(features):
-        raise TypeError(f"features must be a callable or an nn.Module (e.g. model.embed), got {type(features).__name__}")
-    module = features if isinstance(features, nn.Module) else None
-    mode = module.training if module is not None else None
-    if module is not None:
-        module.eval()
-    try:
-        with torch.no_grad():
-            if module is not None:
-                p = next(module.parameters(), None)
-                if p is not None:
-                    x = x.to(device=p.device, dtype=p.dtype)
-            out = torch.cat([torch.as_tensor(features(xb)) for xb in x.split(4096)])
-    finally:
-        if module is not None:
-            module.train(mode)
-    if out.shape[0] != x.shape[0]:
-        raise ValueError(f"features returned {out.shape[0]} rows for {x.shape[0]} rows of {name}")
-    out = out.detach().cpu().flatten(1).double()
-    if not bool(torch.isfinite(out).all()):
-        raise ValueError(f"features of {name} contain NaN or inf")
-    return out
-
-
 def _fit(X: Tensor, y: Tensor, classes: int, classifier: str, seed: int) -> Callable[[Tensor], Tensor]:
     """A classifier of the hypothesis class on standardised float64 features; returns predict(X) -> labels."""
     mean, std = X.mean(0, keepdim=True), X.std(0, keepdim=True).nan_to_num(1.0).clamp_min(1e-12)
@@ -204,25 +179,9 @@ def _fit(X: Tensor, y: Tensor, classes: int, classifier: str, seed: int) -> Call
     return predict
 
 
-def _wilson(wrong: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = wrong / n
-    denom = 1 + Z95 ** 2 / n
-    centre = (p + Z95 ** 2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _halves(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     perm = torch.randperm(n, generator=gen)
     return perm[: n // 2], perm[n // 2:]
-
-
-def _check_labels(y: Tensor, classes: int, name: str) -> None:
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
-        raise ValueError(f"{name}: labels must lie in [0, {classes}), got {int(y.min())}..{int(y.max())}")
 
 
 def transfer_feasibility(
@@ -242,86 +201,96 @@ def transfer_feasibility(
     or nested lists, samples first (any feature shape: flattened). features: a callable or nn.Module applied
     to every input first (e.g. a pretrained backbone's ``embed``), to ask the question in its feature space.
     classifier: the hypothesis class H of every term, "linear" (default) or "mlp". num_classes: default the
-    largest label + 1. Seeded. Returns a :class:`FeasibilityReport` (``.explain()``, ``.table()``).
+    largest label + 1. The label space is checked first (pytl._inputs.check_label_space: a single class,
+    1-based source labels refused; target classes the source lacks warned). Seeded. Returns a
+    :class:`FeasibilityReport` (``.explain()``, ``.table()``).
     """
-    check_choice(classifier, "classifier", CLASSIFIERS)
-    seed = check_int(seed, "seed", 0)
-    for name, data in (("source", source), ("target_unlabeled", target_unlabeled), ("target_labeled", target_labeled)):
-        if isinstance(data, DataLoader):
-            raise TypeError(f"{name}: transfer_feasibility takes arrays or tensors (it trains full-batch "
-                            "classifiers), not a DataLoader; pass (X, y) or X, e.g. a subsample of a few thousand rows")
-    xs, ys = inp.as_labeled(source, "source")
-    xt = inp.as_features(target_unlabeled, "target_unlabeled")
-    labeled = None if target_labeled is None else inp.as_labeled(target_labeled, "target_labeled")
-    xs, xt = _apply_features(xs, features, "source"), _apply_features(xt, features, "target_unlabeled")
-    check_same_features(xs, xt, ("source", "target_unlabeled"))
-    ys = ys.long()
-    classes = int(ys.max()) + 1 if num_classes is None else check_int(num_classes, "num_classes", 2)
-    if labeled is not None:
-        xl = _apply_features(labeled[0], features, "target_labeled")
-        yl = labeled[1].long()
-        check_same_features(xs, xl, ("source", "target_labeled"))
-        if num_classes is None:
-            classes = max(classes, int(yl.max()) + 1)
-        _check_labels(yl, classes, "target_labeled")
-        if yl.numel() < 4:
-            raise ValueError(f"target_labeled needs at least 4 labelled samples (two folds of two), got {yl.numel()}")
-    _check_labels(ys, classes, "source")
-    if xs.shape[0] < 4 or xt.shape[0] < 4:
-        raise ValueError(f"source and target_unlabeled need at least 4 samples each, got {xs.shape[0]} and "
-                         f"{xt.shape[0]}")
+    num_classes, seed = check_options(features, classifier, num_classes, seed)
+    xs, ys = as_source(source, "source")
+    xt, labeled = as_target(target_unlabeled, target_labeled)
+    inp.check_label_space(ys, None if labeled is None else labeled[1], num_classes)
+    xt, labeled = featurize_target(xt, labeled, features)
+    xs = featurize_source(xs, features, "source", xt, labeled)
+    return estimate_feasibility(xs, ys, xt, labeled, num_classes, classifier, seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The estimates, on checked inputs
+# ---------------------------------------------------------------------------------------------------
+def _errors(predict: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> int:
+    return int((predict(x) != y).sum())
+
+
+def _advance_past_former_bootstrap(gen: torch.Generator, n: int) -> None:
+    """Advance ``gen`` as the former bootstrap interval of 1/2 d_HdH did (1000 resamples of n indices; in chunks,
+    the same stream), so that the target folds and the MMD subsample drawn after it, and with them every
+    number measured in docs/diagnostics.md (the sweep, the real pairs), stay as they were."""
+    for _ in range(10):
+        torch.randint(n, (100, n), generator=gen)
+
+
+def estimate_feasibility(xs: Tensor, ys: Tensor, xt: Tensor, labeled: tuple[Tensor, Tensor] | None,
+                         num_classes: int | None, classifier: str, seed: int) -> FeasibilityReport:
+    """The report on inputs already checked and featurized (float64 rows, labels int64)."""
+    classes = num_classes or 1 + max(int(ys.max()), -1 if labeled is None else int(labeled[1].max()))
     gen = torch.Generator().manual_seed(seed * 7919 + 11)
 
     # eps_S: train on one half of the source, test on the other
     s_train, s_test = _halves(xs.shape[0], gen)
+    m = s_test.numel()
     h_s = _fit(xs[s_train], ys[s_train], classes, classifier, seed)
-    wrong_s = int((h_s(xs[s_test]) != ys[s_test]).sum())
-    e_s = wrong_s / s_test.numel()
-    source_error = Term(e_s, *_wilson(wrong_s, s_test.numel()),
-                        f"{classifier} classifier on {s_train.numel()} source samples, error on the other "
-                        f"{s_test.numel()} (Wilson 95% interval)")
+    e_s = _errors(h_s, xs[s_test], ys[s_test]) / m
+    source_error = Term(e_s, *wilson(e_s, m), f"{classifier} classifier on {s_train.numel()} source samples, error "
+                        f"on the other {m} (Wilson 95% interval)")
 
-    # 1/2 d_HdH from the proxy A-distance, with a bootstrap over its held-out predictions
+    # 1/2 d_HdH = 1 - 2 err from the proxy A-distance: the Wilson interval of the domain classifier's held-out
+    # error err, mapped through the (decreasing) 1 - 2 err and clipped to [0, 1]
     wrong_d = pad_held_out_errors(xs, xt, seed, classifier)
-    pad = min(2.0, max(0.0, 2.0 * (1.0 - 2.0 * float(wrong_d.double().mean()))))
-    boot = wrong_d.double()[torch.randint(wrong_d.numel(), (BOOTSTRAP, wrong_d.numel()), generator=gen)].mean(1)
-    half_pads = (1.0 - 2.0 * boot).clamp(0.0, 1.0)
-    divergence = Term(pad / 2, float(half_pads.quantile(0.025)), float(half_pads.quantile(0.975)),
-                      f"half the proxy A-distance {pad:.3f} of a {classifier} domain classifier ({wrong_d.numel()} "
-                      f"held-out rows; bootstrap 95% interval, {BOOTSTRAP} resamples)")
+    n_d, e_d = wrong_d.numel(), float(wrong_d.double().mean())
+    pad = min(2.0, max(0.0, 2.0 * (1.0 - 2.0 * e_d)))
+
+    def half_pad(lo: float, hi: float) -> tuple[float, float]:
+        return min(1.0, max(0.0, 1.0 - 2.0 * hi)), min(1.0, max(0.0, 1.0 - 2.0 * lo))
+
+    divergence = Term(pad / 2, *half_pad(*wilson(e_d, n_d)),
+                      f"half the proxy A-distance {pad:.3f} of a {classifier} domain classifier, 1 - 2 err with err "
+                      f"its error on {n_d} held-out rows (interval: err's Wilson 95% interval, mapped)")
+    _advance_past_former_bootstrap(gen, n_d)
 
     # lambda* and the scratch alternative: 2-fold cross-fitting over the target labels
     unknown = "needs target labels"
     joint_error = bound = scratch_error = target_error = Term(None, None, None, unknown)
     num_labeled = 0
     if labeled is not None:
-        num_labeled = int(yl.numel())
-        fold_a, fold_b = _halves(num_labeled, gen)
+        xl, yl = labeled
+        num_labeled = n_t = int(yl.numel())
+        fold_a, fold_b = _halves(n_t, gen)
         wrong_js = wrong_jt = wrong_sc = 0
         for train, test in ((fold_a, fold_b), (fold_b, fold_a)):
             h = _fit(torch.cat([xs[s_train], xl[train]]), torch.cat([ys[s_train], yl[train]]), classes, classifier, seed)
-            wrong_js += int((h(xs[s_test]) != ys[s_test]).sum())
-            wrong_jt += int((h(xl[test]) != yl[test]).sum())
-            h0 = _fit(xl[train], yl[train], classes, classifier, seed)
-            wrong_sc += int((h0(xl[test]) != yl[test]).sum())
-        n_s, n_t = 2 * s_test.numel(), num_labeled
-        es_j, et_j = wrong_js / n_s, wrong_jt / n_t
+            wrong_js += _errors(h, xs[s_test], ys[s_test])
+            wrong_jt += _errors(h, xl[test], yl[test])
+            wrong_sc += _errors(_fit(xl[train], yl[train], classes, classifier, seed), xl[test], yl[test])
+        # the source part: two classifiers on the same m rows, a mean of per-row rates counted on n = m rows
+        es_j, et_j = wrong_js / (2 * m), wrong_jt / n_t
         lam = es_j + et_j
-        half = Z95 * math.sqrt(es_j * (1 - es_j) / n_s + et_j * (1 - et_j) / n_t)
-        joint_error = Term(lam, max(0.0, lam - half), min(2.0, lam + half),
-                           f"one {classifier} classifier on the source half and half of the {num_labeled} target "
-                           f"labels, its source error {es_j:.3f} + target error {et_j:.3f} on the held-out parts "
-                           "(2-fold cross-fitting; normal 95% interval)")
-        total = e_s + divergence.value + lam
-        bound = Term(total, source_error.low + divergence.low + joint_error.low,
-                     source_error.high + divergence.high + joint_error.high,
-                     "the sum of the three terms (interval: the sum of their intervals)")
-        wrong_tt = int((h_s(xl) != yl).sum())
-        target_error = Term(wrong_tt / n_t, *_wilson(wrong_tt, n_t),
+        (ls, hs), (lt, ht) = simultaneous_wilson([(es_j, m), (et_j, n_t)])
+        joint_error = Term(lam, ls + lt, hs + ht,
+                           f"one {classifier} classifier on the source half and half of the {n_t} target labels, "
+                           f"its source error {es_j:.3f} + target error {et_j:.3f} on the held-out parts (2-fold "
+                           "cross-fitting; 95% interval: the sum of the two errors' 97.5% Wilson bounds)")
+        # the bound: 4 rates (eps_S, the domain error, lambda*'s two), each at 98.75% (Bonferroni)
+        (l1, h1), (l2, h2), (l3, h3), (l4, h4) = simultaneous_wilson([(e_s, m), (e_d, n_d), (es_j, m), (et_j, n_t)])
+        d_low, d_high = half_pad(l2, h2)
+        bound = Term(e_s + divergence.value + lam, l1 + d_low + l3 + l4, h1 + d_high + h3 + h4,
+                     "the sum of the three terms (95% interval: the sum of its four error rates' 98.75% Wilson "
+                     "bounds, which hold all at once with probability >= 95%)")
+        e_tt = _errors(h_s, xl, yl) / n_t
+        target_error = Term(e_tt, *wilson(e_tt, n_t),
                             f"the source classifier of eps_S on all {n_t} target labels (Wilson 95% interval)")
-        scratch_error = Term(wrong_sc / n_t, *_wilson(wrong_sc, n_t),
-                             f"a {classifier} classifier on half of the target labels, its error on the other "
-                             "half (2-fold)")
+        e_sc = wrong_sc / n_t
+        scratch_error = Term(e_sc, *wilson(e_sc, n_t), f"a {classifier} classifier on half of the target labels, its "
+                             "error on the other half (2-fold; Wilson 95% interval)")
 
     # MMD^2 and its permutation test on a seeded subsample
     ms = xs[torch.randperm(xs.shape[0], generator=gen)[:MMD_SAMPLES]]

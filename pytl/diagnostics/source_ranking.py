@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytl.diagnostics.feasibility import FeasibilityReport, Term, transfer_feasibility
+from pytl._inputs import check_label_space
+from pytl.diagnostics.feasibility import FeasibilityReport, Term, estimate_feasibility
+from pytl.diagnostics.feasibility_inputs import (
+    as_source,
+    as_target,
+    check_options,
+    featurize_source,
+    featurize_target,
+)
 
 __all__ = ["SourceRanking", "rank_sources"]
 
@@ -46,20 +54,34 @@ def rank_sources(
     target_unlabeled: Any,
     sources: Mapping[str, Any],
     target_labeled: Any = None,
-    **kwargs: Any,
+    *,
+    features: Any = None,
+    classifier: str = "linear",
+    num_classes: int | None = None,
+    seed: int = 0,
 ) -> SourceRanking:
     """Which of several labelled sources to transfer from: :func:`transfer_feasibility` for each, ranked by
     the estimated bound when target labels give lambda*, by the divergence 1/2 d_HdH otherwise (ties: MMD²).
 
-    sources: {name: (X, y)} with at least one entry; ``kwargs``: features, classifier, num_classes, seed
-    (the same for every source, so the numbers compare)."""
+    sources: {name: (X, y)} with at least one entry; features, classifier, num_classes, seed: as for
+    transfer_feasibility, the same for every source, so the numbers compare. Every candidate is checked
+    (its data and its label space against the target's) before any report is computed; a label-space
+    problem shared by several candidates is warned once, naming them all."""
     if not isinstance(sources, Mapping) or not sources:
         raise TypeError("sources must be a non-empty mapping {name: (X, y)} of candidate source domains")
     for name in sources:
         if not isinstance(name, str):
             raise TypeError(f"sources: names must be strings, got {name!r}")
-    reports = {name: transfer_feasibility(src, target_unlabeled, target_labeled, **kwargs)
-               for name, src in sources.items()}
+    num_classes, seed = check_options(features, classifier, num_classes, seed)
+    xt, labeled = as_target(target_unlabeled, target_labeled)
+    data = {name: as_source(src, f"sources[{name!r}]") for name, src in sources.items()}
+    check_label_space({f"sources[{name!r}][1] (y)": ys for name, (_, ys) in data.items()},
+                      None if labeled is None else labeled[1], num_classes)
+    xt, labeled = featurize_target(xt, labeled, features)  # once for all candidates
+    data = {name: (featurize_source(xs, features, f"sources[{name!r}]", xt, labeled), ys)
+            for name, (xs, ys) in data.items()}
+    reports = {name: estimate_feasibility(xs, ys, xt, labeled, num_classes, classifier, seed)
+               for name, (xs, ys) in data.items()}
     key = "bound" if target_labeled is not None else "divergence"
     order = sorted(reports, key=lambda n: (getattr(reports[n], key).value, reports[n].mmd2))
     return SourceRanking(order=order, reports=reports, key=key)
