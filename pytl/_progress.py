@@ -47,3 +47,16 @@ class Progress:
         if self.enabled and self._tty and 0 < self.n < self.total:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def interactive(stream: TextIO | None = None) -> bool:
+    """Whether someone is watching: ``stream`` (stderr) is a terminal, or the code runs in a Jupyter kernel.
+    A log file, CI and pytest's captured output are not: there progress stays off unless asked for."""
+    stream = stream if stream is not None else sys.stderr
+    if bool(getattr(stream, "isatty", lambda: False)()):
+        return True
+    shell = sys.modules.get("IPython")
+    try:
+        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"  # type: ignore
+    except Exception:  # noqa: BLE001  (an IPython without a running shell)
+        return False

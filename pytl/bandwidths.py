@@ -96,13 +96,25 @@ def bandwidth_ladder(sigma0: Tensor, exponents: Sequence[int] = LADDER_EXPONENTS
     return torch.stack([sigma0 * (2.0 ** (j / 2.0)) for j in exponents])
 
 
-def resolve_bandwidths(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike) -> tuple[Tensor, Tensor]:
+def resolve_bandwidths(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike,
+                       caller: str | None = None) -> tuple[Tensor, Tensor]:
     """(sigmas, weights) as tensors on x's device; sigmas=None is the median ladder of (x, y),
-    weights=None is 1/K each. Converted, not checked: the op that takes them checks them."""
-    sig = bandwidth_ladder(median_heuristic(x, y)) if sigmas is None else as_bandwidth_vector(sigmas, "sigmas", x)
+    weights=None is 1/K each. Converted, not checked: the op that takes them checks them. ``caller``: the
+    function the user called ("pytl.mmd2"), named in the median op's errors about x and y instead of it."""
+    sig = bandwidth_ladder(_median(x, y, caller)) if sigmas is None else as_bandwidth_vector(sigmas, "sigmas", x)
     if weights is None:
         return sig, default_weights(sig.numel(), param_dtype(x), x.device)
     return sig, as_bandwidth_vector(weights, "weights", x)
+
+
+def _median(x: Tensor, y: Tensor, caller: str | None) -> Tensor:
+    try:
+        return median_heuristic(x, y)
+    except (ValueError, TypeError) as e:
+        prefix = "pytl.median_heuristic: "
+        if caller is None or not str(e).startswith(prefix):
+            raise
+        raise type(e)(f"{caller}: {str(e)[len(prefix):]}") from None
 
 
 def default_weights(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:

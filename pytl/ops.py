@@ -111,13 +111,13 @@ def mmd2(
     if x_weights is None and y_weights is None:
         if group is not None:
             x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)
-        sig, w = resolve_bandwidths(x, y, sigmas, weights)
+        sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd2")
         return torch.ops.pytl.mmd2.default(x, y, sig, w, unbiased)
     xw = _weight_tensor(x_weights, x, "x_weights", column=False)
     yw = _weight_tensor(y_weights, y, "y_weights", column=False)
     if group is not None:
         x, y, xw, yw = _gather_weighted(x, y, xw, yw, group, min_rows=2 if unbiased else 1)
-    sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd2")
     return torch.ops.pytl.weighted_mmd2.default(x, y, sig, w, xw, yw, unbiased)
 
 
@@ -148,7 +148,7 @@ def class_conditional_mmd2(
     xp = _class_memberships(x_probs, x, yp)
     if group is not None:
         x, y, xp, yp = _gather_weighted(x, y, xp, yp, group, min_rows=1)
-    sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.class_conditional_mmd2")
     return torch.ops.pytl.class_conditional_mmd2.default(x, y, xp, yp, sig, w)
 
 

@@ -105,7 +105,7 @@ def mmd_test(
     num_permutations = check_int(num_permutations, "num_permutations", 1)
     seed = check_int(seed, "seed", 0)
     chunk_size = check_optional_int(chunk_size, "chunk_size", 1)
-    sig, w = resolve_bandwidths(x, y, sigmas, weights)
+    sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd_test")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     device = x.device
     n, m = x.shape[0], y.shape[0]

@@ -35,9 +35,10 @@ from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
 from pytl.experiments.lambda_search import lambda_grid
 from pytl.experiments.report import ComparisonReport
-from pytl.experiments.runs import Runs
+from pytl.experiments.runs import FINETUNED, Runs
 from pytl.experiments.strategies import (
     ALIGNED,
+    MODEL_OPTIONS,
     DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
     POLICIES,
@@ -109,6 +110,10 @@ def compare_strategies(
     seed = check_int(seed, "seed", 0)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    ignored = sorted(set(config) & set(MODEL_OPTIONS)) if model is not None else []
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} shape(s) the default model, which model= replaces: they would be "
+                         "ignored; drop them, or drop model= to let compare_strategies build the model")
 
     # ---- check every input before anything trains
     data = check_data(source, target_unlabeled, target_test, target_labeled, cfg, seed)
@@ -158,9 +163,21 @@ def compare_strategies(
                             histories={s: runs.histories[s] for s in models if s in runs.histories},
                             config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
                                     "folds": None if fold_index is None else len(fold_index),
+                                    "sample_shape": inp.sample_shape(data.source, True, "source"),
                                     **{s.option: s.chosen for s in runs.searches.values()}},  # the λ used
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
-                            criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches)
+                            criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches,
+                            label_shift=_label_shift(runs, models))
+
+
+def _label_shift(runs: Runs, models: dict[str, nn.Module]) -> dict[str, Any]:
+    """Each reported strategy's label-shift estimate: its own stage 1's, or that of the stage 1 it started from."""
+    out = {}
+    for s in models:
+        start = s if s.endswith("_only") or s == "source_only" else FINETUNED.get(s, "")
+        if start in runs.label_shift:
+            out[s] = runs.label_shift[start]
+    return out
 
 
 def _label_free_scores(models: dict[str, nn.Module], source_val: tuple[Tensor, Tensor],

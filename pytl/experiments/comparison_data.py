@@ -5,6 +5,7 @@ starts from (also select_lambda's)."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pytl import _inputs as inp
-from pytl._checks import check_float, check_int
+from pytl._checks import DataWarning, check_float, check_int
 from pytl.experiments.folds import split_source
 from pytl.models import Standardize, default_model
 
@@ -41,13 +42,18 @@ def as_loader_if_dataset(value: Any, name: str, cfg: dict[str, Any], seed: int, 
     return value
 
 
-def gather_labeled(loader: DataLoader, name: str) -> tuple[Tensor, Tensor]:
-    """Every (x, y) of a DataLoader, concatenated: the few target labels fit in memory."""
+def gather_labeled(loader: DataLoader, name: str, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Every (x, y) of a DataLoader, concatenated: the few target labels fit in memory. A shuffling loader
+    draws its order from the global RNG, here seeded by ``seed`` inside a fork (the caller's RNG untouched),
+    so that the same seed gives the same order, the same folds and the same estimates (a loader with a
+    ``generator`` of its own follows that generator)."""
     xs, ys = [], []
-    for batch in loader:
-        x, y = inp.split_batch(batch, True, name)
-        xs.append(x)
-        ys.append(y)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in loader:
+            x, y = inp.split_batch(batch, True, name)
+            xs.append(x)
+            ys.append(y)
     if not xs:
         raise ValueError(f"{name} is empty: the DataLoader yields no batches")
     return inp.as_labeled((torch.cat(xs), torch.cat(ys)), name)  # type: ignore[return-value]
@@ -68,7 +74,7 @@ def check_data(source: Any, target_unlabeled: Any, target_test: Any, target_labe
         labeled = inp.as_labeled(as_loader_if_dataset(target_labeled, "target_labeled", cfg, seed, False),
                                  "target_labeled")
         if isinstance(labeled, DataLoader):
-            labeled = gather_labeled(labeled, "target_labeled")
+            labeled = gather_labeled(labeled, "target_labeled", seed)
     ref = inp.sample_shape(source, True, "source")
     for name, d, lab in (("target_unlabeled", xu, False), ("target_test", test, True), ("target_labeled", labeled, True)):
         shape = None if d is None else inp.sample_shape(d, lab, name)
@@ -76,6 +82,12 @@ def check_data(source: Any, target_unlabeled: Any, target_test: Any, target_labe
             raise ValueError(f"feature size mismatch: {name} has samples of shape {inp.format_shape(shape)} but source "
                              f"has {inp.format_shape(ref)}; both domains must share a feature space")
     num_classes = cfg["num_classes"]
+    # the label sets against each other, before the classes are inferred from them (1-based labels, ...); its
+    # warnings come once, from the trainer's checks that compare_strategies runs next
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        inp.check_label_space(source[1] if isinstance(source, tuple) else None,
+                              None if labeled is None else labeled[1], num_classes, single_target_class=True)
     if num_classes is None:
         from pytl.train.prepare import infer_num_classes  # the trainer's rule: 1 + the largest label seen
 

@@ -12,7 +12,7 @@ from pytl.data import make_domain_shift
 from pytl.experiments.comparison import compare_strategies
 from pytl.experiments.curve_args import check_int_grid, check_model_arg, check_seeds, curve_config, log, model_for
 from pytl.experiments.splits import Splits, as_splits, data_for, stratified_order
-from pytl.experiments.strategies import select_strategies
+from pytl.experiments.strategies import MODEL_OPTIONS, select_strategies
 from pytl.experiments.tables import CurveRow, CurveTable
 
 __all__ = ["DATA_EFFICIENCY_STRATEGIES", "data_efficiency_curve"]
@@ -96,9 +96,11 @@ def data_efficiency_curve(
             for st, start in (("naive", "source_only"), ("mmd", "mmd_only")):
                 if st in strategies:
                     assert pre is not None
-                    # "naive" with no stage-1 epochs = fine-tune the given (stage-1) model under finetune_policy
+                    # "naive" with no stage-1 epochs = fine-tune the given (stage-1) model under finetune_policy;
+                    # the default model's options shaped that model already
+                    tuned = {k: v for k, v in run_cfg.items() if k not in MODEL_OPTIONS}
                     r = compare_strategies(**common, target_labeled=labeled, strategies=["naive"],
-                                           model=pre.models[start], **{**run_cfg, "align_epochs": 0})
+                                           model=pre.models[start], **{**tuned, "align_epochs": 0})
                     acc[st] = r.accuracy["naive"]
             for st, a in acc.items():
                 values[(st, n)].append(a)

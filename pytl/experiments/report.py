@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,6 +56,8 @@ class ComparisonReport:
     label_free: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     criterion: str | None = None
     lambdas: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: class_weights="estimated": strategy → the label-shift estimate its stage 1 took (pytl.diagnostics)
+    label_shift: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def negative_transfer(self) -> bool | None:
@@ -115,17 +118,30 @@ class ComparisonReport:
             raise KeyError(f"no model for {strategy!r}; trained: {sorted(self.models)} (or 'best')")
         return self.models[strategy]
 
-    def predict_proba(self, strategy: str, X: Any) -> Tensor:
-        """Class probabilities of one strategy's model ("best": ``best_model``) on X (CPU tensor)."""
+    def predict_proba(self, strategy: str, X: Any) -> Tensor | np.ndarray:
+        """Class probabilities (N, C) of one strategy's model ("best": ``best_model``) on X: a numpy array for
+        numpy input, else a CPU tensor. X's samples must have the shape the models were trained on."""
         model = self._model(strategy)
-        x = inp.as_features(X, "X")
+        x = self._features(X)
         p = next(model.parameters())
         with torch.no_grad(), eval_mode(model):
-            return torch.cat([F.softmax(model(b.to(p.device, p.dtype)), dim=1).cpu() for b in x.split(EVAL_BATCH)])
+            out = torch.cat([F.softmax(model(b.to(p.device, p.dtype)), dim=1).cpu() for b in x.split(EVAL_BATCH)])
+        return out.numpy() if isinstance(X, np.ndarray) else out
 
-    def predict(self, strategy: str, X: Any) -> Tensor:
-        """Predicted classes of one strategy's model ("best": ``best_model``) on X."""
-        return self.predict_proba(strategy, X).argmax(1)
+    def predict(self, strategy: str, X: Any) -> Tensor | np.ndarray:
+        """Predicted classes (N,) of one strategy's model ("best": ``best_model``) on X: a numpy array for
+        numpy input, else a CPU tensor."""
+        p = self.predict_proba(strategy, X)
+        return p.argmax(1)
+
+    def _features(self, X: Any) -> Tensor:
+        x = inp.as_features(X, "X")
+        shape = self.config.get("sample_shape")
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            one = " (one sample? X.reshape(1, -1))" if x.dim() == 2 and x.shape[0] == inp.prod(tuple(shape)) else ""
+            raise ValueError(f"X has samples of shape {inp.format_shape(tuple(x.shape[1:]))}; the models were trained "
+                             f"on samples of shape {inp.format_shape(tuple(shape))}{one}")
+        return x
 
     def scores(self) -> tuple[dict[str, float], str]:
         """The accuracies a verdict reads, and where they come from: test accuracy when there is a test set,
@@ -141,7 +157,8 @@ class ComparisonReport:
         the remedies in order of cost."""
         acc, where = self.scores()
         mmd = self.embedding_mmd2
-        best = best_transfer(acc)
+        # one transfer strategy in the whole paragraph: the one the verdict compares with scratch
+        best = self.paired.strategy if self.paired is not None and self.paired.strategy in acc else best_transfer(acc)
         if "scratch" not in acc or best is None:
             missing = "target labels (scratch, naive and mmd need them)" if "scratch" not in acc else "naive/mmd"
             return (f"No negative-transfer check was possible: it compares transfer with a from-scratch baseline "
@@ -210,7 +227,8 @@ class ComparisonReport:
             scores = (self.criterion, {s: v[self.criterion] for s, v in self.label_free.items()})
         return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
                             config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
-                            label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()])
+                            label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()],
+                            histories=self.histories)
 
 
 @dataclass
@@ -277,7 +295,8 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
                  estimate: Mapping[str, Estimate] | None = None, paired: PairedComparison | None = None,
                  best: str | None = None,
                  estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None,
-                 label_free: tuple[str, Mapping[str, float]] | None = None, lambdas: Sequence[str] = ()) -> str:
+                 label_free: tuple[str, Mapping[str, float]] | None = None, lambdas: Sequence[str] = (),
+                 histories: Mapping[str, Any] | None = None) -> str:
     """The comparison table: one line per strategy (test accuracy ± std when given, cross-validated
     estimate ± std over folds when given, embedding MMD², what it uses), the skipped strategies, the
     negative-transfer verdict and the strategy to ship."""
@@ -303,7 +322,7 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
         if label_free:
             cells.append(f"{label_free[1][s]:.4g}" if s in label_free[1] else "-")
         cells.append(f"{mmd[s]:.3f}" if s in mmd and math.isfinite(mmd[s]) else "-")
-        cells.append(describe(s, config))
+        cells.append(describe(s, config, (histories or {}).get(s)))
         rows.append(tuple(cells))
     cols = len(rows[0])
     widths = [max(len(r[i]) for r in rows) for i in range(cols)]
@@ -318,7 +337,9 @@ def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None,
     if estimate:
         folds = len(next(iter(estimate.values())).folds)
         lines.append(f"(CV estimate: accuracy, mean ± std over {folds} stratified folds of the target labels; CV loss: "
-                     "held-out cross-entropy at its best temperature; * = best (lowest CV loss), report.best_model)")
+                     "held-out cross-entropy at its best temperature; * = report.best, shipped as report.best_model: "
+                     "the lowest CV loss, except that a strategy trained without target labels must also be "
+                     "significantly more accurate than the best fine-tuned one (paired sign test, 5%))")
     if label_free:
         lines.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
                      "does not measure accuracy; * = best)")

@@ -5,14 +5,17 @@ model per λ, the choice among them (lambda_search.py) made per fold without the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pytl._checks import DataWarning
 from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
@@ -41,6 +44,7 @@ class Runs:
         self.seconds: dict[str, float] = {}
         self.searches: dict[str, LambdaSearch] = {}
         self.label_log_proba: dict[str, dict[float, Tensor]] = {}  # alignment → λ → log p of the target labels
+        self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
 
     def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
@@ -138,9 +142,12 @@ class Runs:
         trainer.state.label = label or f"{name}: "
         d = self.data
         estimating = isinstance(self.cfg["class_weights"], str)  # the label-shift estimate predicts on the target
-        trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
+        with _data_warnings_shown_once():
+            trainer.align(d.source, d.target_unlabeled if lam > 0 or estimating else None)
         self.models[name] = trainer.model
         self.histories[name] = {"align": trainer.history["align"], "finetune": []}
+        if trainer.state.label_shift is not None:
+            self.label_shift[name] = trainer.state.label_shift
         self.seconds[name] = time.perf_counter() - t0
 
     def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
@@ -155,13 +162,23 @@ class Runs:
                                   **{**self.common, "lambda_align": 0.0, "finetune_policy": copy.deepcopy(policy),
                                      "finetune_epochs": self.cfg["scratch_epochs" if scratch else "finetune_epochs"]})
         trainer.state.label = f"{label}{name}: "
-        trainer.finetune(labeled)
+        with _data_warnings_shown_once():
+            trainer.finetune(labeled)
         if keep:
             self.models[name] = trainer.model
             self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
                                     "finetune": trainer.history["finetune"]}
             self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
         return trainer.model
+
+
+@contextlib.contextmanager
+def _data_warnings_shown_once():
+    """The runs train on data that compare_strategies checked once (its probe trainer warned then): the same
+    warnings from each run, and from each fold's part of the labels, would repeat it 10-20 times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        yield
 
 
 def log_proba(model: nn.Module, x: Tensor) -> Tensor:

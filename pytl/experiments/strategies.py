@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pytl._progress import interactive
 from pytl.freezing import FreezingPolicy
 from pytl.train import ALIGNMENTS, TrainSettings
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_STRATEGIES",
     "ALIGNED",
     "DESCRIPTIONS",
+    "MODEL_OPTIONS",
     "NEEDS_TARGET_LABELS",
     "PER_RUN_SETTINGS",
     "POLICIES",
@@ -57,6 +59,8 @@ DESCRIPTIONS = {
 #: the trainer settings that compare_strategies sets per run itself (λ and alignment per strategy, the seed)
 #: or that make no sense across its runs (one checkpoint file, torch.distributed)
 PER_RUN_SETTINGS = ("lambda_align", "alignment", "seed", "checkpoint", "distributed")
+#: the options of the default model (compare_strategies builds it when no model= is given)
+MODEL_OPTIONS = ("hidden_sizes", "activation", "dropout", "batch_norm", "standardize")
 #: the freezing policies: each run gets its own copy (a policy keeps per-run state, e.g. L2-SP's snapshot)
 POLICIES = ("align_policy", "finetune_policy")
 #: the trainer settings that compare_strategies hands to every trainer (the policies copied)
@@ -76,7 +80,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # the trainer's settings
     **{name: TrainSettings.defaults()[name] for name in TRAINER_OPTIONS},
     "device": "cpu",               # the trainer's None means "where the model lives"; a comparison's model is new
-    "progress": False,
+    "progress": "auto",            # a bar per training run when someone watches (a terminal, a notebook)
     "scratch_epochs": None,        # None: finetune_epochs, the target-label budget of the transfer strategies
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
     # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
@@ -95,6 +99,8 @@ def resolve_config(config: Mapping[str, Any], caller: str = "compare_strategies"
     if unknown:
         raise TypeError(f"{caller} got unknown option(s) {unknown}; valid options: {sorted(DEFAULT_CONFIG)}")
     cfg = {**DEFAULT_CONFIG, **config}
+    if cfg["progress"] == "auto":  # minutes of training: say so where someone watches, not in logs and CI
+        cfg["progress"] = interactive()
     for name in ("align_policy", "finetune_policy"):
         if cfg[name] is not None and not isinstance(cfg[name], FreezingPolicy):
             raise TypeError(f"{name} must be a pytl.freezing policy or None, got {type(cfg[name]).__name__}")
@@ -120,12 +126,25 @@ def select_strategies(strategies: Any, allowed: Iterable[str] = STRATEGIES) -> t
     return tuple(s for s in allowed if s in strategies)
 
 
-def describe(strategy: str, config: Mapping[str, Any]) -> str:
-    """What ``strategy`` uses, with the budgets of ``config`` filled in (a report's "uses" column)."""
+def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> str:
+    """What ``strategy`` uses, with the budgets of ``config`` filled in (a report's "uses" column), and what
+    else shaped it: the fine-tuning policy, source class weights, and, from its ``history``, an early stop."""
     try:
-        return DESCRIPTIONS[strategy].format(**config)
+        text = DESCRIPTIONS[strategy].format(**config)
     except (KeyError, ValueError, IndexError):  # a report built by hand, without its config
         return DESCRIPTIONS[strategy].split(",")[0].split("{")[0].strip()
+    extras = []
+    if strategy in TRANSFER_STRATEGIES and config.get("finetune_policy") is not None:
+        extras.append(f"fine-tuning policy {config['finetune_policy']!r}")
+    weights = config.get("class_weights")
+    if weights is not None and strategy not in ("scratch", "ensemble"):
+        extras.append("source class weights " + ("estimated (BBSE)" if isinstance(weights, str) else "given"))
+    runs = (history or {}).get("finetune", [])
+    if runs and (strategy == "scratch" or strategy in TRANSFER_STRATEGIES):
+        planned = config.get("scratch_epochs" if strategy == "scratch" else "finetune_epochs")
+        if isinstance(planned, int) and len(runs) < planned:
+            extras.append(f"fine-tuning stopped early after {len(runs)} epochs")
+    return text + "".join(f"; {e}" for e in extras)
 
 
 def best_transfer(accuracy: Mapping[str, float]) -> str | None:

@@ -15,6 +15,7 @@ from pytl.models.mlp import MLPEncoder
 from pytl.models.standardize import Standardize
 from pytl.models.transfer import TransferModel
 
+
 def default_width(in_features: int) -> int:
     """Hidden width that grows with the input: 64 for tiny inputs, up to 256."""
     return int(min(256, max(64, 2 ** math.ceil(math.log2(max(1, in_features))))))

@@ -60,6 +60,10 @@ class TransferModel(nn.Module):
         return _num_classes_of(self.head)
 
     def embed(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):  # e.g. report.best_model(numpy_array): torch's own error names no argument
+            raise TypeError(f"{type(self).__name__} takes a torch.Tensor, got {type(x).__name__}; convert with "
+                            "torch.as_tensor(X, dtype=torch.float32), or use report.predict('best', X) / "
+                            "trainer.predict(X), which take arrays")
         z = self.encoder(x)
         return z.flatten(1) if z.dim() > 2 else z
 

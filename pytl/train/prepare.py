@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._checks import warn_user
+from pytl._checks import DataWarning, warn_user
 from pytl.inference import eval_mode, param_dtype
 from pytl.models import Standardize, default_model
 from pytl.train import ddp
@@ -91,6 +91,9 @@ def prepare(run: RunState, model: nn.Module | None, source: Any, target_unlabele
     if stage == "finetune" and target_labeled is None:
         raise ValueError("target_labeled (X, y) is required for fine-tuning")
     tl = inp.as_labeled(target_labeled, "target_labeled") if target_labeled is not None else None
+    # the two label sets against each other (arrays only: a DataLoader's labels are not all at hand)
+    inp.check_label_space(src[1] if isinstance(src, tuple) else None, tl[1] if isinstance(tl, tuple) else None,
+                          run.num_classes, single_target_class=True)
     ev = eval_sets(eval_data)
     if settings.finetune_validation is not None and tl is not None and "val" in ev:
         raise ValueError("eval_data has a set named 'val', whose record keys (val_loss) would collide with "
@@ -228,4 +231,4 @@ def check_enough_labels(tl: Any, num_classes: int) -> None:
         missing = sorted(set(range(num_classes)) - set(tl[1].unique().tolist()))
         if missing:
             warn_user(f"target_labeled has no sample of class(es) {missing}; fine-tuning cannot learn them "
-                      "from the target")
+                      "from the target", DataWarning)
