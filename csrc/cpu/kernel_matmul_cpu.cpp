@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "thread_budget.h"
 #include "../common/bandwidths.h"
 #include "register_gemm.h"
 #include "simd.h"
@@ -208,7 +209,10 @@ at::Tensor rbf_kernel_matmul_cpu(const at::Tensor& z, const at::Tensor& s, const
     a.neg_gamma = bw.neg_gamma;
     for (int q = 0; q < K; ++q) a.weight[q] = static_cast<T>(wts[order[q]]);
     const int64_t tiles = (n + kRowTile - 1) / kRowTile;
-    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    // a grain of tiles worth a thread (thread_budget.h): each tile is kRowTile x n pairs of d + P + K values
+    const double tile_work = static_cast<double>(kRowTile) * static_cast<double>(n) * static_cast<double>(d + P + K);
+    const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(kMinWorkPerThread / tile_work));
+    at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) km_tile(a, t);
     });
   });

@@ -29,6 +29,7 @@
 #include "../common/bandwidths.h"
 #include "mmd_cpu.h"
 #include "simd.h"
+#include "thread_budget.h"
 
 namespace pytl {
 namespace {
@@ -191,15 +192,18 @@ MMDResult gemm_tiles(const at::Tensor& x_in, const at::Tensor& y_in, const std::
   // Units: tile t with its mirror (tiles - 1 - t), which balances the triangle of tile pairs.
   const int64_t units = (tiles + 1) / 2;
   const int64_t accumulator_elems = N * d + N;  // the gradient's G (N, d) and weights w (N)
-  int64_t slots = std::min(threads, units);
-  if (with_grad)  // within 512 MB of accumulators, as the sweep route
-    slots = std::min<int64_t>(slots, (int64_t{512} << 20) / (accumulator_elems * static_cast<int64_t>(sizeof(T))));
-  slots = std::max<int64_t>(1, slots);
   std::vector<int64_t> unit_work(units);
   for (int64_t u = 0; u < units; ++u) {
     const int64_t partner = tiles - 1 - u;
     unit_work[u] = (tiles - u) + (partner != u ? tiles - partner : 0);  // tile pairs (t, J >= t)
   }
+  // Threads: as many as the work pays for (thread_budget.h): R x R pairs of d + K features per tile pair.
+  double work = 0.0;
+  for (int64_t w : unit_work) work += static_cast<double>(w) * static_cast<double>(R * R) * static_cast<double>(d + K);
+  int64_t slots = threads_for_work(work, std::min(threads, units));
+  if (with_grad)  // within 512 MB of accumulators, as the sweep route
+    slots = std::min<int64_t>(slots, (int64_t{512} << 20) / (accumulator_elems * static_cast<int64_t>(sizeof(T))));
+  slots = std::max<int64_t>(1, slots);
   const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
 
   std::vector<double> sums(tiles * kBlocks * K, 0.0), sig_sums(tiles * kBlocks * K, 0.0);  // per row tile

@@ -30,6 +30,7 @@
 
 #include "../common/bandwidths.h"
 #include "mmd_cpu.h"
+#include "thread_budget.h"
 #include "register_gemm.h"
 #include "simd.h"
 
@@ -430,7 +431,21 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
   // col_wgrad.
   const int64_t wgrad_elems = kWeighted ? (px.side.np + py.side.np) * C : 0;
   const int64_t buffer_elems = (px.side.np + py.side.np) * (px.side.dp + 1) + wgrad_elems;
-  int64_t slots = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(units.size()));
+  // Slots take contiguous runs of units of equal work (columns swept), not equal counts: with an odd
+  // tile count the middle tile has no mirror, and a split by count gave slot 0 ~5% more work.
+  std::vector<int64_t> unit_work(units.size());
+  for (size_t u = 0; u < units.size(); ++u) {
+    const int side = units[u].first;
+    const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
+    const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
+    const int64_t t = units[u].second, partner = tiles - 1 - t;
+    unit_work[u] = np - t * kRowTile + cross;
+    if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
+  }
+  // Threads: as many as the work pays for (thread_budget.h), at most one per unit.
+  double work = 0.0;  // pair-features swept
+  for (int64_t w : unit_work) work += static_cast<double>(w) * kRowTile * static_cast<double>(d + K);
+  int64_t slots = threads_for_work(work, std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(units.size())));
   if (with_grad) slots = std::max<int64_t>(1, std::min<int64_t>(slots, (int64_t{512} << 20) / (buffer_elems * sizeof(T))));
   slots = std::max<int64_t>(1, slots);
   std::vector<T> col_buffers(with_grad ? slots * buffer_elems : 0, T(0));
@@ -443,17 +458,6 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
     }
   }
 
-  // Slots take contiguous runs of units of equal work (columns swept), not equal counts: with an odd
-  // tile count the middle tile has no mirror, and a split by count gave slot 0 ~5% more work.
-  std::vector<int64_t> unit_work(units.size());
-  for (size_t u = 0; u < units.size(); ++u) {
-    const int side = units[u].first;
-    const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
-    const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
-    const int64_t t = units[u].second, partner = tiles - 1 - t;
-    unit_work[u] = np - t * kRowTile + cross;
-    if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
-  }
   const std::vector<int64_t> first_unit = slot_boundaries(unit_work, slots);
   const int64_t wgrad_base = (px.side.np + py.side.np) * (px.side.dp + 1);
 
@@ -510,7 +514,8 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
       const int64_t grad_offset = side == 0 ? 0 : px.side.np * px.side.dp;
       const int64_t weight_offset = (px.side.np + py.side.np) * px.side.dp + (side == 0 ? 0 : px.side.np);
       const int64_t wgrad_offset = wgrad_base + (side == 0 ? 0 : px.side.np * C);
-      at::parallel_for(0, B.n, 64, [&](int64_t r0, int64_t r1) {
+      // one thread when the sweep had one: the rows' sums are not worth a second parallel region
+      at::parallel_for(0, B.n, slots > 1 ? 64 : std::max<int64_t>(B.n, 1), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           T* o = grad + r * d;
           for (int64_t sl = 0; sl < slots; ++sl) {

@@ -22,6 +22,7 @@ from pytl.train.evaluate import evaluate
 from pytl.train.metrics import Sums, check_finite
 from pytl.train.precision import Precision
 from pytl.train.steps import Stage, objective
+from pytl.train.threads import stage_threads
 
 if TYPE_CHECKING:
     from pytl.train.settings import OptimizerLike
@@ -39,7 +40,8 @@ def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
     flags = [(p, p.requires_grad) for p in model.parameters()]
     records: list[dict[str, Any]] = []
     epoch = 0
-    with run.rng(offset=stage.rng_offset, per_rank=True) as gen:
+    threads = stage_threads(settings.num_threads, model, stage.rows_per_step)
+    with run.rng(offset=stage.rng_offset, per_rank=True, threads=threads) as gen:
         ddp.check_checkpoint_everywhere(run)
         if resume is not None:  # policies such as L2SP snapshot the weights the stage started from
             model.load_state_dict(resume["stage_start_model"])

@@ -66,7 +66,8 @@ class TrainSettings:
     mmd_estimator: "biased" or "unbiased".
     device: None (where the model lives; CPU for a new model), "auto", "cpu", "cuda[:N]" or a torch.device.
     seed: everything is seeded; the same seed gives bit-identical weights on the CPU.
-    progress: a progress bar per stage. num_threads: torch CPU threads while training (None: torch's).
+    progress: a progress bar per stage. num_threads: torch CPU threads while training: "auto" (default: one
+    thread for a small model's steps, torch's setting for large ones; threads.py), an int, or None (torch's).
     distributed: None trains with DDP when torch.distributed is initialised with more than one rank,
     True requires it, False trains alone in each process. Batch sizes stay global batch sizes.
     mmd_scope: under DDP, "global" (the MMD² of the global batch) or "per_rank".
@@ -101,7 +102,7 @@ class TrainSettings:
     device: Any = _setting(None, resume=False)
     seed: int = _setting(0)
     progress: bool = _setting(True, resume=False)
-    num_threads: int | None = _setting(None, resume=False)
+    num_threads: int | str | None = _setting("auto", resume=False)
     distributed: bool | None = _setting(None, resume=False)
     mmd_scope: str = _setting("global")
     checkpoint: str | os.PathLike | None = _setting(None, resume=False)
@@ -212,7 +213,10 @@ def check_settings(s: TrainSettings) -> None:
     check_choice(s.mmd_estimator, "mmd_estimator", ESTIMATORS)
     check_int(s.seed, "seed", 0)
     check_bool(s.progress, "progress")
-    check_optional_int(s.num_threads, "num_threads", 1)
+    if isinstance(s.num_threads, str) and s.num_threads != "auto":
+        raise ValueError(f"num_threads must be 'auto', None or an int >= 1, got {s.num_threads!r}")
+    if s.num_threads != "auto":
+        check_optional_int(s.num_threads, "num_threads", 1)
     if s.distributed is not None and not isinstance(s.distributed, bool):
         raise TypeError(f"distributed must be None, True or False, got {s.distributed!r}")
     if s.distributed and not pd.is_initialized():

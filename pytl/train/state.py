@@ -45,11 +45,12 @@ class RunState:
     stopped_early: bool = False  # after fine-tuning: whether patience stopped it before finetune_epochs
 
     @contextlib.contextmanager
-    def rng(self, offset: int, per_rank: bool = False) -> Iterator[torch.Generator]:
+    def rng(self, offset: int, per_rank: bool = False, threads: int | None = None) -> Iterator[torch.Generator]:
         """Seed the global RNGs (dropout, init) inside a fork, so the user's RNG state is untouched, and apply
-        num_threads, for the duration. The generator it yields (data order) is the same on every rank; with
-        ``per_rank``, the global RNG (dropout) differs between ranks, whose samples differ."""
-        seed, threads_wanted = self.settings.seed, self.settings.num_threads
+        ``threads`` (torch CPU threads; None: as they are), for the duration. The generator it yields (data
+        order) is the same on every rank; with ``per_rank``, the global RNG (dropout) differs between ranks,
+        whose samples differ."""
+        seed, threads_wanted = self.settings.seed, threads
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         threads = torch.get_num_threads()
         if threads_wanted is not None:

@@ -75,6 +75,7 @@ class Stage:
     bar_keys: tuple[str, ...]
     align_key = "mmd2"  # the record key of the alignment term (None in a stage without one)
     policy: Any  # the stage's freezing policy (None: train everything)
+    rows_per_step: int  # rows a step forwards (both domains in stage 1): what num_threads="auto" sizes by
     lr: float
     epochs: int
 
@@ -129,6 +130,7 @@ class AlignStage(Stage):
         self.class_weights = ClassWeights(run, source, target)
         self.target_data = target
         self.policy, self.lr, self.epochs = settings.align_policy, float(settings.lr), settings.align_epochs
+        self.rows_per_step = settings.batch_size + (settings.target_batch_size_value if target is not None else 0)
         self.step, self.lam = 0, 0.0
         self.target: TargetBatches | None = None
         self.total, self.warmup_steps = 1, 0
@@ -207,6 +209,7 @@ class FinetuneStage(Stage):
         settings = run.settings
         self.run, self.settings, self.data = run, settings, target_labeled
         self.policy, self.lr, self.epochs = settings.finetune_policy, settings.finetune_lr_value, settings.finetune_epochs
+        self.rows_per_step = settings.finetune_batch_size_value
         self.early = None if validation is None else EarlyStopping(run, validation)
 
     def begin(self, gen: torch.Generator, resume: dict[str, Any] | None, model: nn.Module, policy: Any) -> None:
