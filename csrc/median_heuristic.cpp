@@ -13,6 +13,7 @@
 // Selection: on the CPU, nth_element on the host (O(pairs)); elsewhere one device sort read with
 // index_select, so that a GPU never waits (CUDA graphs). Both pick the same element, so the same value.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -86,13 +87,34 @@ double sigma_from_medians(double med_all, double med_pos) {
   return std::sqrt((std::isfinite(med) && med > 0 ? med : 2.0) / 2.0);
 }
 
+// The Gram z z^T, through the same torch op on both selection paths (so both see the same distances). On the
+// CPU it runs on one thread: its budget (median_points) keeps it under 2^22 multiply-adds, a millisecond,
+// and the BLAS splits even a 128 x 64 Gram over every thread: beside busy processes its wait for the second
+// thread took 16 ms instead of 0.05 (benchmarks/busy_machine.py). at::set_num_threads is the one handle
+// torch gives on the BLAS's threads; it is restored right after.
+at::Tensor gram(const at::Tensor& z) {
+  const int threads = at::get_num_threads();
+  const bool one_thread = z.is_cpu() && threads > 1;
+  if (!one_thread) return at::mm(z, z.t());
+  at::set_num_threads(1);
+  at::Tensor g;
+  try {
+    g = at::mm(z, z.t());
+  } catch (...) {
+    at::set_num_threads(threads);
+    throw;
+  }
+  at::set_num_threads(threads);
+  return g;
+}
+
 // CPU: the upper triangle's pairs (NaN left out) gathered on the host, two nth_element selections.
 double sigma_on_host(const at::Tensor& z) {
   const int64_t p = z.size(0);
   // the same torch ops as the device path for |z|^2 and the Gram, so that both see the same distances
   const at::Tensor sq_t = (z * z).sum(1).to(at::kDouble).contiguous();
-  const at::Tensor gram = at::mm(z, z.t()).to(at::kDouble).contiguous();
-  const double* g = gram.data_ptr<double>();
+  const at::Tensor zz = gram(z).to(at::kDouble).contiguous();
+  const double* g = zz.data_ptr<double>();
   const double* sq = sq_t.data_ptr<double>();
   std::vector<double> pairs;
   pairs.reserve(p * (p - 1) / 2);
@@ -118,7 +140,7 @@ double sigma_on_host(const at::Tensor& z) {
 at::Tensor sigma_on_device(const at::Tensor& z) {
   const int64_t p = z.size(0);
   const at::Tensor sq = (z * z).sum(1).to(at::kDouble);
-  const at::Tensor d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * at::mm(z, z.t()).to(at::kDouble)).clamp_min(0.0);
+  const at::Tensor d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * gram(z).to(at::kDouble)).clamp_min(0.0);
   const at::Tensor iu = at::triu_indices(p, p, 1, z.options().dtype(at::kLong));
   const at::Tensor pairs = d2.flatten().index_select(0, iu[0] * p + iu[1]);
   const at::Tensor ordered = std::get<0>(pairs.sort());  // NaN sort last

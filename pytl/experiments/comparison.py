@@ -52,6 +52,7 @@ from pytl.experiments.strategies import (
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.ops import mmd2
 from pytl.train import TwoStageTrainer, resolve_device
+from pytl.train.threads import stage_threads, using_threads
 from pytl.validation import CRITERIA
 from pytl.validation.criteria import check_criterion
 
@@ -144,6 +145,15 @@ def compare_strategies(
     if k is not None and data.labeled is not None:
         fold_index = stratified_folds(data.labeled[1], k, seed)
 
+    # "auto" threads: the comparison's own evaluation on the threads its small models train on (threads.py)
+    with using_threads(stage_threads(cfg["num_threads"], base, 2 * cfg["batch_size"])):
+        return _train_and_report(base, data, common, cfg, source_val, wanted, fold_index, skipped, seed, device)
+
+
+def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, Any], cfg: dict[str, Any],
+                      source_val: Any, wanted: list[str], fold_index: list[Tensor] | None, skipped: dict[str, str],
+                      seed: int, device: torch.device) -> ComparisonReport:
+    """The runs (stage 1, cross-validation, stage 2 on every label) and the report of a checked comparison."""
     runs = Runs(base, data, common, cfg, source_val)
     runs.stage1(wanted)
     estimate: dict[str, Estimate] = {}

@@ -104,7 +104,7 @@ def prepare(run: RunState, model: nn.Module | None, source: Any, target_unlabele
         classes = run.num_classes or infer_num_classes(src, tl, ev)
         stats = Standardize.fit(*[_some_features(d, lab) for d, lab in ((src, True), (tu, False), (tl, True))
                                   if d is not None])
-        with run.rng(offset=0, threads=None if settings.num_threads == "auto" else settings.num_threads):
+        with run.rng(offset=0):
             model = default_model(inp.prod(ref_shape), classes, standardize=stats)
     model.to(run.device)
     num_classes = model_num_classes(model, ref_shape, src if src is not None else tl, run.device)

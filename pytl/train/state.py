@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pytl.train.settings import TrainSettings
+from pytl.train.threads import using_threads
 
 __all__ = ["RunState"]
 
@@ -50,14 +51,8 @@ class RunState:
         ``threads`` (torch CPU threads; None: as they are), for the duration. The generator it yields (data
         order) is the same on every rank; with ``per_rank``, the global RNG (dropout) differs between ranks,
         whose samples differ."""
-        seed, threads_wanted = self.settings.seed, threads
+        seed = self.settings.seed
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        threads = torch.get_num_threads()
-        if threads_wanted is not None:
-            torch.set_num_threads(threads_wanted)
-        try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed * 1009 + offset + (7919 * self.rank if per_rank else 0))
-                yield torch.Generator().manual_seed(seed * 1009 + offset)
-        finally:
-            torch.set_num_threads(threads)
+        with using_threads(threads), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed * 1009 + offset + (7919 * self.rank if per_rank else 0))
+            yield torch.Generator().manual_seed(seed * 1009 + offset)

@@ -11,12 +11,14 @@ count (and the same bits: some torch CPU kernels round differently with more thr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["AUTO_FLOPS_PER_THREAD", "stage_threads"]
+__all__ = ["AUTO_FLOPS_PER_THREAD", "stage_threads", "using_threads"]
 
 #: a step's forward + backward floating-point work (about 6 x parameters x rows) below which one thread is
 #: used: ~10 ms on one core here, where a second thread saves at most that much on an idle machine and a
@@ -34,3 +36,15 @@ def stage_threads(setting: Any, model: nn.Module | None, rows_per_step: int) -> 
     params = 0 if model is None else sum(p.numel() for p in model.parameters())
     flops = 6.0 * params * max(1, rows_per_step)
     return 1 if flops < 2 * AUTO_FLOPS_PER_THREAD or torch.get_num_threads() <= 1 else None
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` inside (None: left as they are), restored after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -25,6 +25,7 @@ from pytl.train.prepare import Prepared, prepare, resolve_device
 from pytl.train.settings import ALIASES, TrainSettings, canonical
 from pytl.train.state import RunState
 from pytl.train.steps import AlignStage, FinetuneStage
+from pytl.train.threads import using_threads
 
 __all__ = ["EvalData", "TwoStageTrainer"]
 
@@ -165,7 +166,9 @@ class TwoStageTrainer:
 
     def _prepare(self, source: Any, target_unlabeled: Any, target_labeled: Any, eval_data: Any,
                  stage: str) -> Prepared:
-        p = prepare(self.state, self.model, source, target_unlabeled, target_labeled, eval_data, stage)
+        threads = self.settings.num_threads
+        with using_threads(1 if threads == "auto" else threads):  # "auto": checks and statistics are small work
+            p = prepare(self.state, self.model, source, target_unlabeled, target_labeled, eval_data, stage)
         self.model = p.model  # kept only once every check has passed
         return p
 
