@@ -57,6 +57,12 @@ def log_proba(model, x):
         return torch.log_softmax(model(torch.as_tensor(x, dtype=torch.float32)).double(), 1).numpy()
 
 
+def test_a_grid_may_be_a_list_a_tuple_or_a_numpy_array():
+    for grid in ([0.1, 1.0], (0.1, 1.0), np.array([0.1, 1.0]), torch.tensor([0.1, 1.0])):
+        assert lambda_grid("mmd", grid) == pytest.approx((0.1, 1.0))
+    assert lambda_grid("mmd", 0.7) == (0.7,)
+
+
 def test_auto_grid_spans_a_hundredfold_around_each_default():
     for alignment, default in (("mmd", 0.5), ("coral", 1000.0), ("dann", 1.0)):
         grid = lambda_grid(alignment, "auto")

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -47,7 +48,9 @@ def lambda_grid(alignment: str, spec: Any, option: str | None = None) -> tuple[f
         if spec != AUTO:
             raise ValueError(f"{name} must be a number >= 0, 'auto' or a sequence of numbers >= 0, got {spec!r}")
         return tuple(float(f"{cls.lambda_default * f:.3g}") for f in LAMBDA_FACTORS)
-    if isinstance(spec, Sequence) or (isinstance(spec, Tensor) and spec.dim() == 1):
+    if isinstance(spec, (Tensor, np.ndarray)) and spec.ndim == 1:
+        spec = spec.tolist()  # Python numbers, checked as any sequence's
+    if isinstance(spec, Sequence):
         values = tuple(check_float(v, f"{name}[{i}]", 0.0) for i, v in enumerate(spec))
         if not values:
             raise ValueError(f"{name} is an empty grid: give at least one λ, or 'auto'")

@@ -1,0 +1,111 @@
+"""The vector regime: compare_strategies on feature vectors with the default MLP, fixed λ against λ chosen
+from the data ("auto"), on the real pairs of real_pairs.py.
+
+    python benchmarks/vector_regime.py                       # pixels of every pair, 3 seeds → stdout (markdown)
+    python benchmarks/vector_regime.py --features embeddings --pairs digits->mnist --seeds 2
+    python benchmarks/vector_regime.py --labels 0            # label-free: λ and best by the criterion
+
+Two kinds of vectors, the two ways users meet this regime:
+
+- ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays;
+- ``embeddings``: the 128-wide embedding of a CNN (real_pairs.model_for) trained on the source labels
+  alone and then frozen, the "features from a pretrained backbone" workflow.
+
+For each pair, seed and λ mode it runs every strategy (``strategies="all"``) with the default model and
+settings, then reports the test accuracies, the best unsupervised gain over source_only, what
+``report.best`` picked and how far it is from the best strategy on the test set, the λ chosen, and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)                      # real_pairs
+sys.path.insert(1, os.path.dirname(HERE))     # run from a checkout without installing
+
+import torch  # noqa: E402
+
+import pytl  # noqa: E402
+from real_pairs import PAIR_NAMES, load_pair, model_for, pair_name  # noqa: E402
+
+UNSUPERVISED = ("mmd_only", "cmmd_only", "coral_only", "dann_only")
+LAMBDA_OPTIONS = ("lambda_mmd", "lambda_cmmd", "lambda_coral", "lambda_dann")
+BACKBONE_EPOCHS = 15  # the source-trained CNN of the embeddings regime
+
+
+def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
+    """The pair as (N, F) float32 vectors: flattened pixels, or a source-trained CNN's frozen embeddings."""
+    if features == "pixels":
+        def f(x):
+            return np.asarray(x).reshape(len(x), -1)
+    else:
+        trainer = pytl.TwoStageTrainer(model_for(name, seed, pair), lambda_align=0.0, align_epochs=BACKBONE_EPOCHS,
+                                       seed=seed, progress=False, num_threads=1)
+        trainer.align(pair["source"])
+        model = trainer.model
+
+        def f(x):
+            with torch.no_grad(), pytl.train.eval_mode(model):
+                return torch.cat([model.embed(b).flatten(1) for b in torch.as_tensor(x).split(1024)]).numpy()
+    return {"source": (f(pair["source"][0]), pair["source"][1]), "target_unlabeled": f(pair["target_unlabeled"]),
+            "target_labeled": (f(pair["target_labeled"][0]), pair["target_labeled"][1]),
+            "target_test": (f(pair["target_test"][0]), pair["target_test"][1])}
+
+
+def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int) -> dict:
+    pair = load_pair(name, seed, labels_per_class=max(labels, 1))
+    data = vectors(pair, features, name, seed)
+    if labels == 0:
+        data.pop("target_labeled")
+    lam = {opt: "auto" for opt in LAMBDA_OPTIONS} if auto else {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = pytl.compare_strategies(**data, strategies="all", seed=seed, folds=5 if labels else None,
+                                    num_threads=threads, **lam)
+    acc = r.accuracy
+    best_unsup = max((s for s in UNSUPERVISED if s in acc), key=acc.get)
+    top = max(acc.values())
+    return {"acc": acc, "best": r.best, "best_gap": acc[r.best] - top, "unsup": best_unsup,
+            "gain": acc[best_unsup] - acc["source_only"], "lambdas": {a: s.chosen for a, s in r.lambdas.items()},
+            "seconds": time.perf_counter() - t0, "features_dim": data["source"][0].shape[1]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", nargs="*", default=list(PAIR_NAMES))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--features", choices=("pixels", "embeddings"), default="pixels")
+    ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
+    ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    print(f"# vector regime: {args.features}, {args.labels} target labels per class, strategies='all', "
+          f"default model and settings; torch {torch.__version__}, {args.threads} thread(s)\n")
+    for name in map(pair_name, args.pairs):
+        for mode in args.modes:
+            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads) for s in range(args.seeds)]
+            strategies = list(rows[0]["acc"])
+            print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
+            print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |")
+            print("|---|" + "---|" * (args.seeds + 1))
+            for s in strategies:
+                vals = [100 * r["acc"][s] for r in rows]
+                print(f"| {s} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} |")
+            for k, r in enumerate(rows):
+                print(f"- seed {k}: best unsupervised {r['unsup']} {100 * r['gain']:+.1f} over source_only; "
+                      f"report.best {r['best']} ({100 * r['best_gap']:+.1f} from the test set's best); "
+                      f"λ chosen {r['lambdas'] or '-'}; {r['seconds']:.0f} s")
+            print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
