@@ -6,7 +6,10 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <ATen/Dispatch.h>
+
 #include "common/checks.h"
+#include "common/host_values.h"
 #include "common/sample_weight_checks.h"
 #include "common/weighted_sum.h"
 
@@ -15,6 +18,27 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+constexpr int64_t kSerialScaleMax = int64_t{1} << 20;  // elements: a few hundred microseconds at most
+
+// t * g for a backward. A CPU gradient of up to kSerialScaleMax elements is scaled on this thread: ATen
+// splits an elementwise product of more than 32,768 elements over every thread, and beside busy processes
+// the wait for the second thread made 256 + 256 rows of width 256 2.0x slower on two threads than on one
+// (benchmarks/busy_machine.py). The same IEEE products as ATen's, so the same bits.
+at::Tensor scaled_gradient(const at::Tensor& t, const at::Tensor& g) {
+  const at::Tensor gs = as_dtype(g, t.scalar_type());
+  const bool serial = t.is_cpu() && gs.is_cpu() && has_readable_data(t) && has_readable_data(gs) && t.is_contiguous() &&
+                      t.numel() <= kSerialScaleMax && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+  if (!serial) return t * gs;
+  at::Tensor out = at::empty_like(t);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "pytl_scaled_gradient", [&] {
+    const scalar_t s = gs.item<scalar_t>();  // a CPU scalar: no device to wait for
+    const scalar_t* a = t.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) o[i] = a[i] * s;
+  });
+  return out;
+}
 
 at::Tensor call_mmd2_terms(const at::Tensor& x, const at::Tensor& y, const at::Tensor& sigmas, bool unbiased) {
   static auto op = c10::Dispatcher::singleton()
@@ -96,8 +120,8 @@ class MMD2Function : public torch::autograd::Function<MMD2Function> {
     const auto wdtype = ctx->saved_data["weights_dtype"].toScalarType();
     at::Tensor grad_weights = as_dtype(g, wdtype) * as_dtype(terms, wdtype);
     if (saved.size() == 1) return {none, none, none, grad_weights, none, none};
-    return {saved[1] * as_dtype(g, saved[1].scalar_type()), saved[2] * as_dtype(g, saved[2].scalar_type()),
-            saved[3] * as_dtype(g, saved[3].scalar_type()), grad_weights, none, none};
+    return {scaled_gradient(saved[1], g), scaled_gradient(saved[2], g), saved[3] * as_dtype(g, saved[3].scalar_type()),
+            grad_weights, none, none};
   }
 };
 
@@ -150,7 +174,7 @@ class WeightedPairSumFunction : public torch::autograd::Function<WeightedPairSum
     const auto cdtype = ctx->saved_data["coefs_dtype"].toScalarType();
     at::Tensor grad_coefs = as_dtype(g, cdtype) * as_dtype(saved[0], cdtype);
     if (saved.size() == 1) return {none, none, none, none, none, grad_coefs, none};
-    auto scaled = [&](const at::Tensor& t) { return t * as_dtype(g, t.scalar_type()); };
+    auto scaled = [&](const at::Tensor& t) { return scaled_gradient(t, g); };
     return {scaled(saved[1]), scaled(saved[2]), scaled(saved[3]), scaled(saved[4]), scaled(saved[5]), grad_coefs,
             none};
   }
