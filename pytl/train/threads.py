@@ -2,9 +2,10 @@
 
 A parallel region waits for every one of its threads to be scheduled. On a machine whose cores are shared
 (DataLoader workers, other jobs: the usual case) a small model's step, a few milliseconds of work split in
-many short ops, then waits a time slice per op: ``compare_strategies`` on 784-wide inputs took 10x longer
-with torch's 2 threads than with 1 beside two busy processes (benchmarks/busy_machine.py). Below
-``AUTO_FLOPS_PER_THREAD`` of work per step, "auto" trains on one thread; above it, on torch's setting.
+many short ops, then waits a time slice per op: ``compare_strategies`` on 784-wide inputs took 5.8x longer
+with torch's 2 threads than with 1 beside two busy processes (benchmarks/busy_machine.py). "auto" trains on
+one thread unless a step's work gives a second thread ``AUTO_FLOPS_PER_THREAD`` of its own; above that, on
+torch's setting.
 The rule reads only the model and the batch sizes, so the same settings always give the same thread
 count (and the same bits: some torch CPU kernels round differently with more threads).
 """
