@@ -59,7 +59,7 @@ def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
             "target_test": (f(pair["target_test"][0]), pair["target_test"][1])}
 
 
-def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int) -> dict:
+def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None) -> dict:
     pair = load_pair(name, seed, labels_per_class=max(labels, 1))
     data = vectors(pair, features, name, seed)
     if labels == 0:
@@ -69,7 +69,7 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = pytl.compare_strategies(**data, strategies="all", seed=seed, folds=5 if labels else None,
-                                    num_threads=threads, **lam)
+                                    num_threads=threads, hidden_sizes=hidden, **lam)
     acc = r.accuracy
     best_unsup = max((s for s in UNSUPERVISED if s in acc), key=acc.get)
     top = max(acc.values())
@@ -86,12 +86,17 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
     ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: sized "
+                    "from the data)")
     args = ap.parse_args(argv)
+    hidden = tuple(args.hidden) if args.hidden else None
     print(f"# vector regime: {args.features}, {args.labels} target labels per class, strategies='all', "
-          f"default model and settings; torch {torch.__version__}, {args.threads} thread(s)\n")
+          f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
+          f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in map(pair_name, args.pairs):
         for mode in args.modes:
-            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads) for s in range(args.seeds)]
+            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden)
+                    for s in range(args.seeds)]
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
             print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |")
