@@ -15,8 +15,8 @@ CMAKE_ARGS  ?=
 BUILD_CMAKE ?= build-cmake
 # matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); scikit-learn, mlxtend, pillow:
 # the `bench` extra (benchmarks/real_pairs.py). Installed here so that the plotting and real-pair tests run
-# instead of skipping.
-DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark pybind11 ninja setuptools wheel matplotlib \
+# instead of skipping. scipy: the tests' independent references (the `test` extra).
+DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark scipy pybind11 ninja setuptools wheel matplotlib \
                scikit-learn mlxtend pillow
 
 PY    := $(VENV)/bin/python
