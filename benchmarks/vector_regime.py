@@ -59,7 +59,8 @@ def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
             "target_test": (f(pair["target_test"][0]), pair["target_test"][1])}
 
 
-def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None) -> dict:
+def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None,
+        strategies="all") -> dict:
     pair = load_pair(name, seed, labels_per_class=max(labels, 1))
     data = vectors(pair, features, name, seed)
     if labels == 0:
@@ -68,13 +69,14 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = pytl.compare_strategies(**data, strategies="all", seed=seed, folds=5 if labels else None,
+        r = pytl.compare_strategies(**data, strategies=strategies, seed=seed, folds=5 if labels else None,
                                     num_threads=threads, hidden_sizes=hidden, **lam)
     acc = r.accuracy
-    best_unsup = max((s for s in UNSUPERVISED if s in acc), key=acc.get)
+    unsup = [s for s in UNSUPERVISED if s in acc]
+    best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
     return {"acc": acc, "best": r.best, "best_gap": acc[r.best] - top, "unsup": best_unsup,
-            "gain": acc[best_unsup] - acc["source_only"], "lambdas": {a: s.chosen for a, s in r.lambdas.items()},
+            "gain": acc[best_unsup] - acc["source_only"] if best_unsup else float("nan"), "lambdas": {a: s.chosen for a, s in r.lambdas.items()},
             "seconds": time.perf_counter() - t0, "features_dim": data["source"][0].shape[1]}
 
 
@@ -88,14 +90,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: sized "
                     "from the data)")
+    ap.add_argument("--strategies", nargs="*", default=None, help="a subset (default: all)")
     args = ap.parse_args(argv)
     hidden = tuple(args.hidden) if args.hidden else None
+    strategies = args.strategies or "all"
     print(f"# vector regime: {args.features}, {args.labels} target labels per class, strategies='all', "
           f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in map(pair_name, args.pairs):
         for mode in args.modes:
-            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden)
+            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies)
                     for s in range(args.seeds)]
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")

@@ -21,7 +21,8 @@ from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
 from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, lambda_grid, pick
 from pytl.experiments.report import LABEL_FREE
-from pytl.experiments.strategies import ALIGNED, STRATEGIES
+from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
+from pytl.train.alignments import ALIGNMENTS
 from pytl.freezing import FreezingPolicy
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.train import TwoStageTrainer
@@ -95,6 +96,9 @@ class Runs:
         for s in FINETUNED:
             if s in needs:
                 out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts or {})
+        for s, a in SEMI_SUPERVISED.items():  # stage 1 on these labels too: trained here, per fold under CV
+            if s in wanted:
+                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label)
         if "ensemble" in wanted:
             out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
             if not label:
@@ -149,6 +153,28 @@ class Runs:
         if trainer.state.label_shift is not None:
             self.label_shift[name] = trainer.state.label_shift
         self.seconds[name] = time.perf_counter() - t0
+
+    def semi_supervised(self, name: str, alignment: str, labeled: tuple[Tensor, Tensor], keep: bool,
+                        label: str) -> nn.Module:
+        """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
+        unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
+        a grid the λ its unsupervised search chose (the alignment's default when none ran)."""
+        t0 = time.perf_counter()
+        option = ALIGNMENTS[alignment].lambda_option
+        grid = lambda_grid(alignment, self.cfg[option], option)
+        search = self.searches.get(alignment)
+        lam = grid[0] if len(grid) == 1 else search.chosen if search else ALIGNMENTS[alignment].lambda_default
+        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment, semi_supervised=True,
+                                  align_policy=copy.deepcopy(self.cfg["align_policy"]),
+                                  finetune_policy=copy.deepcopy(self.cfg["finetune_policy"]), **self.common)
+        trainer.state.label = f"{label}{name}: "
+        with _data_warnings_shown_once():
+            trainer.fit(self.data.source, self.data.target_unlabeled, labeled)
+        if keep:
+            self.models[name] = trainer.model
+            self.histories[name] = trainer.history
+            self.seconds[name] = time.perf_counter() - t0
+        return trainer.model
 
     def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
                  starts: dict[str, nn.Module]) -> nn.Module:

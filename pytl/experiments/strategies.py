@@ -23,6 +23,7 @@ __all__ = [
     "NEEDS_TARGET_LABELS",
     "PER_RUN_SETTINGS",
     "POLICIES",
+    "SEMI_SUPERVISED",
     "STRATEGIES",
     "TRAINER_OPTIONS",
     "TRANSFER_STRATEGIES",
@@ -41,11 +42,14 @@ ALIGNED = {key: cls.lambda_option for key, cls in ALIGNMENTS.items()}
 #: every strategy (``strategies="all"``): the six, then "<name>_only" and "<name>" of every other alignment:
 #: class-conditional MMD (LMMD, DSAN: Zhu et al. 2020) and the baselines every comparison should include,
 #: Deep CORAL (Sun & Saenko 2016) and DANN (Ganin et al. 2016)
+#: the semi-supervised strategies, one per alignment: stage 1 learns from the target labels too
+#: (TrainSettings.semi_supervised), then fine-tunes; under cross-validation stage 1 is trained per fold
+SEMI_SUPERVISED = {f"ssl_{a}": a for a in ALIGNED}
 STRATEGIES = DEFAULT_STRATEGIES + tuple(s for a in ALIGNED if f"{a}_only" not in DEFAULT_STRATEGIES
-                                        for s in (f"{a}_only", a))
-NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED})
+                                        for s in (f"{a}_only", a)) + tuple(SEMI_SUPERVISED)
+NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED, *SEMI_SUPERVISED})
 #: the strategies that transfer source knowledge and fine-tune on the target labels: what "scratch" is compared with
-TRANSFER_STRATEGIES = ("naive", *ALIGNED)
+TRANSFER_STRATEGIES = ("naive", *ALIGNED, *SEMI_SUPERVISED)
 
 DESCRIPTIONS = {
     "source_only": "source labels, {align_epochs} epochs",
@@ -54,11 +58,13 @@ DESCRIPTIONS = {
     "ensemble": "mean probabilities of mmd and scratch",
     **{f"{a}_only": f"+ unlabelled target: {cls.description}, {{align_epochs}} epochs" for a, cls in ALIGNMENTS.items()},
     **{a: f"{a}_only, then {{finetune_epochs}} epochs on target labels" for a in ALIGNMENTS},
+    **{s: f"source and target labels + unlabelled target: {ALIGNMENTS[a].description}, {{align_epochs}} epochs, "
+          f"then {{finetune_epochs}} on target labels" for s, a in SEMI_SUPERVISED.items()},
 }
 
 #: the trainer settings that compare_strategies sets per run itself (λ and alignment per strategy, the seed)
 #: or that make no sense across its runs (one checkpoint file, torch.distributed)
-PER_RUN_SETTINGS = ("lambda_align", "alignment", "seed", "checkpoint", "distributed")
+PER_RUN_SETTINGS = ("lambda_align", "alignment", "seed", "checkpoint", "distributed", "semi_supervised")
 #: the options of the default model (compare_strategies builds it when no model= is given)
 MODEL_OPTIONS = ("hidden_sizes", "activation", "dropout", "batch_norm", "standardize")
 #: the freezing policies: each run gets its own copy (a policy keeps per-run state, e.g. L2-SP's snapshot)

@@ -127,3 +127,28 @@ class TargetBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending, self.passes = list(state["pending"]), int(state["passes"])
+
+
+class LabeledTargetBatches:
+    """Semi-supervised stage 1's labelled target batches (arrays), cycled pass after pass, from a generator of
+    their own (seed·1009 + 4): the source and unlabelled streams draw exactly as without them. Its position
+    and generator go through checkpoints."""
+
+    def __init__(self, run: RunState, data: tuple[Tensor, Tensor], batch_size: int) -> None:
+        self.run, self.x, self.y = run, data[0], data[1]
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(run.settings.seed * 1009 + 4)
+        self.pending: list[Tensor] = []
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if not self.pending:
+            self.pending = ArrayBatches(self.x.shape[0], self.batch_size, self.gen, min_last=1).epoch()
+        idx = self.pending.pop(0)
+        return self.x[idx].to(self.run.device, self.run.dtype), self.y[idx].to(self.run.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": [p.clone() for p in self.pending], "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = list(state["pending"])
+        self.gen.set_state(state["generator"])

@@ -47,7 +47,8 @@ def save_checkpoint(run: RunState, stage: str, epoch: int, model: nn.Module, sta
                     opt: torch.optim.Optimizer, gen: torch.Generator, records: list[dict[str, Any]],
                     step: int = 0, lam: float = 0.0, target: dict[str, Any] | None = None,
                     validation: dict[str, Any] | None = None, scaler: dict[str, Any] | None = None,
-                    alignment: dict[str, Any] | None = None, class_weights: Any = None) -> None:
+                    alignment: dict[str, Any] | None = None, class_weights: Any = None,
+                    labeled: dict[str, Any] | None = None) -> None:
     """After each epoch: rank 0 writes everything a resumed run needs (atomically: a crash while
     writing leaves the previous checkpoint). Plain types and tensors only (torch.load weights_only)."""
     path = run.settings.checkpoint_path
@@ -66,6 +67,7 @@ def save_checkpoint(run: RunState, stage: str, epoch: int, model: nn.Module, sta
         "scaler": scaler,  # amp on CUDA: the GradScaler's scale and growth tracker
         "alignment": alignment,  # stage 1's alignment state (DANN: discriminator and its optimizer)
         "class_weights": class_weights,  # class_weights="estimated": the estimate, once taken
+        "labeled": labeled,  # semi_supervised: the labelled target stream's position and generator
         "history": run.history, "records": records, "policy_summary": run.policy_summary,
         "num_classes": run.num_classes, "sample_shape": list(run.sample_shape or ()),
         "settings": settings_of(run.settings), "world_size": run.world,

@@ -76,6 +76,9 @@ class TrainSettings:
     class) whose loss picks the epoch whose weights are kept; patience: None or epochs without a better
     validation loss before fine-tuning stops (needs finetune_validation).
     amp: mixed precision for the training steps (precision.py).
+    semi_supervised: stage 1 also learns from the target labels ``fit`` (or ``align``) is given: CE on batches of
+    them beside the source CE, and they join the target side of the alignment (the class-conditional term
+    takes their true labels, the unlabelled rows keep their pseudo-labels). Arrays only, single process.
     """
 
     num_classes: int | None = _setting(None, resume=False)  # compared on resume on its own, with the data's
@@ -109,6 +112,7 @@ class TrainSettings:
     finetune_validation: float | None = _setting(None)
     patience: int | None = _setting(None)
     amp: bool = _setting(False)
+    semi_supervised: bool = _setting(False)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -227,6 +231,7 @@ def check_settings(s: TrainSettings) -> None:
     if s.checkpoint is not None and not isinstance(s.checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file path or None, got {type(s.checkpoint).__name__}")
     check_bool(s.amp, "amp")
+    check_bool(s.semi_supervised, "semi_supervised")
     if s.finetune_validation is not None:
         check_float(s.finetune_validation, "finetune_validation", 0.0, 1.0, strict_min=True, strict_max=True)
     check_optional_int(s.patience, "patience", 1)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pytl.train import ddp
 from pytl.train.alignments import make_alignment
-from pytl.train.batches import TargetBatches, batches, steps_per_epoch
+from pytl.train.batches import LabeledTargetBatches, TargetBatches, batches, steps_per_epoch
 from pytl.train.class_weights import ClassWeights
 from pytl.train.early_stopping import EarlyStopping
 from pytl.train.schedules import lambda_factor
@@ -119,9 +119,16 @@ class AlignStage(Stage):
 
     name, rng_offset = "align", 1
 
-    def __init__(self, run: RunState, source: Any, target: Any) -> None:
+    def __init__(self, run: RunState, source: Any, target: Any, labeled: Any = None) -> None:
         settings = run.settings
         self.run, self.settings, self.source = run, settings, source
+        # semi-supervised: the target labels' own batches (a CE of their own; they join the target side)
+        self.labeled = None
+        if labeled is not None:
+            if not isinstance(labeled, tuple):
+                raise ValueError("semi_supervised=True takes target_labeled as arrays or tensors (X, y), not a "
+                                 "DataLoader: its few labels cycle through stage 1")
+            self.labeled = LabeledTargetBatches(run, labeled, settings.finetune_batch_size_value)
         self.alignment = make_alignment(run)
         self.align_key = self.alignment.record_key
         self.bar_keys = ("loss", self.align_key)
@@ -141,10 +148,15 @@ class AlignStage(Stage):
         self.total = max(1, self.epochs * steps_per_epoch(self.source, self.settings.batch_size, self.run.world))
         self.warmup_steps = round(self.settings.warmup * self.total)
         self.target = TargetBatches(self.run, self.target_data, gen) if self.use_alignment else None
+        if self.labeled is not None and self.run.world > 1:
+            raise ValueError("semi_supervised=True is not supported under torch.distributed yet (the few target "
+                             "labels are not sharded); train in one process")
         if resume is not None:
             self.step, self.lam = resume["step"], resume["lambda"]
             if self.target is not None and resume["target"] is not None:
                 self.target.load_state_dict(resume["target"])
+            if self.labeled is not None and resume.get("labeled") is not None:
+                self.labeled.load_state_dict(resume["labeled"])
         self.class_weights.begin(None if resume is None else resume.get("class_weights"))
         if self.use_alignment:
             self.alignment.begin(model, None if resume is None else resume.get("alignment"))
@@ -159,16 +171,26 @@ class AlignStage(Stage):
             if self.use_alignment else 0.0
         weights = self.class_weights.of(ys)
         share = None if weights is None or self.run.world == 1 else ddp.share_of_sum(weights.detach().sum())
+        xl = yl = None
+        if self.labeled is not None:  # the labelled target rows go through the step beside the source rows
+            xl, yl = self.labeled.next()
+        x_lab = xs if xl is None else torch.cat([xs, xl])
         if not self.use_alignment:
-            logits, _ = step_fn(xs)
-            ce = _cross_entropy(logits, ys, self.class_weights.weights)
-            return StepLoss(ce, ce, None, 0.0, logits, n, share)
+            logits, _ = step_fn(x_lab)
+            ce = self._ce(logits, ys, yl)
+            return StepLoss(ce, ce, None, 0.0, logits[: xs.shape[0]], n, share)
         assert self.target is not None
         xt, nt = self.target.next()
-        logits, z = step_fn(xs, xt)  # one pass: BatchNorm sees both domains
-        zs, zt = z[: xs.shape[0]], z[xs.shape[0]:]
-        ce = _cross_entropy(logits, ys, self.class_weights.weights)
-        m = self.alignment.term(zs, zt, ys, n, nt, self.lam, self.step >= self.warmup_steps, weights)
+        logits, z = step_fn(x_lab, xt)  # one pass: BatchNorm sees both domains
+        ns, nl = xs.shape[0], 0 if xl is None else xl.shape[0]
+        zs = z[:ns]
+        zt = z[ns:] if nl == 0 else torch.cat([z[ns + nl:], z[ns:ns + nl]])  # target side: unlabelled, then labelled
+        ce = self._ce(logits, ys, yl)
+        extra = {}
+        if yl is not None and self.alignment.uses_target_labels:
+            extra["target_labels"] = torch.cat([torch.full((zt.shape[0] - nl,), -1, dtype=yl.dtype, device=yl.device), yl])
+        m = self.alignment.term(zs, zt, ys, n, nt + nl, self.lam, self.step >= self.warmup_steps, weights, **extra)
+        logits = logits[:ns]
         if m is None:  # the warm-up of a class-aware term
             return StepLoss(ce, ce, None, self.lam, logits, n, share)
         loss = ce + m if self.alignment.reversed else ce + self.lam * m
@@ -181,6 +203,11 @@ class AlignStage(Stage):
         if self.class_weights.due() and self.step >= self.warmup_steps:
             self.class_weights.estimate(self.model)
 
+    def _ce(self, logits: Tensor, ys: Tensor, yl: Tensor | None) -> Tensor:
+        """The source CE (class-weighted as set), plus the labelled target rows' CE when semi-supervised."""
+        ce = _cross_entropy(logits[: ys.shape[0]], ys, self.class_weights.weights)
+        return ce if yl is None else ce + F.cross_entropy(logits[ys.shape[0]:], yl)
+
     def record(self) -> dict[str, Any]:
         return {"lambda": self.lam}
 
@@ -188,7 +215,8 @@ class AlignStage(Stage):
         return {"step": self.step, "lam": self.lam,
                 "target": None if self.target is None else self.target.state_dict(),
                 "alignment": self.alignment.state_dict() if self.use_alignment else None,
-                "class_weights": self.class_weights.state_dict()}
+                "class_weights": self.class_weights.state_dict(),
+                "labeled": None if self.labeled is None else self.labeled.state_dict()}
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None) -> Tensor:

@@ -126,22 +126,29 @@ class TwoStageTrainer:
         if ckpt is not None and ckpt["stage"] == "finetune" and p.target_labeled is None:
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: pass target_labeled")
         if ckpt is None or ckpt["stage"] == "align":
-            run_stage(self.state, p.model, AlignStage(self.state, p.source, p.target_unlabeled), p.eval_sets, ckpt)
+            stage1 = AlignStage(self.state, p.source, p.target_unlabeled,
+                                p.target_labeled if self.settings.semi_supervised else None)
+            run_stage(self.state, p.model, stage1, p.eval_sets, ckpt)
             ckpt = None
         if p.target_labeled is not None:
             stage = FinetuneStage(self.state, p.target_labeled, p.target_validation)
             run_stage(self.state, p.model, stage, p.eval_sets, ckpt)
         return self
 
-    def align(self, source: Any, target_unlabeled: Any = None, *, eval_data: EvalData = None,
-              resume_from: _PathLike = None) -> list[dict[str, Any]]:
-        """Stage 1 only; returns its per-epoch history. ``lambda_align=0`` trains on the source alone."""
-        p = self._prepare(source, target_unlabeled, None, eval_data, stage="align")
+    def align(self, source: Any, target_unlabeled: Any = None, *, target_labeled: Any = None,
+              eval_data: EvalData = None, resume_from: _PathLike = None) -> list[dict[str, Any]]:
+        """Stage 1 only; returns its per-epoch history. ``lambda_align=0`` trains on the source alone.
+        ``target_labeled``: with ``semi_supervised=True``, the target labels stage 1 also learns from."""
+        if target_labeled is not None and not self.settings.semi_supervised:
+            raise ValueError("align(target_labeled=...) needs semi_supervised=True (stage 1 learning from the target "
+                             "labels); fine-tune on them with finetune() or fit()")
+        p = self._prepare(source, target_unlabeled, target_labeled, eval_data, stage="align")
         ckpt = read_checkpoint(self.state, resume_from, p.model)
         if ckpt is not None and ckpt["stage"] != "align":
             raise ValueError(f"resume_from={os.fspath(resume_from)!r} is a fine-tuning checkpoint: resume it with "
                              "fit() or finetune()")
-        return run_stage(self.state, p.model, AlignStage(self.state, p.source, p.target_unlabeled), p.eval_sets, ckpt)
+        stage1 = AlignStage(self.state, p.source, p.target_unlabeled, p.target_labeled)
+        return run_stage(self.state, p.model, stage1, p.eval_sets, ckpt)
 
     def finetune(self, target_labeled: Any, *, eval_data: EvalData = None,
                  resume_from: _PathLike = None) -> list[dict[str, Any]]:

@@ -48,6 +48,8 @@ class Alignment:
     description: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     reversed: ClassVar[bool] = False
+    #: semi-supervised stage 1: term() also takes ``target_labels`` (zt's rows: a class, or -1 when unlabelled)
+    uses_target_labels: ClassVar[bool] = False
 
     def __init__(self, run: RunState) -> None:
         self.run = run

@@ -25,11 +25,12 @@ class CMMDAlignment(Alignment):
     lambda_option, lambda_default = "lambda_cmmd", 0.5
     description = "CE + {lambda_cmmd:g}·class-conditional MMD²"
     needs = frozenset({"pseudo_labels"})
+    uses_target_labels = True
 
     def begin(self, model: nn.Module, resume: dict[str, Any] | None) -> None:
         self.head = getattr(model, "module", model).head  # the model itself, should it come wrapped
 
-    def term(self, zs, zt, ys, ns, nt, lam, active, source_weights):
+    def term(self, zs, zt, ys, ns, nt, lam, active, source_weights, target_labels=None):
         if not active:
             return None
         confidence = self.settings.cmmd_confidence
@@ -38,6 +39,9 @@ class CMMDAlignment(Alignment):
             pt = torch.softmax(self.head(zt.detach()).float(), 1).to(zt.dtype)
             if confidence > 0:
                 pt = pt * (pt.amax(1, keepdim=True) >= confidence).to(pt.dtype)
+            if target_labels is not None:  # semi-supervised: the labelled target rows take their true class
+                known = target_labels >= 0
+                pt[known] = F.one_hot(target_labels[known], pt.shape[1]).to(pt.dtype)
         ps = F.one_hot(ys, pt.shape[1]).to(zs.dtype)
         zs, zt, (ps, pt) = gathered(self.run, zs, zt, ns, nt, [ps, pt])
         sig = bandwidths(self.run, zs, zt)
