@@ -1,6 +1,8 @@
 """Shared fixtures: the devices every ops test runs on, one thread for tiny models. Helpers and
 reference implementations live in pytl.testing."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -26,3 +28,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Interrupted(Exception):
+    """The crash that interrupt_after simulates."""
+
+
+@pytest.fixture
+def interrupt_after(monkeypatch):
+    """``with interrupt_after(k): trainer.fit(...)``: the run dies right after writing the checkpoint of epoch k
+    (a crash between epochs), for the tests that resume from such a checkpoint."""
+    from pytl.train import loop as train_loop
+
+    @contextlib.contextmanager
+    def interrupted(epoch):
+        save = train_loop.save_checkpoint
+
+        def save_then_die(run, stage, done, *args, **kwargs):
+            save(run, stage, done, *args, **kwargs)
+            if done == epoch:
+                raise Interrupted
+
+        with pytest.raises(Interrupted), monkeypatch.context() as patch:
+            patch.setattr(train_loop, "save_checkpoint", save_then_die)
+            yield
+
+    return interrupted

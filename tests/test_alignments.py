@@ -16,7 +16,6 @@ from pytl.experiments.strategies import STRATEGIES
 from pytl.train import alignments as alignments_mod
 from pytl.train.alignments import cmmd as cmmd_mod  # where the cmmd term calls its op
 from pytl.train.alignments import mmd as mmd_mod  # where the mmd term calls its op
-from pytl.train import loop as train_loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,24 +146,13 @@ def test_dann_trains_the_discriminator_and_reverses_the_encoder_gradient(shift):
 
 
 @pytest.mark.parametrize("options", [dict(alignment="dann"), dict(alignment="mmd", class_weights="estimated")])
-def test_resume_is_bit_identical_with_stage_one_state(shift, tmp_path, monkeypatch, options):
+def test_resume_is_bit_identical_with_stage_one_state(shift, tmp_path, interrupt_after, options):
     # the discriminator and its optimizer, or the estimated class weights, travel in the checkpoint
     kw = dict(lambda_mmd=1.0, align_epochs=4, finetune_epochs=0, warmup=0.3, progress=False, seed=3, **options)
     straight = TwoStageTrainer(**kw)
     straight.align(shift.source, shift.target_unlabeled)
     ckpt = str(tmp_path / "ckpt.pt")
-    save = train_loop.save_checkpoint
-
-    class Interrupted(Exception):
-        pass
-
-    def save_then_die(trainer, stage, epoch, *args, **kwargs):
-        save(trainer, stage, epoch, *args, **kwargs)
-        if epoch == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted), monkeypatch.context() as patch:
-        patch.setattr(train_loop, "save_checkpoint", save_then_die)
+    with interrupt_after(2):
         TwoStageTrainer(checkpoint=ckpt, **kw).align(shift.source, shift.target_unlabeled)
     saved = torch.load(ckpt, weights_only=True)
     assert (saved["alignment"] is not None) == (options["alignment"] == "dann")

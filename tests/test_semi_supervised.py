@@ -86,27 +86,14 @@ def test_semi_supervised_refusals(shift):
         TwoStageTrainer(None, semi_supervised="yes")
 
 
-def test_resume_of_a_semi_supervised_stage_one_is_bit_identical(shift, tmp_path, monkeypatch):
+def test_resume_of_a_semi_supervised_stage_one_is_bit_identical(shift, tmp_path, interrupt_after):
     """The labelled target stream's position and generator travel in the checkpoint."""
-    from pytl.train import loop as train_loop
-
     kw = dict(lambda_align=0.5, alignment="cmmd", warmup=0.0, semi_supervised=True, finetune_batch_size=7, seed=3,
               **{**TINY, "align_epochs": 4})
     straight = TwoStageTrainer(**kw)
     straight.align(shift.source, shift.target_unlabeled, target_labeled=shift.target_labeled)
     ckpt = str(tmp_path / "ckpt.pt")
-    save = train_loop.save_checkpoint
-
-    class Interrupted(Exception):
-        pass
-
-    def save_then_die(run, stage, epoch, *args, **kwargs):
-        save(run, stage, epoch, *args, **kwargs)
-        if epoch == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted), monkeypatch.context() as patch:
-        patch.setattr(train_loop, "save_checkpoint", save_then_die)
+    with interrupt_after(2):
         TwoStageTrainer(checkpoint=ckpt, **kw).align(shift.source, shift.target_unlabeled,
                                                      target_labeled=shift.target_labeled)
     assert torch.load(ckpt, weights_only=True)["labeled"] is not None

@@ -18,7 +18,6 @@ from pytl.data import make_domain_shift
 from pytl.freezing import L2SP, FreezeFirst
 from pytl.models import default_model
 from pytl.train import TwoStageTrainer, lambda_factor, stratified_split, validation_loss_climbs
-from pytl.train import loop as train_loop
 from pytl.train.prepare import prepare
 
 SMALL = dict(align_epochs=3, finetune_epochs=3, progress=False)
@@ -568,12 +567,8 @@ def test_a_dataloader_is_split_like_arrays(shift):
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("when", ["mid-run", "at the stop"])
-def test_resume_with_early_stopping_is_bit_identical(noisy, tmp_path, monkeypatch, when):
+def test_resume_with_early_stopping_is_bit_identical(noisy, tmp_path, interrupt_after, when):
     x, y, init = noisy
     kw = dict(finetune_epochs=12, finetune_validation=0.5, patience=3, finetune_policy=L2SP(0.01), **ES)
     straight = TwoStageTrainer(es_model(init), **kw)
@@ -583,15 +578,7 @@ def test_resume_with_early_stopping_is_bit_identical(noisy, tmp_path, monkeypatc
     # mid-run: one epoch past the best, so the checkpoint's best weights are not its current ones
     stop_after = straight.best_epoch + 2 if when == "mid-run" else n  # the checkpoint after epoch stop_after - 1
     ckpt = str(tmp_path / "ckpt.pt")
-    save = train_loop.save_checkpoint
-
-    def save_then_die(trainer, stage, epoch, *args, **kwargs):
-        save(trainer, stage, epoch, *args, **kwargs)
-        if epoch == stop_after:
-            raise _Interrupted
-
-    with pytest.raises(_Interrupted), monkeypatch.context() as patch:
-        patch.setattr(train_loop, "save_checkpoint", save_then_die)
+    with interrupt_after(stop_after):
         TwoStageTrainer(es_model(init), checkpoint=ckpt, **kw).finetune((x, y))
     # the resumed run starts from other weights: everything comes from the checkpoint
     resumed = TwoStageTrainer(default_model(4, 2, dropout=0.2), **kw)

@@ -137,7 +137,8 @@ class AlignStage(Stage):
         self.class_weights = ClassWeights(run, source, target)
         self.target_data = target
         self.policy, self.lr, self.epochs = settings.align_policy, float(settings.lr), settings.align_epochs
-        self.rows_per_step = settings.batch_size + (settings.target_batch_size_value if target is not None else 0)
+        self.rows_per_step = (settings.batch_size + (settings.target_batch_size_value if target is not None else 0)
+                              + (settings.finetune_batch_size_value if labeled is not None else 0))
         self.step, self.lam = 0, 0.0
         self.target: TargetBatches | None = None
         self.total, self.warmup_steps = 1, 0

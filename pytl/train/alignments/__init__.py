@@ -18,8 +18,5 @@ register(CMMDAlignment)
 register(CORALAlignment)
 register(DANNAlignment)
 
-#: each alignment and the history key of its term
-ALIGNMENT_KEYS = {key: cls.record_key for key, cls in ALIGNMENTS.items()}
-
-__all__ = ["ALIGNMENTS", "ALIGNMENT_KEYS", "NEEDS", "Alignment", "CMMDAlignment", "CORALAlignment", "DANNAlignment",
+__all__ = ["ALIGNMENTS", "NEEDS", "Alignment", "CMMDAlignment", "CORALAlignment", "DANNAlignment",
            "MMDAlignment", "gathered", "make_alignment", "register"]
