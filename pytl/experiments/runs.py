@@ -46,6 +46,8 @@ class Runs:
         self.searches: dict[str, LambdaSearch] = {}
         self.label_log_proba: dict[str, dict[float, Tensor]] = {}  # alignment → λ → log p of the target labels
         self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
+        #: each alignment's λ values: one number, or the grid stage 1 searches
+        self.grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}
 
     def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
@@ -55,7 +57,7 @@ class Runs:
             self.align("source_only", 0.0)
         for a, option in ALIGNED.items():
             if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
-                grid = lambda_grid(a, self.cfg[option], option)
+                grid = self.grids[a]
                 if len(grid) == 1:
                     self.align(f"{a}_only", grid[0], alignment=a)
                 else:
@@ -160,8 +162,7 @@ class Runs:
         unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
         a grid the λ its unsupervised search chose (the alignment's default when none ran)."""
         t0 = time.perf_counter()
-        option = ALIGNMENTS[alignment].lambda_option
-        grid = lambda_grid(alignment, self.cfg[option], option)
+        grid = self.grids[alignment]
         search = self.searches.get(alignment)
         lam = grid[0] if len(grid) == 1 else search.chosen if search else ALIGNMENTS[alignment].lambda_default
         trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment, semi_supervised=True,
