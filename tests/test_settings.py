@@ -98,9 +98,10 @@ def test_a_checkpoint_from_before_the_rename_resumes_without_a_warning(shift, tm
 
 #: the tables as they were written by hand before they were derived from the registry
 HAND_WRITTEN_STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble", "cmmd_only", "cmmd",
-                           "coral_only", "coral", "dann_only", "dann", "ssl_mmd", "ssl_cmmd", "ssl_coral", "ssl_dann")
-HAND_WRITTEN_NEEDS = {"scratch", "naive", "mmd", "ensemble", "cmmd", "coral", "dann", "ssl_mmd", "ssl_cmmd", "ssl_coral",
-                      "ssl_dann"}
+                           "coral_only", "coral", "dann_only", "dann", "mme_only", "mme", "ssl_mmd", "ssl_cmmd",
+                           "ssl_coral", "ssl_dann", "ssl_mme")
+HAND_WRITTEN_NEEDS = {"scratch", "naive", "mmd", "ensemble", "cmmd", "coral", "dann", "mme", "ssl_mmd", "ssl_cmmd",
+                      "ssl_coral", "ssl_dann", "ssl_mme"}
 HAND_WRITTEN_DESCRIPTIONS = {
     "mmd_only": "+ unlabelled target: CE + {lambda_mmd:g}·MMD², {align_epochs} epochs",
     "cmmd_only": "+ unlabelled target: CE + {lambda_cmmd:g}·class-conditional MMD², {align_epochs} epochs",
@@ -113,14 +114,15 @@ HAND_WRITTEN_DESCRIPTIONS = {
 def test_strategy_tables_derive_from_the_registry():
     assert strategies.STRATEGIES == HAND_WRITTEN_STRATEGIES
     assert strategies.NEEDS_TARGET_LABELS == HAND_WRITTEN_NEEDS
-    assert strategies.TRANSFER_STRATEGIES == ("naive", "mmd", "cmmd", "coral", "dann", "ssl_mmd", "ssl_cmmd",
-                                              "ssl_coral", "ssl_dann")
+    assert strategies.TRANSFER_STRATEGIES == ("naive", "mmd", "cmmd", "coral", "dann", "mme", "ssl_mmd", "ssl_cmmd",
+                                              "ssl_coral", "ssl_dann", "ssl_mme")
     assert strategies.ALIGNED == {"mmd": "lambda_mmd", "cmmd": "lambda_cmmd", "coral": "lambda_coral",
-                                  "dann": "lambda_dann"}
+                                  "dann": "lambda_dann", "mme": "lambda_mme"}
     for name, text in HAND_WRITTEN_DESCRIPTIONS.items():
         assert strategies.DESCRIPTIONS[name] == text
     cfg = strategies.DEFAULT_CONFIG
-    assert (cfg["lambda_mmd"], cfg["lambda_cmmd"], cfg["lambda_coral"], cfg["lambda_dann"]) == (0.5, 0.5, 1000.0, 1.0)
+    assert (cfg["lambda_mmd"], cfg["lambda_cmmd"], cfg["lambda_coral"], cfg["lambda_dann"], cfg["lambda_mme"]) == \
+        (0.5, 0.5, 1000.0, 1.0, 0.1)
     # the trainer's defaults, except where a comparison differs on purpose
     defaults = TrainSettings.defaults()
     for name in strategies.TRAINER_OPTIONS:

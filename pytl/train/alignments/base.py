@@ -9,8 +9,10 @@ needs. pytl.experiments.strategies builds every table of strategies from ``ALIGN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -20,7 +22,7 @@ from pytl.train import ddp
 if TYPE_CHECKING:
     from pytl.train.state import RunState
 
-__all__ = ["ALIGNMENTS", "NEEDS", "Alignment", "gathered", "make_alignment", "register"]
+__all__ = ["ALIGNMENTS", "NEEDS", "Alignment", "OwnNetwork", "gathered", "make_alignment", "register"]
 
 #: what an alignment may need beyond source labels and unlabelled target rows
 NEEDS = frozenset({"pseudo_labels", "discriminator", "single_process"})
@@ -69,6 +71,50 @@ class Alignment:
 
     def state_dict(self) -> dict[str, Any] | None:
         return None
+
+
+class OwnNetwork:
+    """A network an alignment trains beside the model (DANN's discriminator, MME's prototypes): built on the first
+    batch, when the embedding width is known, from a seeded fork (a resumed run draws the same weights and the
+    global stream, dropout and data order, is untouched), with Adam at the model's ``lr``; restored from a
+    checkpoint's ``state_dict``. One process only: under DDP it would train apart on every rank."""
+
+    def __init__(self, run: RunState, alignment: str, name: str, resume: dict[str, Any] | None, salt: int) -> None:
+        s = run.settings
+        if run.world > 1:
+            raise ValueError(f"alignment={alignment!r} is not supported under torch.distributed yet: its {name} would "
+                             "train apart on every rank; use alignment='mmd', 'cmmd' or 'coral' there")
+        if s.amp and run.device.type == "cuda":
+            raise ValueError(f"alignment={alignment!r} does not support amp=True on CUDA yet (the GradScaler would scale "
+                             f"its {name}'s gradients too); use amp=False")
+        self.seed, self.lr, self.resume, self.key = s.seed * 1009 + salt, s.lr, resume, name
+        self.network: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def get(self, build: Callable[[], nn.Module], like: Tensor) -> nn.Module:
+        """The network (built by ``build`` on the first call, on ``like``'s device and dtype), its gradients
+        zeroed for this step."""
+        if self.network is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                net = build()
+            self.network = net.to(like.device, like.dtype)
+            self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr)
+            if self.resume is not None:
+                self.network.load_state_dict(self.resume[self.key])
+                self.optimizer.load_state_dict(self.resume["optimizer"])
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.network
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.network is None or self.optimizer is None:
+            return self.resume
+        return {self.key: self.network.state_dict(), "optimizer": self.optimizer.state_dict()}
 
 
 #: every alignment, by key, in registration order (the order of the strategy tables)
