@@ -13,11 +13,12 @@ TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?= -q
 CMAKE_ARGS  ?=
 BUILD_CMAKE ?= build-cmake
-# matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); scikit-learn, mlxtend, pillow:
-# the `bench` extra (benchmarks/real_pairs.py). Installed here so that the plotting and real-pair tests run
-# instead of skipping. scipy: the tests' independent references (the `test` extra).
+# matplotlib: the optional `plot` extra (pytl.plot, demo --plot, curve --out); scikit-learn: the `sklearn`
+# extra (pytl.sklearn); tqdm: the `notebook` extra (progress widgets); scikit-learn, mlxtend, pillow: the
+# `bench` extra (benchmarks/real_pairs.py). Installed here so that the plotting, estimator, progress and
+# real-pair tests run instead of skipping. scipy: the tests' independent references (the `test` extra).
 DEPS        := $(TORCH_SPEC) numpy pytest pytest-benchmark scipy pybind11 ninja setuptools wheel matplotlib \
-               scikit-learn mlxtend pillow
+               scikit-learn mlxtend pillow tqdm
 
 PY    := $(VENV)/bin/python
 # The venv's tools first: torch's extension builder and the JIT loader look for `ninja` on PATH, and the

@@ -1,17 +1,47 @@
-"""A dependency-free progress bar for training epochs (one line, redrawn on a terminal).
+"""The progress bar of training epochs.
 
-On a terminal the line is redrawn in place; in a log file (not a TTY) a line is written about every
-10% of the epochs, so that CI logs stay short.
+Where someone watches (a terminal, a Jupyter kernel) and tqdm is installed, ``tqdm.auto`` draws it: a widget
+in a notebook, a redrawn bar on a terminal. Otherwise a dependency-free line: redrawn in place on a terminal,
+and in a log file (not a TTY) written about every 10% of the epochs, so that CI logs stay short.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
-class Progress:
+def progress_bar(total: int, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Any:
+    """A bar over ``total`` epochs with ``update(n, **postfix)`` and ``close()``: tqdm's where someone watches
+    and tqdm is installed, else a ``LineProgress``."""
+    if enabled and total > 0 and interactive(stream):
+        try:
+            tqdm = importlib.import_module("tqdm.auto").tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            return TqdmProgress(tqdm(total=int(total), desc=desc, file=stream, leave=True, dynamic_ncols=True))
+    return LineProgress(total, desc, enabled, stream)
+
+
+class TqdmProgress:
+    """tqdm's bar behind LineProgress's interface (the postfix shows the epoch's loss and terms)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def update(self, n: int = 1, **postfix: float) -> None:
+        if postfix:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class LineProgress:
     def __init__(self, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None, width: int = 20) -> None:
         self.total = max(int(total), 0)
         self.desc = desc

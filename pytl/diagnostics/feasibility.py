@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pytl import _inputs as inp
+from pytl._html import html_table
 from pytl.diagnostics.domain_classifier import pad_held_out_errors
 from pytl.diagnostics.feasibility_inputs import (
     as_source,
@@ -92,16 +93,24 @@ class FeasibilityReport:
     num_target_labeled: int
     classifier: str = "linear"
 
+    def _rows(self) -> list[tuple[str, str]]:
+        terms = [("source error eps_S", self.source_error), ("1/2 d_HdH (from the PAD)", self.divergence),
+                 ("joint error lambda*", self.joint_error), ("bound on the target error", self.bound),
+                 ("measured: source classifier on target", self.target_error),
+                 ("target labels alone (scratch)", self.scratch_error)]
+        return [(name, term.text()) for name, term in terms] + [
+            ("MMD² (p-value)", f"{self.mmd2:.4f} (p = {self.p_value:.3g})"), ("verdict", self.verdict)]
+
     def table(self) -> str:
-        rows = [("source error eps_S", self.source_error), ("1/2 d_HdH (from the PAD)", self.divergence),
-                ("joint error lambda*", self.joint_error), ("bound on the target error", self.bound),
-                ("measured: source classifier on target", self.target_error),
-                ("target labels alone (scratch)", self.scratch_error)]
+        rows = self._rows()
         width = max(len(r[0]) for r in rows)
-        lines = [f"{name:<{width}}  {term.text()}" for name, term in rows]
-        lines.append(f"{'MMD² (p-value)':<{width}}  {self.mmd2:.4f} (p = {self.p_value:.3g})")
-        lines.append(f"{'verdict':<{width}}  {self.verdict}")
-        return "\n".join(lines)
+        return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the terms with their intervals, the verdict in bold, then ``explain()``."""
+        rows = self._rows()
+        return html_table("pytl transfer feasibility (Ben-David's bound, term by term)", [("term", "value"), *rows],
+                          [self.explain()], bold=(len(rows) - 1,), align_left=(0, 1))
 
     def explain(self) -> str:
         """The terms, which lever dominates and what to do, in the tutorial's terms."""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pytl._html import html_table
 from pytl import ops
 from pytl._samples import as_matrix, check_pair
 from pytl._checks import check_int, check_optional_int
@@ -48,6 +49,14 @@ class MMDTestResult:
     def rejects(self, alpha: float = 0.05) -> bool:
         """True when the test rejects "same distribution" at level alpha."""
         return self.p_value <= alpha
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the statistic, its p-value and what the test concludes at 5%."""
+        sig = ", ".join(f"{s:.3g}" for s in self.sigmas) or "-"
+        rows = [("", "value"), (f"MMD² ({self.estimator})", f"{self.statistic:.6g}"), ("p-value", f"{self.p_value:.4g}"),
+                ("permutations", str(self.num_permutations)), ("bandwidths σ", sig),
+                ("at 5%", "different distributions" if self.rejects() else "no evidence of a difference")]
+        return html_table("pytl MMD permutation test", rows, bold=(4,), align_left=(0, 1))
 
 
 def split_chunks(n: int, m: int, num_permutations: int, seed: int, chunk: int) -> Iterator[Tensor]:

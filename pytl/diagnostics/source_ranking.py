@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytl._html import html_table
 from pytl._inputs import check_label_space
 from pytl.diagnostics.feasibility import FeasibilityReport, Term, estimate_feasibility
 from pytl.diagnostics.feasibility_inputs import (
@@ -27,20 +28,28 @@ class SourceRanking:
     reports: dict[str, FeasibilityReport]
     key: str  # "bound" or "divergence"
 
-    def table(self) -> str:
-        width = max(len("source"), *(len(n) for n in self.order))
-        head = f"{'source':<{width}}  {'eps_S':>6}  {'1/2 d':>6}  {'lambda*':>7}  {'bound':>6}  {'MMD²':>7}  verdict"
-        lines = [head, "-" * len(head)]
-
+    def _rows(self) -> list[tuple[str, ...]]:
         def f(t: Term) -> str:
-            return "     -" if t.value is None else f"{t.value:6.3f}"
+            return "-" if t.value is None else f"{t.value:.3f}"
 
+        rows: list[tuple[str, ...]] = [("source", "eps_S", "1/2 d", "lambda*", "bound", "MMD²", "verdict")]
         for name in self.order:
             r = self.reports[name]
-            lam = "      -" if r.joint_error.value is None else f"{r.joint_error.value:7.3f}"
-            lines.append(f"{name:<{width}}  {f(r.source_error)}  {f(r.divergence)}  {lam}  {f(r.bound)}  "
-                         f"{r.mmd2:7.4f}  {r.verdict}")
+            rows.append((name, f(r.source_error), f(r.divergence), f(r.joint_error), f(r.bound), f"{r.mmd2:.4f}",
+                         r.verdict))
+        return rows
+
+    def table(self) -> str:
+        rows = self._rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join([f"{r[0]:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(r[1:-1], widths[1:-1])), r[-1]])
+                 for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the candidates best first (the first in bold), then ``explain()``."""
+        return html_table("pytl source ranking", self._rows(), [self.explain()], bold=(0,), align_left=(0, 6))
 
     def explain(self) -> str:
         best = self.reports[self.order[0]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pytl import _inputs as inp
-from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired, format_p
-from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, describe, negative_transfer
+from pytl.experiments.comparison_table import TableParts, render_html, render_text, table_parts
+from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired
+from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, negative_transfer
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.train import validation_loss_climbs
 
-__all__ = ["ComparisonReport", "SeedSummary", "format_table", "summarize"]
+__all__ = ["ComparisonReport", "SeedSummary", "summarize"]
 
 LABEL_FREE = tuple(s for s in STRATEGIES if s not in NEEDS_TARGET_LABELS)  # trained without a target label
 
@@ -221,14 +222,22 @@ class ComparisonReport:
             text += f" (the weights of the best validation epoch were restored for {', '.join(restored)})"
         return text + "; lower finetune_lr, freeze more of the backbone (pytl.freezing) or fine-tune fewer epochs."
 
-    def table(self) -> str:
+    def _table_parts(self) -> TableParts:
         scores = None
         if self.label_free and self.criterion is not None:
             scores = (self.criterion, {s: v[self.criterion] for s, v in self.label_free.items()})
-        return format_table(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
-                            config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
-                            label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()],
-                            histories=self.histories)
+        return table_parts(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
+                           config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
+                           label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()],
+                           histories=self.histories)
+
+    def table(self) -> str:
+        return render_text(self._table_parts())
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the table's rows and notes, report.best in bold, then ``explain()``."""
+        parts = self._table_parts()
+        return render_html(parts, extra=[self.explain()])
 
 
 @dataclass
@@ -269,17 +278,23 @@ class SeedSummary:
         """The same rule as ComparisonReport.negative_transfer's test-set rule, on the mean accuracies."""
         return negative_transfer(self.mean)
 
-    def table(self) -> str:
+    def _table_parts(self) -> TableParts:
         mean = self.mean
         several = len(self.reports) > 1
         mmd = {s: sum(r.embedding_mmd2.get(s, math.nan) for r in self.reports) / len(self.reports) for s in mean}
         seeds = ", ".join(str(r.seed) for r in self.reports)
         title = f"mean ± std over seeds {seeds}" if several else f"seed {seeds}"
         if self.source == "test accuracy":
-            return format_table(mean, self.std if several else None, mmd, self.reports[0].skipped, title=title,
-                                config=self.reports[0].config)
-        return format_table({}, None, mmd, self.reports[0].skipped, title=title, config=self.reports[0].config,
-                            estimate_mean=(mean, self.std if several else None))
+            return table_parts(mean, self.std if several else None, mmd, self.reports[0].skipped, title=title,
+                               config=self.reports[0].config)
+        return table_parts({}, None, mmd, self.reports[0].skipped, title=title, config=self.reports[0].config,
+                           estimate_mean=(mean, self.std if several else None))
+
+    def table(self) -> str:
+        return render_text(self._table_parts())
+
+    def _repr_html_(self) -> str:
+        return render_html(self._table_parts())
 
 
 def summarize(reports: Sequence[ComparisonReport]) -> SeedSummary:
@@ -288,70 +303,3 @@ def summarize(reports: Sequence[ComparisonReport]) -> SeedSummary:
     if not reports or not all(isinstance(r, ComparisonReport) for r in reports):
         raise TypeError("summarize takes a non-empty sequence of ComparisonReport")
     return SeedSummary(reports)
-
-
-def format_table(accuracy: Mapping[str, float], std: Mapping[str, float] | None, mmd: Mapping[str, float],
-                 skipped: Mapping[str, str], title: str, config: Mapping[str, Any],
-                 estimate: Mapping[str, Estimate] | None = None, paired: PairedComparison | None = None,
-                 best: str | None = None,
-                 estimate_mean: tuple[Mapping[str, float], Mapping[str, float] | None] | None = None,
-                 label_free: tuple[str, Mapping[str, float]] | None = None, lambdas: Sequence[str] = (),
-                 histories: Mapping[str, Any] | None = None) -> str:
-    """The comparison table: one line per strategy (test accuracy ± std when given, cross-validated
-    estimate ± std over folds when given, embedding MMD², what it uses), the skipped strategies, the
-    negative-transfer verdict and the strategy to ship."""
-    if estimate_mean is None and estimate:
-        estimate_mean = ({s: e.mean for s, e in estimate.items()}, {s: e.std for s, e in estimate.items()})
-    head = ["strategy"] + (["target acc"] if accuracy else []) + (["CV estimate"] if estimate_mean else [])
-    head += ["CV loss"] if estimate else []
-    head += [f"{label_free[0]} score"] if label_free else []
-    rows = [tuple(head + ["emb. MMD²", "uses"])]
-    shown = [s for s in STRATEGIES if s in accuracy or (estimate_mean and s in estimate_mean[0])
-             or (label_free and s in label_free[1])]
-    for s in shown:
-        cells = [s + (" *" if s == best else "")]
-        if accuracy:
-            cells.append("-" if s not in accuracy else
-                         f"{100 * accuracy[s]:.1f}%" + (f" ± {100 * std[s]:.1f}" if std is not None else ""))
-        if estimate_mean:
-            means, stds = estimate_mean
-            cells.append("-" if s not in means else
-                         f"{100 * means[s]:.1f}%" + (f" ± {100 * stds[s]:.1f}" if stds is not None else ""))
-        if estimate:
-            cells.append(f"{estimate[s].loss:.3f}" if s in estimate else "-")
-        if label_free:
-            cells.append(f"{label_free[1][s]:.4g}" if s in label_free[1] else "-")
-        cells.append(f"{mmd[s]:.3f}" if s in mmd and math.isfinite(mmd[s]) else "-")
-        cells.append(describe(s, config, (histories or {}).get(s)))
-        rows.append(tuple(cells))
-    cols = len(rows[0])
-    widths = [max(len(r[i]) for r in rows) for i in range(cols)]
-    lines = [f"pytl strategy comparison ({title})"]
-    for j, r in enumerate(rows):
-        cells = [f"{r[0]:<{widths[0]}}"] + [f"{r[i]:>{widths[i]}}" for i in range(1, cols - 1)] + [r[-1]]
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("-" * len(lines[-1]))
-    for s, why in skipped.items():
-        lines.append(f"({s}: skipped, {why})")
-    if estimate:
-        folds = len(next(iter(estimate.values())).folds)
-        lines.append(f"(CV estimate: accuracy, mean ± std over {folds} stratified folds of the target labels; CV loss: "
-                     "held-out cross-entropy at its best temperature; * = report.best, shipped as report.best_model: "
-                     "the lowest CV loss, except that a strategy trained without target labels must also be "
-                     "significantly more accurate than the best fine-tuned one (paired sign test, 5%))")
-    if label_free:
-        lines.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
-                     "does not measure accuracy; * = best)")
-    for line in lambdas:
-        lines.append(f"(λ chosen from the data: {line})")
-    negative = negative_transfer(accuracy)
-    if negative is not None:
-        bt = best_transfer(accuracy)
-        verdict = "YES: transfer is worse than scratch" if negative else "no"
-        lines.append(f"negative transfer: {verdict} (best transfer: {bt} {100 * accuracy[bt]:.1f}% vs scratch "
-                     f"{100 * accuracy['scratch']:.1f}%)")
-    if paired is not None:
-        lines.append(f"verdict: {paired.verdict} ({paired.strategy} vs {paired.baseline} on {paired.source}: "
-                     f"{paired.wins} vs {paired.losses} samples right only for one, sign test {format_p(paired.p_value)})")
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pytl._progress import Progress
+from pytl._progress import progress_bar
 from pytl.freezing import BatchNormPolicy, FreezingPolicy, param_groups, summary
 from pytl.train import ddp
 from pytl.train.checkpoint import restore, save_checkpoint
@@ -59,7 +59,7 @@ def run_stage(run: RunState, model: nn.Module, stage: Stage, ev: dict[str, Any],
                 epoch, records = restore(run, stage.name, resume, model, policy, opt, gen)
                 precision.load_state_dict(resume.get("scaler"))
             stage.begin(gen, resume, model, policy)
-            bar = Progress(stage.epochs - epoch, f"{run.label}{stage.name}", settings.progress and run.rank == 0)
+            bar = progress_bar(stage.epochs - epoch, f"{run.label}{stage.name}", settings.progress and run.rank == 0)
             for epoch in range(epoch, stage.epochs):
                 if stage.stopped():  # early stopping ended the stage (a checkpoint written at the stop)
                     break
