@@ -2,7 +2,8 @@
 ``pip install 'pytl[plot]'``).
 
 One function per curve, each drawing the mean over seeds as a line with a band of ± one standard
-deviation, and :func:`plot_report`, the demo's decision boundaries of a strategy comparison. Each
+deviation; :func:`plot_report`, the demo's decision boundaries of a strategy comparison; and
+:func:`plot_embeddings`, source and target embeddings before and after alignment. Each
 returns the matplotlib ``Figure`` and, given ``path``, saves it (PNG, or any format matplotlib knows
 from the suffix). Figures are drawn on matplotlib's Agg canvas directly: nothing goes through pyplot,
 no window opens, and the global backend is left alone.
@@ -16,12 +17,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pytl import _inputs as inp
 from pytl.experiments.report import ComparisonReport
-from pytl.experiments.strategies import TRANSFER_STRATEGIES
+from pytl.experiments.strategies import STRATEGIES, TRANSFER_STRATEGIES
+from pytl.projection import project
 from pytl.experiments.tables import CurveTable, DivergenceSweep
 
 __all__ = ["matplotlib_available", "plot_curve", "plot_data_efficiency", "plot_divergence_sweep",
-           "plot_layer_transferability", "plot_report"]
+           "plot_embeddings", "plot_layer_transferability", "plot_report"]
 
 INSTALL_HINT = "pytl.plot needs matplotlib: pip install matplotlib (or pip install 'pytl[plot]')"
 COLORS = {"scratch": "tab:gray", "naive": "tab:orange", "mmd": "tab:blue", "source_only": "tab:red",
@@ -200,6 +203,97 @@ def plot_report(report: ComparisonReport, data: Any, path: str | os.PathLike | N
             a.set_xlim(lo[0], hi[0])
             a.set_ylim(lo[1], hi[1])
             a.set_aspect("equal")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=110)
+    return fig
+
+
+#: strategies whose model has no transfer of its own to show beside source_only
+_NOT_ALIGNED = ("source_only", "scratch", "naive", "ensemble")
+
+
+def _embedding_models(model_or_report: Any, strategies: Any) -> list[tuple[str, Any]]:
+    """(name, model) per row of the figure: a model with ``embed``, or a report's source_only beside an aligned
+    strategy (``strategies``, else report.best when it aligns, else the first aligned model it trained)."""
+    if not isinstance(model_or_report, ComparisonReport):
+        if not hasattr(model_or_report, "embed"):
+            raise TypeError("plot_embeddings takes a model with embed(x) (a pytl TransferModel) or a ComparisonReport, "
+                            f"got {type(model_or_report).__name__}")
+        return [("model", model_or_report)]
+    report = model_or_report
+    if strategies is None:
+        aligned = [s for s in STRATEGIES if s in report.models and s not in _NOT_ALIGNED]
+        best = report.best if report.best in aligned else (aligned[0] if aligned else None)
+        strategies = [s for s in ("source_only", best) if s is not None and s in report.models]
+    strategies = [strategies] if isinstance(strategies, str) else list(strategies)
+    unknown = [s for s in strategies if s not in report.models]
+    if not strategies or unknown:
+        raise ValueError(f"strategies={strategies!r}: the report trained {sorted(report.models)}")
+    flat = [s for s in strategies if not hasattr(report.models[s], "embed")]
+    if flat:
+        raise ValueError(f"strategies {flat} have no embedding (an ensemble averages two models); pick others")
+    return [(s, report.models[s]) for s in strategies]
+
+
+def _rows(data: Any, name: str, max_points: int, rng: Any) -> tuple[Any, Any]:
+    """Features and labels (None when unlabelled) of ``data`` ((X, y) or X), at most ``max_points`` rows drawn
+    without replacement."""
+    import torch
+
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = inp.as_features(data[0], f"{name}[0]"), inp.as_labels(data[1], f"{name}[1]")
+        if y.numel() != x.shape[0]:
+            raise ValueError(f"{name} has {x.shape[0]} rows and {y.numel()} labels")
+    else:
+        x, y = inp.as_features(data, name), None
+    if x.shape[0] > max_points:
+        keep = torch.from_numpy(rng.choice(x.shape[0], max_points, replace=False))
+        x, y = x[keep], None if y is None else y[keep]
+    return x, y
+
+
+def plot_embeddings(model_or_report: Any, source: Any, target: Any, path: str | os.PathLike | None = None, *,
+                    strategies: Any = None, method: str = "pca", max_points: int = 1000, seed: int = 0) -> Any:
+    """Source and target embeddings, projected to 2-D (``method``: "pca", or "tsne" with scikit-learn), one
+    row per model: coloured by domain (with the embedding MMD² in the title), and by class (target rows by
+    their label, or by the model's prediction when ``target`` has none).
+
+    model_or_report: a model with ``embed(x)``, or a ``ComparisonReport`` (source_only beside an aligned
+    strategy by default; ``strategies`` names others). source, target: (X, y) or X, at most ``max_points``
+    rows each (a seeded draw). Each model's projection is fitted on its source and target rows together."""
+    import numpy as np
+    import torch
+
+    from pytl.inference import embed_all, param_dtype, predict_proba
+    from pytl.ops import mmd2
+
+    models = _embedding_models(model_or_report, strategies)
+    rng = np.random.default_rng(seed)
+    xs, ys = _rows(source, "source", max_points, rng)
+    xt, yt = _rows(target, "target", max_points, rng)
+    fig = _figure((10, 4.4 * len(models)))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    palette = np.array([f"C{i}" for i in range(10)])
+    for (name, model), (by_domain, by_class) in zip(models, axes):
+        p = next(model.parameters())
+        zs = embed_all(model, xs.to(param_dtype(model)), p.device).cpu().double()
+        zt = embed_all(model, xt.to(param_dtype(model)), p.device).cpu().double()
+        gap = float(mmd2(zs, zt))
+        xy = project(torch.cat([zs, zt]).numpy(), method, seed)
+        s_xy, t_xy = xy[: len(zs)], xy[len(zs):]
+        by_domain.scatter(s_xy[:, 0], s_xy[:, 1], s=8, alpha=0.5, c="0.35", marker="o", label="source")
+        by_domain.scatter(t_xy[:, 0], t_xy[:, 1], s=8, alpha=0.5, c="tab:red", marker="x", label="target")
+        by_domain.legend(loc="best", fontsize=8)
+        by_domain.set_title(f"{name}: by domain (embedding MMD² {gap:.3f})", fontsize=10)
+        def classes(x: Any, y: Any) -> Any:
+            return (y if y is not None else predict_proba(model, x.to(param_dtype(model)), p.device).argmax(1)).numpy()
+
+        by_class.scatter(s_xy[:, 0], s_xy[:, 1], s=8, alpha=0.5, c=palette[classes(xs, ys) % 10], marker="o")
+        by_class.scatter(t_xy[:, 0], t_xy[:, 1], s=8, alpha=0.5, c=palette[classes(xt, yt) % 10], marker="x")
+        how = "labels" if yt is not None else "predicted classes"
+        by_class.set_title(f"{name}: by class (source o, target x: {how})", fontsize=10)
+    fig.suptitle(f"embeddings, {method.upper()} of source and target together", fontsize=11)
     fig.tight_layout()
     if path is not None:
         fig.savefig(os.fspath(path), dpi=110)

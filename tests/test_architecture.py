@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "pytl"
 #: every top-level unit of pytl (a module or a subpackage) and its layer; an import must go to a lower one
 LAYERS = {
     **dict.fromkeys(["_C", "_checks", "_toolchain", "_progress", "_html"], 0),  # _C: the compiled extension
-    **dict.fromkeys(["_inputs", "_loader", "data", "distributed"], 1),
+    **dict.fromkeys(["_inputs", "_loader", "data", "distributed", "projection"], 1),
     **dict.fromkeys(["_samples", "bandwidths"], 2),
     "ops": 3,
     **dict.fromkeys(["inference", "losses", "models", "freezing", "adversarial", "testing"], 4),

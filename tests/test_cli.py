@@ -35,7 +35,10 @@ def test_demo_plot_writes_a_png(tmp_path, capsys):
     path = tmp_path / "demo.png"
     assert main(FAST + ["--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-    assert f"written to {path}" in capsys.readouterr().out
+    embeddings = tmp_path / "demo_embeddings.png"  # source_only beside mmd_only
+    assert embeddings.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and embeddings.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert f"written to {path}" in out and f"written to {embeddings}" in out
 
 
 def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_path, capsys):

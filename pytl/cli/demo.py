@@ -52,7 +52,9 @@ def add_parser(sub: Any) -> None:
                       help="torch CPU threads while training (default 1: the demo's models are tiny, and one "
                            "thread avoids OpenMP synchronisation that costs more than it saves)")
     demo.add_argument("--plot", metavar="FILE.png", default=None,
-                      help="save a figure of both domains and each strategy's decision boundary (needs matplotlib)")
+                      help="save a figure of both domains and each strategy's decision boundary, and beside it "
+                           "FILE_embeddings.png: source and target embeddings of source_only and mmd_only (needs "
+                           "matplotlib)")
     demo.add_argument("--progress", action="store_true", help="show a progress bar per training run")
     demo.add_argument("--distributed", type=positive_int, default=None, metavar="N",
                       help="train every strategy with DistributedDataParallel on N local processes (starts "
@@ -105,4 +107,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot.plot_report(reports[0], first_data, args.plot)
         print(f"figure (seed {seeds[0]}) written to {args.plot}")
+        shown = [s for s in ("source_only", "mmd_only") if s in reports[0].models]
+        if shown:
+            stem, dot, suffix = args.plot.rpartition(".")
+            embeddings = f"{stem}_embeddings{dot}{suffix}"
+            plot.plot_embeddings(reports[0], first_data.source, first_data.target_test, embeddings, strategies=shown)
+            print(f"embeddings (seed {seeds[0]}) written to {embeddings}")
     return 0
