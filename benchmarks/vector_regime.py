@@ -9,7 +9,8 @@ Two kinds of vectors, the two ways users meet this regime:
 
 - ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays;
 - ``embeddings``: the 128-wide embedding of a CNN (real_pairs.model_for) trained on the source labels
-  alone and then frozen, the "features from a pretrained backbone" workflow.
+  alone and then frozen, the "features from a pretrained backbone" workflow;
+- ``tabular``: the tabular pairs of tabular_pairs.py (30 clinical features), whatever ``--pairs`` says.
 
 For each pair, seed and λ mode it runs every strategy (``strategies="all"``) with the default model and
 settings, then reports the test accuracies, the best unsupervised gain over source_only, what
@@ -34,9 +35,12 @@ import torch  # noqa: E402
 
 import pytl  # noqa: E402
 from real_pairs import PAIR_NAMES, load_pair, model_for, pair_name  # noqa: E402
+from tabular_pairs import TABULAR_PAIRS, load_tabular_pair  # noqa: E402
 
-UNSUPERVISED = ("mmd_only", "cmmd_only", "coral_only", "dann_only")
-LAMBDA_OPTIONS = ("lambda_mmd", "lambda_cmmd", "lambda_coral", "lambda_dann")
+from pytl.experiments.strategies import ALIGNED  # noqa: E402
+
+UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
+LAMBDA_OPTIONS = tuple(ALIGNED.values())
 BACKBONE_EPOCHS = 15  # the source-trained CNN of the embeddings regime
 
 
@@ -61,8 +65,10 @@ def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
 
 def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None,
         strategies="all") -> dict:
-    pair = load_pair(name, seed, labels_per_class=max(labels, 1))
-    data = vectors(pair, features, name, seed)
+    if features == "tabular":
+        data = load_tabular_pair(name, seed, labels_per_class=max(labels, 1))
+    else:
+        data = vectors(load_pair(name, seed, labels_per_class=max(labels, 1)), features, name, seed)
     if labels == 0:
         data.pop("target_labeled")
     lam = {opt: "auto" for opt in LAMBDA_OPTIONS} if auto else {}
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="*", default=list(PAIR_NAMES))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--features", choices=("pixels", "embeddings"), default="pixels")
+    ap.add_argument("--features", choices=("pixels", "embeddings", "tabular"), default="pixels")
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
     ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto"))
     ap.add_argument("--threads", type=int, default=1)
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
     print(f"# vector regime: {args.features}, {args.labels} target labels per class, strategies='all', "
           f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
-    for name in map(pair_name, args.pairs):
+    for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
         for mode in args.modes:
             rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies)
                     for s in range(args.seeds)]

@@ -50,4 +50,11 @@ TORCH_LIBRARY(pytl, m) {
   m.def(
       "class_conditional_mmd2(Tensor x, Tensor y, Tensor x_probs, Tensor y_probs, Tensor sigmas, Tensor weights)"
       " -> Tensor");
+
+  // ---- Random Fourier features (random_features.cpp). x (n, d), frequencies W (F, d), phases u (F,):
+  // (2, F) column sums over the rows of cos(W x_i + u) (row 0) and cos^2(W x_i + u) (row 1), streamed over row
+  // tiles (never n x F); float64 sums. Differentiable in x only.
+  m.def("rff_sums(Tensor x, Tensor frequencies, Tensor phases) -> Tensor");
+  // The gradient to x of sum_{r,f} grad[r, f] * rff_sums(x, W, u)[r, f] (x's shape and dtype).
+  m.def("rff_sums_backward(Tensor grad, Tensor x, Tensor frequencies, Tensor phases) -> Tensor");
 }

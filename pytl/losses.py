@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pytl import distributed as _dist
 from pytl._checks import check_choice
-from pytl.ops import ESTIMATORS, SigmasLike, WeightsLike, class_conditional_mmd2, mmd2
+from pytl.ops import ESTIMATORS, METHODS, SigmasLike, WeightsLike, class_conditional_mmd2, mmd2
 
 __all__ = ["CORALLoss", "ClassConditionalMMDLoss", "MMDLoss", "coral_loss"]
 
@@ -22,23 +22,34 @@ class MMDLoss(nn.Module):
 
     Pass an nn.Parameter as sigmas or weights to learn them. ``distributed=True``: x and y are this
     rank's shards and the loss is the MMD² of the global batch, gathered over ``group`` (default:
-    all ranks); it needs an initialised torch.distributed process group at call time."""
+    all ranks); it needs an initialised torch.distributed process group at call time. ``method``,
+    ``num_features``, ``block_size``: as in :func:`pytl.mmd2` ("rff" for large batches of wide embeddings);
+    ``seed`` None (default) draws fresh random features or blocks at every call from torch's generator."""
 
     def __init__(self, sigmas: SigmasLike = None, weights: WeightsLike = None, estimator: str = "biased", *,
-                 distributed: bool = False, group: Any = None) -> None:
+                 distributed: bool = False, group: Any = None, method: str = "exact", num_features: int | None = None,
+                 block_size: int | None = None, seed: int | None = None) -> None:
         super().__init__()
         check_choice(estimator, "estimator", ESTIMATORS)
+        check_choice(method, "method", METHODS)
+        if method != "exact" and distributed:
+            raise ValueError(f"method={method!r} does not support distributed=True yet; use method='exact'")
         _set_kernel_settings(self, sigmas, weights, distributed, group)
-        self.estimator = estimator
+        self.estimator, self.method = estimator, method
+        self.num_features, self.block_size, self.seed = num_features, block_size, seed
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         group = _loss_group(self, "MMDLoss")
-        return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, group=group)
+        if self.method == "exact":
+            return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, group=group)
+        return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, method=self.method,
+                    num_features=self.num_features, block_size=self.block_size, seed=self.seed)
 
     def extra_repr(self) -> str:
         sig = "median heuristic ladder" if self.sigmas is None else self.sigmas
         dist = ", distributed=True" if self.distributed else ""
-        return f"sigmas={sig}, estimator={self.estimator!r}{dist}"
+        method = "" if self.method == "exact" else f", method={self.method!r}"
+        return f"sigmas={sig}, estimator={self.estimator!r}{dist}{method}"
 
 
 def _set_kernel_settings(loss: nn.Module, sigmas: Any, weights: Any, distributed: Any, group: Any) -> None:

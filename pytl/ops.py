@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pytl import block_mmd as _block
 from pytl import distributed as _dist
+from pytl import random_features as _rff
 from pytl._loader import load_ops
-from pytl._checks import check_choice
+from pytl._checks import check_choice, check_int, check_optional_int
 from pytl.bandwidths import (  # noqa: F401  (re-exported: the bandwidth helpers lived here)
     LADDER_EXPONENTS,
     MEDIAN_MAX_POINTS,
@@ -43,6 +45,7 @@ load_ops()
 __all__ = [
     "ESTIMATORS",
     "LADDER_EXPONENTS",
+    "METHODS",
     "MEDIAN_MAX_POINTS",
     "SigmasLike",
     "WeightsLike",
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 ESTIMATORS = ("biased", "unbiased")
+#: how mmd2 computes: every pair ("exact"), random Fourier features ("rff"), or the B-test's blocks ("block")
+METHODS = ("exact", "rff", "block")
 
 
 def is_unbiased(estimator: str) -> bool:
@@ -84,6 +89,10 @@ def mmd2(
     y_weights: Any = None,
     estimator: str = "biased",
     group: Any = None,
+    method: str = "exact",
+    num_features: int | None = None,
+    block_size: int | None = None,
+    seed: int | None = 0,
 ) -> Tensor:
     """Squared MMD between samples x (n, d) and y (m, d) under a multi-bandwidth RBF kernel.
 
@@ -92,6 +101,14 @@ def mmd2(
     weights (default 1/K). estimator: "biased" (V-statistic, >= 0) or "unbiased" (U-statistic,
     needs n, m >= 2; can be slightly negative when the distributions agree). Returns a 0-dim
     tensor of x's dtype. Fused kernels: no n x m matrix is built, forward or backward.
+
+    method: "exact" (every pair, the default); "rff": random Fourier features, ``num_features`` per bandwidth
+    (default 1024) drawn with ``seed``, one streamed pass, cost linear in n + m, an unbiased estimate of the
+    exact statistic whose error shrinks as 1/sqrt(num_features) (pytl.random_features); "block": the B-test's
+    mean of per-block statistics over a ``seed``-ed random split into blocks of ``block_size`` rows (default
+    about sqrt(n)), cost (n + m)·block_size (pytl.block_mmd). Both are differentiable in x and y; neither takes
+    sample weights, a group or a sigmas that requires grad yet. ``seed=None`` draws the seed from torch's global
+    generator (fresh features or blocks per call, reproducible under torch.manual_seed: what training wants).
 
     x_weights (n,), y_weights (m,): non-negative sample weights (a tensor, sequence or array; one side
     may be None, meaning uniform), normalised to sum 1 inside, differentiable: the MMD between the
@@ -108,6 +125,14 @@ def mmd2(
     unbiased = is_unbiased(estimator)
     _require_tensor(x, "x")
     _require_tensor(y, "y")
+    check_choice(method, "method", METHODS)
+    if method != "exact":
+        return _scalable_mmd2(x, y, sigmas, weights, method, unbiased, num_features, block_size, seed,
+                              x_weights is not None or y_weights is not None, group)
+    for name, value in (("num_features", num_features), ("block_size", block_size)):
+        if value is not None:
+            raise ValueError(f"{name}={value!r} is an option of method={'rff' if name == 'num_features' else 'block'!r}; "
+                             "method='exact' computes every pair")
     if x_weights is None and y_weights is None:
         if group is not None:
             x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)
@@ -197,6 +222,34 @@ def _gather_weighted(x: Tensor, y: Tensor, xw: Tensor, yw: Tensor, group: Any,
     if xw.dim() == 1:
         gxw, gyw = gxw.reshape(-1), gyw.reshape(-1)
     return gx, gy, gxw, gyw
+
+
+def _scalable_mmd2(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike, method: str, unbiased: bool,
+                   num_features: int | None, block_size: int | None, seed: int | None, weighted: bool,
+                   group: Any) -> Tensor:
+    """mmd2's "rff" and "block" methods (what they do not support yet is refused by name)."""
+    if weighted or group is not None:
+        raise ValueError(f"method={method!r} does not take x_weights, y_weights or group yet; use method='exact'")
+    seed = int(torch.randint(2**31 - 1, ())) if seed is None else check_int(seed, "seed", 0)
+    sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd2")
+    if sig.requires_grad:
+        raise ValueError(f"method={method!r}: sigmas requires grad, but the {method} estimate does not differentiate "
+                         "the bandwidths; detach them or use method='exact'")
+    if method == "block":
+        if num_features is not None:
+            raise ValueError(f"num_features={num_features!r} is an option of method='rff'")
+        block_size = check_optional_int(block_size, "block_size", 2)
+        return _block.block_statistics(x, y, sig, w, block_size, seed, unbiased).mean()
+    if block_size is not None:
+        raise ValueError(f"block_size={block_size!r} is an option of method='block'")
+    features = check_int(_rff.DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
+    freq, phases = _rff.draw_features(x.shape[1] if x.dim() == 2 else 1, sig, features, seed, x)
+    sx, sy = _rff.feature_sums(x, freq, phases), _rff.feature_sums(y, freq, phases)
+    if unbiased and (x.shape[0] < 2 or y.shape[0] < 2):
+        raise ValueError(f"the unbiased estimator needs at least 2 samples (rows) in x and in y, got n={x.shape[0]}, "
+                         f"m={y.shape[0]}")
+    terms = _rff.rff_terms(sx, sy, x.shape[0], y.shape[0], sig.numel(), unbiased)
+    return (terms * w.to(terms.dtype)).sum().to(x.dtype)
 
 
 def rbf_kernel_matmul(z: Tensor, s: Tensor, sigmas: SigmasLike, weights: WeightsLike = None) -> Tensor:

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pytl._html import html_table
 from pytl import ops
+from pytl._checks import check_choice, check_int, check_optional_int
+from pytl._html import html_table
 from pytl._samples import as_matrix, check_pair
-from pytl._checks import check_int, check_optional_int
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
+from pytl.diagnostics import scalable_tests
+from pytl.random_features import DEFAULT_FEATURES
 
 __all__ = ["MMDTestResult", "mmd_test", "split_chunks"]
 
@@ -41,10 +43,13 @@ class MMDTestResult:
     estimator: str = "biased"
     sigmas: list[float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    #: "exact" (every pair, row permutations), "rff" (chunk permutations) or "block" (normal null; null_samples
+    #: then holds the block statistics whose spread gives the null's variance)
+    method: str = "exact"
 
     @property
     def num_permutations(self) -> int:
-        return int(self.null_samples.numel())
+        return 0 if self.method == "block" else int(self.null_samples.numel())
 
     def rejects(self, alpha: float = 0.05) -> bool:
         """True when the test rejects "same distribution" at level alpha."""
@@ -53,10 +58,37 @@ class MMDTestResult:
     def _repr_html_(self) -> str:
         """Jupyter's view: the statistic, its p-value and what the test concludes at 5%."""
         sig = ", ".join(f"{s:.3g}" for s in self.sigmas) or "-"
-        rows = [("", "value"), (f"MMD² ({self.estimator})", f"{self.statistic:.6g}"), ("p-value", f"{self.p_value:.4g}"),
-                ("permutations", str(self.num_permutations)), ("bandwidths σ", sig),
+        null = (f"normal, from {self.null_samples.numel()} blocks" if self.method == "block" else
+                f"{self.num_permutations} permutations" + (" of chunks" if self.method == "rff" else ""))
+        rows = [("", "value"), (f"MMD² ({self.estimator}, {self.method})", f"{self.statistic:.6g}"),
+                ("p-value", f"{self.p_value:.4g}"), ("null", null), ("bandwidths σ", sig),
                 ("at 5%", "different distributions" if self.rejects() else "no evidence of a difference")]
         return html_table("pytl MMD permutation test", rows, bold=(4,), align_left=(0, 1))
+
+
+def _scalable_test(x: Tensor, y: Tensor, sig: Tensor, w: Tensor, method: str, estimator: str, num_permutations: int,
+                   num_features: int | None, block_size: int | None, seed: int, chunk_size: int | None) -> MMDTestResult:
+    """mmd_test's "block" and "rff" methods (pytl.diagnostics.scalable_tests)."""
+    if chunk_size is not None:
+        raise ValueError("chunk_size is an option of method='exact' (its split vectors per sweep)")
+    if method == "block":
+        if num_features is not None:
+            raise ValueError(f"num_features={num_features!r} is an option of method='rff'")
+        if estimator != "unbiased":
+            raise ValueError("method='block' tests with the unbiased per-block statistic (its null has mean 0): "
+                             "pass estimator='unbiased'")
+        stat, p, null = scalable_tests.block_test(x, y, sig, w, check_optional_int(block_size, "block_size", 2), seed)
+    else:
+        if block_size is not None:
+            raise ValueError(f"block_size={block_size!r} is an option of method='block'")
+        if estimator != "biased":
+            raise ValueError("method='rff' tests with the biased random-feature statistic ‖mean φ(x) − mean φ(y)‖²: "
+                             "pass estimator='biased'")
+        features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
+        stat, p, null = scalable_tests.rff_chunk_test(x, y, sig, w, features, num_permutations, seed)
+    return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
+                         sigmas=[float(s) for s in sig.detach().cpu().double()],
+                         weights=[float(v) for v in w.detach().cpu().double()], method=method)
 
 
 def split_chunks(n: int, m: int, num_permutations: int, seed: int, chunk: int) -> Iterator[Tensor]:
@@ -91,6 +123,9 @@ def mmd_test(
     *,
     weights: WeightsLike = None,
     chunk_size: int | None = None,
+    method: str = "exact",
+    num_features: int | None = None,
+    block_size: int | None = None,
 ) -> MMDTestResult:
     """Permutation two-sample test of H0: x and y come from the same distribution (Gretton et al. 2012).
 
@@ -106,8 +141,15 @@ def mmd_test(
     sigmas/weights: as in :func:`pytl.mmd2` (None: the median-heuristic ladder, weights 1/K).
     seed: the permutations come from a torch.Generator seeded with it (reproducible). Computed on x's
     device, in float64 for float64 inputs, else float32; the per-split reductions are in float64.
+
+    method: "exact" (above); for data too large for n² work, "block" (the B-test: the mean of per-block
+    unbiased MMD² over blocks of ``block_size`` rows, default about sqrt(n), and its asymptotically normal
+    null; no permutation, ``num_permutations`` unused) or "rff" (the random-feature statistic with
+    ``num_features`` per bandwidth, default 1024, and ``num_permutations`` permutations of 64+ equal chunks of
+    rows: one pass over the data). Both cost O(n + m) passes; pytl.diagnostics.scalable_tests says how.
     """
     unbiased = ops.is_unbiased(estimator)
+    method = check_choice(method, "method", ops.METHODS)
     x, y = as_matrix(x, "x"), as_matrix(y, "y")
     # the op sees only the pooled sample, so the two samples are checked here
     check_pair(x, y, estimator)
@@ -115,6 +157,9 @@ def mmd_test(
     seed = check_int(seed, "seed", 0)
     chunk_size = check_optional_int(chunk_size, "chunk_size", 1)
     sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd_test")
+    if method != "exact":
+        return _scalable_test(x, y, sig, w, method, estimator, num_permutations, num_features, block_size, seed,
+                              chunk_size)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     device = x.device
     n, m = x.shape[0], y.shape[0]

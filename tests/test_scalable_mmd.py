@@ -1,0 +1,198 @@
+"""The scalable MMD estimators and their tests: the rff_sums op against float64 cosines (values, gradient,
+gradcheck, opcheck, Meta, errors); the random-feature statistic against its explicit feature matrix and, over
+draws, against the exact statistic (its mean, and a spread that shrinks as 1/sqrt(D)); the block statistic
+against per-block float64 references; mmd_test(method="block" | "rff") on both hypotheses; refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pytl
+from pytl import block_mmd, random_features
+from pytl.bandwidths import resolve_bandwidths
+from pytl.testing import mmd2_reference64
+
+
+def _features(n=40, d=3, f=24, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64).to(device, dtype)
+    w = torch.randn(f, d, generator=g, dtype=torch.float64).to(device, dtype)
+    u = (torch.rand(f, generator=g, dtype=torch.float64) * 2 * math.pi).to(device, dtype)
+    return x, w, u
+
+
+# ----------------------------------------------------------------------------------------- the op
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_rff_sums_against_float64_cosines(device, dtype):
+    x, w, u = _features(n=700, f=50, dtype=dtype, device=device)  # several tiles on neither device: one is enough
+    got = torch.ops.pytl.rff_sums(x, w, u)
+    theta = x.double() @ w.double().T + u.double()
+    want = torch.stack([theta.cos().sum(0), theta.cos().pow(2).sum(0)])
+    assert got.dtype == torch.float64 and got.shape == (2, 50)
+    tol = {torch.float64: 1e-10, torch.float32: 2e-3, torch.float16: 0.5}[dtype]
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=0, atol=tol)
+
+
+def test_rff_sums_streams_many_tiles_and_its_gradient(device):
+    # 2^20 / 2048 = 512 rows per CPU tile: 1500 rows are three tiles, the last one partial
+    x, w, u = _features(n=1500, d=4, f=2048, device=device)
+    x.requires_grad_(True)
+    g = torch.randn(2, 2048, dtype=torch.float64, device=device)
+    (torch.ops.pytl.rff_sums(x, w, u) * g).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    theta = x @ w.T + u
+    (torch.stack([theta.cos().sum(0), theta.cos().pow(2).sum(0)]) * g).sum().backward()
+    torch.testing.assert_close(got, x.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_rff_sums_gradcheck_opcheck_and_meta(device):
+    x, w, u = _features(n=9, d=3, f=5, device=device)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: torch.ops.pytl.rff_sums(a, w, u), (x,))
+    torch.library.opcheck(torch.ops.pytl.rff_sums.default, (x.detach(), w, u),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    meta = torch.ops.pytl.rff_sums(torch.empty(7, 3, device="meta"), torch.empty(5, 3, device="meta"),
+                                   torch.empty(5, device="meta"))
+    assert meta.shape == (2, 5) and meta.dtype == torch.float64
+
+
+@pytest.mark.parametrize("args, exc, words", [
+    (lambda x, w, u: (x[0], w, u), ValueError, "x must be a 2-D tensor"),
+    (lambda x, w, u: (x, w[:, :2], u), ValueError, "frequencies must have shape"),
+    (lambda x, w, u: (x, w, u[:-1]), ValueError, "phases must have shape"),
+    (lambda x, w, u: (x.long(), w, u), TypeError, "x must be a floating-point tensor"),
+    (lambda x, w, u: (x, w.int(), u), TypeError, "frequencies and phases must be floating-point"),
+    (lambda x, w, u: (x, w.to("meta"), u), ValueError, "on x's device"),
+])
+def test_rff_sums_refuses_bad_arguments_by_name(args, exc, words):
+    x, w, u = _features()
+    with pytest.raises(exc, match=words):
+        torch.ops.pytl.rff_sums(*args(x, w, u))
+    with pytest.raises(ValueError, match="no gradient"):
+        torch.ops.pytl.rff_sums(x, w.requires_grad_(True), u)
+
+
+# ------------------------------------------------------------------------------- the RFF statistic
+
+def _explicit_phi(z, sigmas, d_features, seed):
+    """The feature matrix, written out (what the op never builds): (n, K, D)."""
+    w, u = random_features.draw_features(z.shape[1], sigmas, d_features, seed, z)
+    return math.sqrt(2.0 / d_features) * torch.cos(z @ w.T + u).view(z.shape[0], len(sigmas), d_features)
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_rff_statistic_is_the_explicit_feature_statistic(estimator):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 4, generator=g, dtype=torch.float64), torch.randn(25, 4, generator=g, dtype=torch.float64)
+    sigmas = torch.tensor([0.7, 1.5], dtype=torch.float64)
+    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    got = pytl.mmd2(x, y, sigmas, weights, estimator=estimator, method="rff", num_features=64, seed=5)
+    px, py = _explicit_phi(x, sigmas, 64, 5), _explicit_phi(y, sigmas, 64, 5)
+    gram_xx, gram_yy = torch.einsum("ikd,jkd->kij", px, px), torch.einsum("ikd,jkd->kij", py, py)
+    gram_xy = torch.einsum("ikd,jkd->kij", px, py)
+    if estimator == "biased":
+        terms = gram_xx.mean((1, 2)) + gram_yy.mean((1, 2)) - 2 * gram_xy.mean((1, 2))
+    else:
+        off = lambda gm: (gm.sum((1, 2)) - gm.diagonal(dim1=1, dim2=2).sum(1)) / (gm.shape[1] * (gm.shape[1] - 1))  # noqa: E731
+        terms = off(gram_xx) + off(gram_yy) - 2 * gram_xy.mean((1, 2))
+    torch.testing.assert_close(got, (weights * terms).sum(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_rff_is_unbiased_for_the_exact_statistic_and_its_spread_shrinks_as_one_over_sqrt_d(estimator):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(300, 5, generator=g, dtype=torch.float64) * 1.2 + 0.3
+    exact = float(pytl.mmd2(x, y, estimator=estimator))
+    spread = {}
+    for d_features, draws in ((64, 400), (1024, 100)):
+        est = torch.tensor([float(pytl.mmd2(x, y, estimator=estimator, method="rff", num_features=d_features, seed=s))
+                            for s in range(draws)])
+        spread[d_features] = float(est.std())
+        # the mean over draws is the exact statistic, within 4 standard errors
+        assert abs(float(est.mean()) - exact) < 4 * spread[d_features] / math.sqrt(draws), (d_features, exact)
+    # 16x the features: a quarter of the spread (theory: 1/sqrt(D)); measured 3.6-4.3
+    assert 3.0 < spread[64] / spread[1024] < 5.3, spread
+
+
+def test_rff_and_block_gradients_flow_and_mmd_loss_takes_the_method():
+    torch.manual_seed(0)
+    x = torch.randn(200, 3, requires_grad=True)
+    y = torch.randn(200, 3) + 1.0
+    for method in ("rff", "block"):
+        loss = pytl.MMDLoss(method=method)(x, y)
+        (gx,) = torch.autograd.grad(loss, x)
+        # descending the gradient moves x toward y: the loss drops
+        assert torch.isfinite(gx).all() and float(pytl.mmd2(x - 5.0 * gx, y, method=method, seed=0)) < \
+            float(pytl.mmd2(x, y, method=method, seed=0))
+    a, b = pytl.MMDLoss(method="rff")(x, y), pytl.MMDLoss(method="rff")(x, y)
+    assert float(a) != float(b)  # seed=None: fresh features per call
+
+
+# ------------------------------------------------------------------------------------------ block
+
+def test_block_statistic_is_the_mean_of_per_block_float64_references():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(103, 3, generator=g, dtype=torch.float64), torch.randn(90, 3, generator=g, dtype=torch.float64)
+    got = pytl.mmd2(x, y, estimator="unbiased", method="block", block_size=20, seed=7)
+    sig, w = resolve_bandwidths(x, y, None, None)
+    blocks, bx, by = block_mmd.block_layout(103, 90, 20)
+    assert (blocks, bx, by) == (4, 25, 22)
+    gen = torch.Generator().manual_seed(7)
+    px = torch.randperm(103, generator=gen)[: blocks * bx].view(blocks, bx)
+    py = torch.randperm(90, generator=gen)[: blocks * by].view(blocks, by)
+    want = sum(float(mmd2_reference64(x[px[j]], y[py[j]], sig, w, unbiased=True)) for j in range(blocks)) / blocks
+    assert float(got) == pytest.approx(want, rel=1e-10)
+    assert block_mmd.block_layout(10_000, 10_000, None) == (100, 100, 100)  # sqrt(n) rows per block
+
+
+# -------------------------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("method, estimator", [("block", "unbiased"), ("rff", "biased")])
+def test_scalable_tests_keep_h0_and_reject_a_shift(method, estimator):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(3000, 4, generator=g), torch.randn(3000, 4, generator=g)
+    same = pytl.mmd_test(x, y, method=method, estimator=estimator, num_permutations=200, seed=1)
+    shifted = pytl.mmd_test(x, y + 0.25, method=method, estimator=estimator, num_permutations=200, seed=1)
+    assert same.p_value > 0.05 and shifted.p_value < 0.01 and same.method == method
+    assert "null" in shifted._repr_html_()
+    if method == "block":  # the p-value is the normal tail of the mean over its standard error
+        z = shifted.statistic / (float(shifted.null_samples.std()) / math.sqrt(shifted.null_samples.numel()))
+        assert shifted.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+        assert shifted.num_permutations == 0
+    else:
+        assert shifted.num_permutations == 200 and shifted.p_value == pytest.approx(1 / 201)
+
+
+def test_the_rff_chunk_null_is_calibrated():
+    """50 null draws at n = m = 640 (64 chunks of 10 rows): the p-values are spread like a uniform's (the
+    benchmark measures the rejection rate over 200+ draws and several n)."""
+    g = torch.Generator().manual_seed(4)
+    p = [pytl.mmd_test(torch.randn(640, 3, generator=g), torch.randn(640, 3, generator=g), method="rff",
+                       num_permutations=99, num_features=128, seed=s).p_value for s in range(50)]
+    p = torch.tensor(p)
+    assert 0.3 < float(p.mean()) < 0.7 and float((p <= 0.1).double().mean()) < 0.25
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda x, y: pytl.mmd2(x, y, method="fast"), ValueError, "method"),
+    (lambda x, y: pytl.mmd2(x, y, num_features=10), ValueError, "num_features=10 is an option of method='rff'"),
+    (lambda x, y: pytl.mmd2(x, y, method="rff", block_size=10), ValueError, "block_size=10 is an option"),
+    (lambda x, y: pytl.mmd2(x, y, method="rff", x_weights=torch.ones(50)), ValueError, "x_weights"),
+    (lambda x, y: pytl.mmd2(x, y, method="rff", num_features=0), ValueError, "num_features"),
+    (lambda x, y: pytl.mmd2(x, y, torch.ones(1, requires_grad=True), method="rff"), ValueError, "requires grad"),
+    (lambda x, y: pytl.mmd2(x, y, method="block", block_size=40), ValueError, "at least 2 blocks"),
+    (lambda x, y: pytl.mmd_test(x, y, method="block"), ValueError, "estimator='unbiased'"),
+    (lambda x, y: pytl.mmd_test(x, y, method="rff", estimator="unbiased"), ValueError, "estimator='biased'"),
+    (lambda x, y: pytl.mmd_test(x, y, method="rff", chunk_size=4), ValueError, "chunk_size"),
+    (lambda x, y: pytl.MMDLoss(method="rff", distributed=True), ValueError, "distributed"),
+])
+def test_refusals_name_the_argument(call, exc, words):
+    x, y = torch.randn(50, 3), torch.randn(50, 3)
+    with pytest.raises(exc, match=words):
+        call(x, y)
