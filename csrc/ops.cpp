@@ -52,9 +52,9 @@ TORCH_LIBRARY(pytl, m) {
       " -> Tensor");
 
   // ---- Random Fourier features (random_features.cpp). x (n, d), frequencies W (F, d), phases u (F,):
-  // (2, F) column sums over the rows of cos(W x_i + u) (row 0) and cos^2(W x_i + u) (row 1), streamed over row
-  // tiles (never n x F); float64 sums. Differentiable in x only.
-  m.def("rff_sums(Tensor x, Tensor frequencies, Tensor phases) -> Tensor");
+  // column sums over the rows of cos(W x_i + u) (row 0) and, with squares, cos^2(W x_i + u) (row 1): (1, F) or
+  // (2, F), float64, streamed over row tiles (never n x F). Differentiable in x only.
+  m.def("rff_sums(Tensor x, Tensor frequencies, Tensor phases, bool squares=False) -> Tensor");
   // The gradient to x of sum_{r,f} grad[r, f] * rff_sums(x, W, u)[r, f] (x's shape and dtype).
   m.def("rff_sums_backward(Tensor grad, Tensor x, Tensor frequencies, Tensor phases) -> Tensor");
 }

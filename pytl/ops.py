@@ -103,7 +103,7 @@ def mmd2(
     tensor of x's dtype. Fused kernels: no n x m matrix is built, forward or backward.
 
     method: "exact" (every pair, the default); "rff": random Fourier features, ``num_features`` per bandwidth
-    (default 1024) drawn with ``seed``, one streamed pass, cost linear in n + m, an unbiased estimate of the
+    (default 256) drawn with ``seed``, one streamed pass, cost linear in n + m, an unbiased estimate of the
     exact statistic whose error shrinks as 1/sqrt(num_features) (pytl.random_features); "block": the B-test's
     mean of per-block statistics over a ``seed``-ed random split into blocks of ``block_size`` rows (default
     about sqrt(n)), cost (n + m)·block_size (pytl.block_mmd). Both are differentiable in x and y; neither takes
@@ -244,7 +244,7 @@ def _scalable_mmd2(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLik
         raise ValueError(f"block_size={block_size!r} is an option of method='block'")
     features = check_int(_rff.DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
     freq, phases = _rff.draw_features(x.shape[1] if x.dim() == 2 else 1, sig, features, seed, x)
-    sx, sy = _rff.feature_sums(x, freq, phases), _rff.feature_sums(y, freq, phases)
+    sx, sy = _rff.feature_sums(x, freq, phases, unbiased), _rff.feature_sums(y, freq, phases, unbiased)
     if unbiased and (x.shape[0] < 2 or y.shape[0] < 2):
         raise ValueError(f"the unbiased estimator needs at least 2 samples (rows) in x and in y, got n={x.shape[0]}, "
                          f"m={y.shape[0]}")

@@ -29,35 +29,39 @@ def _features(n=40, d=3, f=24, dtype=torch.float64, device="cpu", seed=0):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 def test_rff_sums_against_float64_cosines(device, dtype):
     x, w, u = _features(n=700, f=50, dtype=dtype, device=device)  # several tiles on neither device: one is enough
-    got = torch.ops.pytl.rff_sums(x, w, u)
+    got = torch.ops.pytl.rff_sums(x, w, u, True)
     theta = x.double() @ w.double().T + u.double()
     want = torch.stack([theta.cos().sum(0), theta.cos().pow(2).sum(0)])
     assert got.dtype == torch.float64 and got.shape == (2, 50)
     tol = {torch.float64: 1e-10, torch.float32: 2e-3, torch.float16: 0.5}[dtype]
     torch.testing.assert_close(got.cpu(), want.cpu(), rtol=0, atol=tol)
+    # without the squares: the first row alone, the same numbers
+    torch.testing.assert_close(torch.ops.pytl.rff_sums(x, w, u), got[:1], rtol=0, atol=0)
 
 
 def test_rff_sums_streams_many_tiles_and_its_gradient(device):
     # 2^20 / 2048 = 512 rows per CPU tile: 1500 rows are three tiles, the last one partial
     x, w, u = _features(n=1500, d=4, f=2048, device=device)
     x.requires_grad_(True)
-    g = torch.randn(2, 2048, dtype=torch.float64, device=device)
-    (torch.ops.pytl.rff_sums(x, w, u) * g).sum().backward()
-    got = x.grad.clone()
-    x.grad = None
-    theta = x @ w.T + u
-    (torch.stack([theta.cos().sum(0), theta.cos().pow(2).sum(0)]) * g).sum().backward()
-    torch.testing.assert_close(got, x.grad, rtol=1e-9, atol=1e-9)
+    for rows in (1, 2):
+        g = torch.randn(rows, 2048, dtype=torch.float64, device=device)
+        (torch.ops.pytl.rff_sums(x, w, u, rows == 2) * g).sum().backward()
+        got = x.grad.clone()
+        x.grad = None
+        theta = x @ w.T + u
+        (torch.stack([theta.cos().sum(0), theta.cos().pow(2).sum(0)])[:rows] * g).sum().backward()
+        torch.testing.assert_close(got, x.grad, rtol=1e-9, atol=1e-9)
+        x.grad = None
 
 
 def test_rff_sums_gradcheck_opcheck_and_meta(device):
     x, w, u = _features(n=9, d=3, f=5, device=device)
     x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a: torch.ops.pytl.rff_sums(a, w, u), (x,))
-    torch.library.opcheck(torch.ops.pytl.rff_sums.default, (x.detach(), w, u),
+    assert torch.autograd.gradcheck(lambda a: torch.ops.pytl.rff_sums(a, w, u, True), (x,))
+    torch.library.opcheck(torch.ops.pytl.rff_sums.default, (x.detach(), w, u, True),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
     meta = torch.ops.pytl.rff_sums(torch.empty(7, 3, device="meta"), torch.empty(5, 3, device="meta"),
-                                   torch.empty(5, device="meta"))
+                                   torch.empty(5, device="meta"), True)
     assert meta.shape == (2, 5) and meta.dtype == torch.float64
 
 

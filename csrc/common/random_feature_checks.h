@@ -26,11 +26,11 @@ inline void check_random_feature_inputs(const at::Tensor& x, const at::Tensor& f
                     " and ", phases.device());
 }
 
-// The backward's incoming gradient: (2, F), floating point, on x's device.
+// The backward's incoming gradient: (1, F) or (2, F) (with the squares' row), floating point, on x's device.
 inline void check_random_feature_grad(const at::Tensor& grad, const at::Tensor& frequencies, const at::Tensor& x) {
   constexpr const char* op = "pytl.rff_sums_backward: ";
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == frequencies.size(0), op,
-                    "grad must have shape (2, F) = (2, ", frequencies.size(0), "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.dim() == 2 && (grad.size(0) == 1 || grad.size(0) == 2) && grad.size(1) == frequencies.size(0),
+                    op, "grad must have shape (1, F) or (2, F) with F = ", frequencies.size(0), ", got ", grad.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op, "grad must be floating point, got ", grad.scalar_type());
   TORCH_CHECK_VALUE(grad.device() == x.device(), op, "grad must be on ", x.device(), ", got ", grad.device());
 }

@@ -145,7 +145,7 @@ def mmd_test(
     method: "exact" (above); for data too large for n² work, "block" (the B-test: the mean of per-block
     unbiased MMD² over blocks of ``block_size`` rows, default about sqrt(n), and its asymptotically normal
     null; no permutation, ``num_permutations`` unused) or "rff" (the random-feature statistic with
-    ``num_features`` per bandwidth, default 1024, and ``num_permutations`` permutations of 64+ equal chunks of
+    ``num_features`` per bandwidth, default 256, and ``num_permutations`` permutations of 64+ equal chunks of
     rows: one pass over the data). Both cost O(n + m) passes; pytl.diagnostics.scalable_tests says how.
     """
     unbiased = ops.is_unbiased(estimator)
