@@ -200,3 +200,67 @@ def test_refusals_name_the_argument(call, exc, words):
     x, y = torch.randn(50, 3), torch.randn(50, 3)
     with pytest.raises(exc, match=words):
         call(x, y)
+
+
+# -------------------------------------------------------------------------------------- streaming
+
+def _memmaps(tmp_path, x, y):
+    import numpy as np
+
+    out = []
+    for name, a in (("x", x), ("y", y)):
+        m = np.lib.format.open_memmap(str(tmp_path / f"{name}.npy"), mode="w+", dtype=np.float32, shape=tuple(a.shape))
+        m[:] = a.numpy()
+        m.flush()
+        out.append(np.load(str(tmp_path / f"{name}.npy"), mmap_mode="r"))
+    return out
+
+
+def test_a_memmap_and_a_dataloader_stream_to_the_in_memory_statistic(tmp_path, monkeypatch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pytl.diagnostics import streaming
+
+    monkeypatch.setattr(streaming, "BLOCK_ROWS", 500)  # several blocks, boundaries unlike the loader's batches
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(2300, 5, generator=g), torch.randn(1900, 5, generator=g) + 0.1
+    mx, my = _memmaps(tmp_path, x, y)
+    sig = [0.8, 1.6, 3.2]
+    streamed = pytl.mmd_test(mx, my, sig, num_permutations=99, method="rff", num_features=64, seed=2)
+    loader = DataLoader(TensorDataset(y), batch_size=37)  # (y,) batches, 37 rows: chunk offsets carried over
+    mixed = pytl.mmd_test(mx, loader, sig, num_permutations=99, method="rff", num_features=64, seed=2)
+    # all x chunks against all y chunks is the whole-sample statistic, computed here by a different path
+    whole = float(pytl.mmd2(x, y, sig, method="rff", num_features=64, seed=2))
+    assert streamed.statistic == pytest.approx(whole, rel=1e-5) and mixed.statistic == pytest.approx(whole, rel=1e-5)
+    assert streamed.p_value == mixed.p_value == pytest.approx(1 / 100)
+
+
+def test_streaming_deals_rows_at_random_so_a_sorted_file_keeps_h0(tmp_path):
+    """Both files sorted by their first feature, one distribution: rows dealt to chunks at random make every chunk
+    a random subsample of its file, so H0 stands (dealt in turn, this draw's p-value was 0.045: chunks more alike
+    than random subsamples, a null too narrow)."""
+    g = torch.Generator().manual_seed(8)
+    p = []
+    for draw in range(20):
+        x, y = torch.randn(2000, 3, generator=g), torch.randn(2000, 3, generator=g)
+        x, y = x[x[:, 0].argsort()], y[y[:, 0].argsort()]
+        mx, my = _memmaps(tmp_path, x, y)
+        p.append(pytl.mmd_test(mx, my, num_permutations=99, method="rff", num_features=64, seed=draw).p_value)
+    p = torch.tensor(p)
+    assert 0.3 < float(p.mean()) < 0.7 and int((p <= 0.05).sum()) <= 3, p
+    shifted = _memmaps(tmp_path, x, y + 0.2)
+    assert pytl.mmd_test(*shifted, num_permutations=99, method="rff", seed=0).p_value < 0.02
+
+
+def test_streaming_refusals(tmp_path):
+    import numpy as np
+
+    mx, my = _memmaps(tmp_path, torch.randn(100, 3), torch.randn(100, 3))
+    with pytest.raises(ValueError, match="only method='rff'"):
+        pytl.mmd_test(mx, my, method="block", estimator="unbiased")
+    with pytest.raises(ValueError, match="2-D"):
+        pytl.mmd_test(mx, iter([np.zeros((4, 3, 2))]), method="rff")
+    with pytest.raises(ValueError, match="needs every chunk to get rows"):
+        pytl.mmd_test(mx, iter([np.zeros((10, 3))]), method="rff")
+    with pytest.raises(ValueError, match="same number of features"):
+        pytl.mmd_test(mx, iter([np.zeros((100, 4))]), method="rff")

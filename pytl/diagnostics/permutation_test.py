@@ -19,7 +19,7 @@ from pytl._checks import check_choice, check_int, check_optional_int
 from pytl._html import html_table
 from pytl._samples import as_matrix, check_pair
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
-from pytl.diagnostics import scalable_tests
+from pytl.diagnostics import scalable_tests, streaming
 from pytl.random_features import DEFAULT_FEATURES
 
 __all__ = ["MMDTestResult", "mmd_test", "split_chunks"]
@@ -91,6 +91,22 @@ def _scalable_test(x: Tensor, y: Tensor, sig: Tensor, w: Tensor, method: str, es
                          weights=[float(v) for v in w.detach().cpu().double()], method=method)
 
 
+def _streamed_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, method: str, estimator: str,
+                   num_permutations: int, num_features: int | None, block_size: int | None, seed: int,
+                   chunk_size: int | None) -> MMDTestResult:
+    """mmd_test on a memmap or a DataLoader: the random-feature test in one pass (pytl.diagnostics.streaming)."""
+    if method != "rff" or estimator != "biased" or block_size is not None or chunk_size is not None:
+        raise ValueError("x or y is a memmap or a stream of batches (read once, never loaded whole): only "
+                         "method='rff' (with estimator='biased') tests it; load the data as an array for the others")
+    features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
+    stat, p, null, sig, w = streaming.stream_rff_test(
+        x, y, sigmas, weights, num_features=features, num_permutations=check_int(num_permutations, "num_permutations", 1),
+        seed=check_int(seed, "seed", 0))
+    return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
+                         sigmas=[float(s) for s in sig.detach().cpu().double()],
+                         weights=[float(v) for v in w.detach().cpu().double()], method="rff")
+
+
 def split_chunks(n: int, m: int, num_permutations: int, seed: int, chunk: int) -> Iterator[Tensor]:
     """Boolean (c, n + m) masks of the "x" members, chunk by chunk: first the observed split (rows
     0..n-1 are x), then num_permutations random splits drawn from a CPU torch.Generator seeded with
@@ -150,6 +166,9 @@ def mmd_test(
     """
     unbiased = ops.is_unbiased(estimator)
     method = check_choice(method, "method", ops.METHODS)
+    if streaming.is_stream(x) or streaming.is_stream(y):
+        return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, block_size,
+                              seed, chunk_size)
     x, y = as_matrix(x, "x"), as_matrix(y, "y")
     # the op sees only the pooled sample, so the two samples are checked here
     check_pair(x, y, estimator)

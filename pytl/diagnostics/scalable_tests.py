@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pytl import block_mmd, random_features
 
-__all__ = ["CHUNKS_PER_SIDE", "block_test", "rff_chunk_test"]
+__all__ = ["CHUNKS_PER_SIDE", "block_test", "chunk_permutation_test", "rff_chunk_test"]
 
 #: chunks of the smaller sample in the rff test: the permutation null's resolution (C(2c, c) distinct splits)
 CHUNKS_PER_SIDE = 64
@@ -40,7 +40,8 @@ def block_test(x: Tensor, y: Tensor, sigmas: Tensor, weights: Tensor, block_size
 
 def rff_chunk_test(x: Tensor, y: Tensor, sigmas: Tensor, weights: Tensor, num_features: int, num_permutations: int,
                    seed: int) -> tuple[float, float, Tensor]:
-    """(statistic, permutation p-value, the permuted statistics)."""
+    """(statistic, permutation p-value, the permuted statistics) of tensors in memory: the chunks are equal
+    slices of a seeded random row order."""
     n, m = x.shape[0], y.shape[0]
     size = max(1, min(n, m) // CHUNKS_PER_SIDE)
     cx, cy = n // size, m // size
@@ -51,15 +52,23 @@ def rff_chunk_test(x: Tensor, y: Tensor, sigmas: Tensor, weights: Tensor, num_fe
     with torch.no_grad():
         sums = torch.stack([random_features.feature_sums(x[rows.to(x.device)], freq, phases)[0] for rows in order_x]
                            + [random_features.feature_sums(y[rows.to(y.device)], freq, phases)[0] for rows in order_y])
-    sums = sums.cpu()  # (cx + cy, F) float64
-    k = sigmas.numel()
-    w = weights.detach().to("cpu", torch.float64)
-    total = cx + cy
+    counts = torch.full((cx + cy,), float(size), dtype=torch.float64)
+    return chunk_permutation_test(sums.cpu(), counts, cx, sigmas.numel(), weights, num_permutations, seed)
 
-    def statistics(as_x: Tensor) -> Tensor:  # (P, total) 0/1 memberships -> (P,) biased RFF statistics
-        mx = as_x @ sums / (cx * size)
-        my = (1.0 - as_x) @ sums / (cy * size)
-        diff = (mx - my).view(as_x.shape[0], k, -1)
+
+def chunk_permutation_test(sums: Tensor, counts: Tensor, cx: int, num_bandwidths: int, weights: Tensor,
+                           num_permutations: int, seed: int) -> tuple[float, float, Tensor]:
+    """The biased random-feature statistic of the first ``cx`` chunks against the others, from the chunks'
+    feature sums (C, F) and row counts (C,), and its null over ``num_permutations`` re-assignments of whole
+    chunks (a generator seeded by ``seed``): (statistic, p-value, null)."""
+    total = sums.shape[0]
+    w = weights.detach().to("cpu", torch.float64)
+    g = torch.Generator().manual_seed(int(seed) + 1)
+
+    def statistics(as_x: Tensor) -> Tensor:  # (P, C) 0/1 memberships -> (P,) statistics
+        mx = (as_x @ sums) / (as_x @ counts)[:, None]
+        my = ((1.0 - as_x) @ sums) / ((1.0 - as_x) @ counts)[:, None]
+        diff = (mx - my).view(as_x.shape[0], num_bandwidths, -1)
         return (2.0 / diff.shape[2]) * (diff.pow(2).sum(2) * w).sum(1)
 
     observed = torch.zeros(1, total, dtype=torch.float64)
@@ -69,7 +78,6 @@ def rff_chunk_test(x: Tensor, y: Tensor, sigmas: Tensor, weights: Tensor, num_fe
     for start in range(0, num_permutations, 256):
         c = min(256, num_permutations - start)
         picks = torch.stack([torch.randperm(total, generator=g)[:cx] for _ in range(c)])
-        as_x = torch.zeros(c, total, dtype=torch.float64).scatter_(1, picks, 1.0)
-        null.append(statistics(as_x))
+        null.append(statistics(torch.zeros(c, total, dtype=torch.float64).scatter_(1, picks, 1.0)))
     null_t = torch.cat(null)
     return statistic, (int((null_t >= statistic).sum()) + 1) / (num_permutations + 1), null_t

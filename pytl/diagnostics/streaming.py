@@ -1,0 +1,145 @@
+"""The random-feature MMD test on data that does not fit in one tensor: numpy memmaps (or arrays) and
+DataLoaders (or any iterable of batches), read once, block by block, with memory independent of n.
+
+Each side's rows go to ``CHUNKS_PER_SIDE`` chunks at random (a hash of the row's index in the stream and the seed,
+so the same whatever the batch boundaries): every chunk is a random subsample of its side, as the permutation
+null needs, even when the file is sorted (dealing rows in turn would make the chunks more alike than random
+subsamples, the null too narrow and the test reject too often; contiguous chunks would make it too wide). Per
+block of rows, each chunk's rows go through the ``rff_sums`` op and add to that chunk's feature sums; the
+statistic and the chunk-permutation null of pytl.diagnostics.scalable_tests need only the (2c, F) sums and the
+row counts: one pass over the data in all.
+
+The bandwidths (``sigmas=None``): the median heuristic on up to ``MEDIAN_ROWS`` rows per side, evenly spaced
+through a memmap, the first rows of a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pytl import random_features
+from pytl._progress import progress_bar
+from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
+from pytl.diagnostics.scalable_tests import CHUNKS_PER_SIDE, chunk_permutation_test
+
+__all__ = ["BLOCK_ROWS", "MEDIAN_ROWS", "chunk_of", "is_stream", "stream_rff_test"]
+
+#: rows read at a time (a block); 65 536 rows of 64 float32 features are 16 MiB
+BLOCK_ROWS = 1 << 16
+#: rows per side for the median heuristic
+MEDIAN_ROWS = 2048
+
+
+def is_stream(data: Any) -> bool:
+    """Whether ``data`` should be streamed rather than loaded: a numpy memmap, or an iterable of batches that is
+    neither an array, a tensor nor a list (a DataLoader, a generator)."""
+    if isinstance(data, np.memmap):
+        return True
+    return isinstance(data, Iterable) and not isinstance(data, (np.ndarray, Tensor, list, tuple, str, bytes))
+
+
+def _as_block(batch: Any, name: str) -> Tensor:
+    """A batch as a float tensor (n, d): the first element of an (x,) or (x, y) batch, a numpy block converted."""
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        batch = batch[0]
+    t = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, Tensor) else batch
+    if t.dim() != 2:
+        raise ValueError(f"{name}: every batch must be a 2-D (rows, features) block, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: a batch holds NaN or infinite values")
+    return t
+
+
+def _blocks(data: Any, name: str) -> Iterator[Tensor]:
+    if isinstance(data, np.ndarray):  # a memmap (or an array): consecutive slices, read as they are needed
+        if data.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (rows, features), got shape {data.shape}")
+        for r0 in range(0, data.shape[0], BLOCK_ROWS):
+            yield _as_block(np.array(data[r0:r0 + BLOCK_ROWS]), name)
+        return
+    for batch in data:
+        yield _as_block(batch, name)
+
+
+def _median_rows(data: Any, name: str) -> tuple[Tensor, Iterator[Tensor]]:
+    """Rows for the median heuristic, and the blocks of the whole side (the rows it read first included)."""
+    if isinstance(data, np.ndarray):
+        rows = np.unique(np.linspace(0, data.shape[0] - 1, min(MEDIAN_ROWS, data.shape[0])).astype(np.int64))
+        return _as_block(np.array(data[rows]), name), _blocks(data, name)
+    it = _blocks(data, name)
+    first: list[Tensor] = []
+    seen = 0
+    for block in it:
+        first.append(block)
+        seen += block.shape[0]
+        if seen >= MEDIAN_ROWS:
+            break
+    if not first:
+        raise ValueError(f"{name} yielded no batch")
+
+    def chained() -> Iterator[Tensor]:
+        yield from first
+        yield from it
+    return torch.cat(first)[:MEDIAN_ROWS], chained()
+
+
+def chunk_of(index: Tensor, seed: int, chunks: int) -> Tensor:
+    """The chunk of each row index: a mixing hash (splitmix64's finaliser, int64 arithmetic wrapping) of the
+    index and the seed, reduced modulo ``chunks``; uniform and independent-looking across rows."""
+    salt = (int(seed) * 1442695040888963407) % 2**64  # the seed's own odd multiplier, as a signed int64
+    z = index.to(torch.int64) * -7046029254386353131 + (salt - 2**64 if salt >= 2**63 else salt)  # 0x9E3779B97F4A7C15
+    z = z ^ (z >> 31)
+    z = z * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    z = z ^ (z >> 29)
+    return z.remainder(chunks)
+
+
+def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: int, seed: int,
+                bar: Any) -> tuple[Tensor, Tensor]:
+    """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(i)."""
+    sums = torch.zeros(chunks, freq.shape[0], dtype=torch.float64)
+    counts = torch.zeros(chunks, dtype=torch.float64)
+    offset = 0
+    for block in blocks:
+        block = block.to(freq.device, freq.dtype)
+        ids = chunk_of(torch.arange(offset, offset + block.shape[0]), seed, chunks)
+        for c in range(chunks):
+            rows = block[(ids == c).to(block.device)]
+            if rows.shape[0]:
+                sums[c] += random_features.feature_sums(rows, freq, phases)[0].cpu()
+                counts[c] += rows.shape[0]
+        offset += block.shape[0]
+        bar.update(1)
+    return sums, counts
+
+
+def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsLike = None, *, num_features: int,
+                    num_permutations: int, seed: int, progress: bool = False, device: Any = "cpu") -> tuple[
+                        float, float, Tensor, Tensor, Tensor]:
+    """(statistic, p-value, null, sigmas, weights) of the random-feature test, reading x and y once each."""
+    mx, x_blocks = _median_rows(x, "x")
+    my, y_blocks = _median_rows(y, "y")
+    if mx.shape[1] != my.shape[1]:
+        raise ValueError(f"x and y must have the same number of features, got {mx.shape[1]} and {my.shape[1]}")
+    sig, w = resolve_bandwidths(mx.double(), my.double(), sigmas, weights, "pytl.mmd_test")
+    like = torch.empty(0, dtype=torch.float64 if mx.dtype == torch.float64 else torch.float32, device=device)
+    freq, phases = random_features.draw_features(mx.shape[1], sig, num_features, seed, like)
+    total = sum(len(d) // BLOCK_ROWS + 1 for d in (x, y) if isinstance(d, np.ndarray)) or 0
+    bar = progress_bar(total, "mmd_test: rff pass", progress and total > 0)
+    with torch.no_grad():
+        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed, bar)
+        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1, bar)
+    bar.close()
+    if float(nx.min()) < 1 or float(ny.min()) < 1:
+        raise ValueError(f"the rff test deals rows to {CHUNKS_PER_SIDE} chunks per side and needs every chunk to get "
+                         f"rows (at least that many rows in x and in y), got {int(nx.sum())} and {int(ny.sum())}")
+    stat, p, null = chunk_permutation_test(torch.cat([sx, sy]), torch.cat([nx, ny]), CHUNKS_PER_SIDE,
+                                           sig.numel(), w, num_permutations, seed)
+    return stat, p, null, sig, w
