@@ -32,7 +32,7 @@ class MMDLoss(nn.Module):
         super().__init__()
         check_choice(estimator, "estimator", ESTIMATORS)
         check_choice(method, "method", METHODS)
-        if method != "exact" and distributed:
+        if method not in ("exact", "auto") and distributed:
             raise ValueError(f"method={method!r} does not support distributed=True yet; use method='exact'")
         _set_kernel_settings(self, sigmas, weights, distributed, group)
         self.estimator, self.method = estimator, method
@@ -40,7 +40,7 @@ class MMDLoss(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         group = _loss_group(self, "MMDLoss")
-        if self.method == "exact":
+        if self.method == "exact" or group is not None:  # a global batch under DDP: every pair, gathered
             return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, group=group)
         return mmd2(x, y, self.sigmas, self.weights, estimator=self.estimator, method=self.method,
                     num_features=self.num_features, block_size=self.block_size, seed=self.seed)

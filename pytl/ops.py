@@ -45,6 +45,7 @@ load_ops()
 __all__ = [
     "ESTIMATORS",
     "LADDER_EXPONENTS",
+    "AUTO_EXACT_PAIRS",
     "METHODS",
     "MEDIAN_MAX_POINTS",
     "SigmasLike",
@@ -59,8 +60,20 @@ __all__ = [
 ]
 
 ESTIMATORS = ("biased", "unbiased")
-#: how mmd2 computes: every pair ("exact"), random Fourier features ("rff"), or the B-test's blocks ("block")
-METHODS = ("exact", "rff", "block")
+#: how mmd2 computes: every pair ("exact"), random Fourier features ("rff"), or the B-test's blocks ("block");
+#: "auto": exact up to AUTO_EXACT_PAIRS pairs, rff above
+METHODS = ("exact", "rff", "block", "auto")
+#: n·m up to which method="auto" computes every pair: 2^30 (32 768 per side) takes about 5 s at d = 64 on two CPU
+#: cores and a few ms on a GPU; beyond, the exact cost grows as n·m and rff's as n + m (benchmarks/scalable_mmd.py)
+AUTO_EXACT_PAIRS = 1 << 30
+
+
+def resolve_method(method: str, n: int, m: int) -> str:
+    """The method mmd2 runs: ``method`` as given, or for "auto" exact up to AUTO_EXACT_PAIRS pairs, else rff."""
+    method = check_choice(method, "method", METHODS)
+    if method != "auto":
+        return method
+    return "exact" if n * m <= AUTO_EXACT_PAIRS else "rff"
 
 
 def is_unbiased(estimator: str) -> bool:
@@ -102,7 +115,8 @@ def mmd2(
     needs n, m >= 2; can be slightly negative when the distributions agree). Returns a 0-dim
     tensor of x's dtype. Fused kernels: no n x m matrix is built, forward or backward.
 
-    method: "exact" (every pair, the default); "rff": random Fourier features, ``num_features`` per bandwidth
+    method: "exact" (every pair, the default); "auto": exact up to 2^30 pairs (32 768 rows per side), rff
+    beyond; "rff": random Fourier features, ``num_features`` per bandwidth
     (default 256) drawn with ``seed``, one streamed pass, cost linear in n + m, an unbiased estimate of the
     exact statistic whose error shrinks as 1/sqrt(num_features) (pytl.random_features); "block": the B-test's
     mean of per-block statistics over a ``seed``-ed random split into blocks of ``block_size`` rows (default
@@ -125,7 +139,7 @@ def mmd2(
     unbiased = is_unbiased(estimator)
     _require_tensor(x, "x")
     _require_tensor(y, "y")
-    check_choice(method, "method", METHODS)
+    method = resolve_method(method, x.shape[0] if x.dim() else 0, y.shape[0] if y.dim() else 0)
     if method != "exact":
         return _scalable_mmd2(x, y, sigmas, weights, method, unbiased, num_features, block_size, seed,
                               x_weights is not None or y_weights is not None, group)

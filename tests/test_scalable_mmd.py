@@ -183,6 +183,22 @@ def test_the_rff_chunk_null_is_calibrated():
     assert 0.3 < float(p.mean()) < 0.7 and float((p <= 0.1).double().mean()) < 0.25
 
 
+def test_auto_computes_every_pair_while_it_is_cheap():
+    from pytl.diagnostics.permutation_test import AUTO_EXACT_ROWS
+    from pytl.ops import AUTO_EXACT_PAIRS, resolve_method
+
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(300, 3, generator=g), torch.randn(200, 3, generator=g)
+    assert float(pytl.mmd2(x, y, method="auto")) == float(pytl.mmd2(x, y))
+    assert resolve_method("auto", 32768, 32768) == "exact" and 32768**2 == AUTO_EXACT_PAIRS
+    assert resolve_method("auto", 32769, 32768) == "rff" and resolve_method("block", 5, 5) == "block"
+    assert pytl.mmd_test(x, y, method="auto", num_permutations=20).method == "exact"
+    half = AUTO_EXACT_ROWS // 2 + 1
+    big_x, big_y = torch.randn(half, 2, generator=g), torch.randn(half, 2, generator=g)
+    assert pytl.mmd_test(big_x, big_y, method="auto", num_permutations=20).method == "rff"
+    assert pytl.mmd_test(big_x, big_y, method="auto", estimator="unbiased").method == "block"
+
+
 @pytest.mark.parametrize("call, exc, words", [
     (lambda x, y: pytl.mmd2(x, y, method="fast"), ValueError, "method"),
     (lambda x, y: pytl.mmd2(x, y, num_features=10), ValueError, "num_features=10 is an option of method='rff'"),

@@ -91,6 +91,20 @@ def _scalable_test(x: Tensor, y: Tensor, sig: Tensor, w: Tensor, method: str, es
                          weights=[float(v) for v in w.detach().cpu().double()], method=method)
 
 
+#: pooled rows up to which mmd_test(method="auto") runs the exact permutation test: at 16 384 its 1000
+#: permutations take seconds on two CPU cores; beyond, the rff test (one pass) had the power at equal wall time
+#: (benchmarks/scalable_mmd.py power)
+AUTO_EXACT_ROWS = 1 << 14
+
+
+def _auto_method(x: Any, y: Any, estimator: str) -> str:
+    """method="auto": the exact test up to AUTO_EXACT_ROWS pooled rows in memory, else the rff test (streams
+    always); the unbiased estimator has no rff test, so it falls to the block test."""
+    if not (streaming.is_stream(x) or streaming.is_stream(y)) and len(x) + len(y) <= AUTO_EXACT_ROWS:
+        return "exact"
+    return "rff" if estimator == "biased" else "block"
+
+
 def _streamed_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, method: str, estimator: str,
                    num_permutations: int, num_features: int | None, block_size: int | None, seed: int,
                    chunk_size: int | None) -> MMDTestResult:
@@ -163,9 +177,13 @@ def mmd_test(
     null; no permutation, ``num_permutations`` unused) or "rff" (the random-feature statistic with
     ``num_features`` per bandwidth, default 256, and ``num_permutations`` permutations of 64+ equal chunks of
     rows: one pass over the data). Both cost O(n + m) passes; pytl.diagnostics.scalable_tests says how.
+    "auto": exact up to 16 384 pooled rows, else rff (block for estimator="unbiased"); a memmap or a DataLoader
+    (x or y) is streamed through the rff test.
     """
     unbiased = ops.is_unbiased(estimator)
     method = check_choice(method, "method", ops.METHODS)
+    if method == "auto":
+        method = _auto_method(x, y, estimator)
     if streaming.is_stream(x) or streaming.is_stream(y):
         return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, block_size,
                               seed, chunk_size)
