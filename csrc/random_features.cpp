@@ -8,7 +8,8 @@
 // exp(-||a - b||^2 / (2 sigma^2)); pytl.ops turns the sums into MMD^2 estimates (row 1 gives the diagonal
 // sum_i ||phi(x_i)||^2 that the U-statistic leaves out). Per tile: one GEMM (rows x d) @ (d x F), the cosines in
 // place, the column sums as a GEMM with a row of ones (in the tile's dtype, then added to float64 accumulators);
-// memory O(tile x F), independent of n. The cosines dominate the cost (n x F of them). The backward of sum_f g0_f S0_f + g1_f S1_f is
+// memory O(tile x F), independent of n. The cosines dominate the cost (n x F of them).
+// The backward of sum_f g0_f S0_f + g1_f S1_f is
 //   d/dx_i = -(sin(theta_i) * (g0 + 2 g1 * cos(theta_i))) @ W,   theta_i = W x_i + u,
 // another streamed pass. No gradient to W or u (random draws, not parameters).
 //

@@ -143,10 +143,9 @@ def mmd2(
     if method != "exact":
         return _scalable_mmd2(x, y, sigmas, weights, method, unbiased, num_features, block_size, seed,
                               x_weights is not None or y_weights is not None, group)
-    for name, value in (("num_features", num_features), ("block_size", block_size)):
+    for name, value, owner in (("num_features", num_features, "rff"), ("block_size", block_size, "block")):
         if value is not None:
-            raise ValueError(f"{name}={value!r} is an option of method={'rff' if name == 'num_features' else 'block'!r}; "
-                             "method='exact' computes every pair")
+            raise ValueError(f"{name}={value!r} is an option of method={owner!r}; method='exact' computes every pair")
     if x_weights is None and y_weights is None:
         if group is not None:
             x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)

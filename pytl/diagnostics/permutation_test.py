@@ -82,8 +82,8 @@ def _scalable_test(x: Tensor, y: Tensor, sig: Tensor, w: Tensor, method: str, es
         if block_size is not None:
             raise ValueError(f"block_size={block_size!r} is an option of method='block'")
         if estimator != "biased":
-            raise ValueError("method='rff' tests with the biased random-feature statistic ‖mean φ(x) − mean φ(y)‖²: "
-                             "pass estimator='biased'")
+            raise ValueError("method='rff' tests with the biased random-feature statistic "
+                             "‖mean φ(x) − mean φ(y)‖²: pass estimator='biased'")
         features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
         stat, p, null = scalable_tests.rff_chunk_test(x, y, sig, w, features, num_permutations, seed)
     return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
@@ -113,9 +113,9 @@ def _streamed_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, met
         raise ValueError("x or y is a memmap or a stream of batches (read once, never loaded whole): only "
                          "method='rff' (with estimator='biased') tests it; load the data as an array for the others")
     features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
-    stat, p, null, sig, w = streaming.stream_rff_test(
-        x, y, sigmas, weights, num_features=features, num_permutations=check_int(num_permutations, "num_permutations", 1),
-        seed=check_int(seed, "seed", 0))
+    permutations = check_int(num_permutations, "num_permutations", 1)
+    stat, p, null, sig, w = streaming.stream_rff_test(x, y, sigmas, weights, num_features=features,
+                                                      num_permutations=permutations, seed=check_int(seed, "seed", 0))
     return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
                          sigmas=[float(s) for s in sig.detach().cpu().double()],
                          weights=[float(v) for v in w.detach().cpu().double()], method="rff")

@@ -1,8 +1,8 @@
 """Stage 1's alignment terms, one class per file, and their registry.
 
 Each term compares a source batch's embeddings with a target batch's and is weighted by λ in the step's
-loss (``CE + λ·term``), except a ``reversed`` one (DANN, MME), whose λ acts inside the term (a reversed gradient's scale, the
-entropy's weight) instead.
+loss (``CE + λ·term``), except a ``reversed`` one (DANN, MME), whose λ acts inside the term instead (a reversed
+gradient's scale, the entropy's weight).
 A new alignment is one file (a subclass of ``Alignment`` that declares its key, λ option and default,
 description and needs) plus one ``register`` line below; the trainer's ``alignment=`` setting and every
 strategy table of pytl.experiments derive from the registry (docs/architecture.md shows an example).
