@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from pytl._checks import DataWarning, warn_user
 from pytl.diagnostics.label_shift import label_shift_from_predictions
 from pytl.inference import predict_proba
 
@@ -49,6 +50,13 @@ class ClassWeights:
         est = label_shift_from_predictions(ps, ys.cpu(), pt, num_classes=run.num_classes)
         run.label_shift = est
         self.weights = est.weights.to(device=run.device, dtype=run.dtype)
+        present = torch.bincount(ys.cpu(), minlength=len(est.weights)) > 0
+        dropped = [int(c) for c in torch.nonzero(present & (est.weights.cpu() <= 0)).flatten()]
+        if dropped:  # measured: a source classifier 10% right on the target zeroed 7 of 10 balanced classes
+            warn_user(f"class_weights='estimated': BBSE gave weight 0 to source class(es) {dropped}, so stage 1 stops "
+                      f"learning them. With a source classifier this wrong on the target (its predictions after the "
+                      f"warm-up) the estimate is unreliable; unless the target truly lacks these classes, pass "
+                      f"class_weights=None or weights of your own", DataWarning)
 
     def of(self, ys: Tensor) -> Tensor | None:
         return None if self.weights is None else self.weights[ys]
