@@ -29,6 +29,7 @@ except ImportError as e:  # scikit-learn missing, or older than 1.6 (validate_da
     raise ImportError("pytl.sklearn needs scikit-learn >= 1.6: pip install -U scikit-learn (or pip install "
                       "'pytl[sklearn]')") from e
 
+from pytl._checks import DataWarning, warn_user
 from pytl.experiments import compare_strategies
 from pytl.experiments.strategies import ALIGNED, DEFAULT_STRATEGIES, NEEDS_TARGET_LABELS, SEMI_SUPERVISED, STRATEGIES
 from pytl.inference import EVAL_BATCH, eval_mode
@@ -139,8 +140,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         strategies, folds = self._plan(strategy, y_idx[target_labelled])
         report = compare_strategies(**data, strategies=strategies, folds=folds, seed=seed, **self._config(strategies))
         self.best_ = strategy if strategy != "auto" else report.best
-        if self.best_ is None:  # "auto" without a ranking (e.g. one strategy ran)
-            self.best_ = next(iter(report.models))
+        if self.best_ is None:  # "auto" with labels too few to cross-validate: nothing ranked the strategies
+            self.best_ = "mmd" if "mmd" in report.models else next(iter(report.models))
+            warn_user(f"strategy='auto': too few target labels per class to cross-validate (folds={self.folds}), so "
+                      f"nothing ranked the strategies; the model is the tutorial's recipe, {self.best_!r}. Give each "
+                      "class at least 2 labels, or name a strategy", DataWarning)
         self.model_ = report.models[self.best_]
         self.report_ = report if target.any() else None
         return self
@@ -152,8 +156,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if self.strategy == "auto":
             return "auto" if has_target else "source_only"
         if not has_target and self.strategy != "source_only":
-            raise ValueError(f"strategy={self.strategy!r} needs target rows: pass sample_domain with negative ids for "
-                             "them (or y = -1 on unlabelled target rows)")
+            raise ValueError(f"strategy={self.strategy!r} needs target rows: pass sample_domain, with negative ids for "
+                             "the target rows")
         if self.strategy in NEEDS_TARGET_LABELS and not has_labels:
             raise ValueError(f"strategy={self.strategy!r} needs target labels: target rows (negative sample_domain) "
                              "with y != -1")

@@ -77,6 +77,16 @@ def test_auto_keeps_the_comparison_and_its_choice(packed):
     assert est.best_ in ("source_only", "mmd_only") and est.report_.criterion == "im"
 
 
+def test_auto_with_labels_too_few_to_cross_validate_says_so(packed):
+    from pytl._checks import DataWarning
+
+    d, X, y, domain = packed
+    keep = (domain > 0) | (y != 1)  # the target keeps labels of class 0 only: no fold can hold every class
+    with pytest.warns(DataWarning, match="too few target labels"):
+        est = TransferClassifier(random_state=0, **FAST).fit(X[keep], y[keep], sample_domain=domain[keep])
+    assert est.best_ == "mmd"
+
+
 def test_score_with_domains_counts_the_labelled_target_rows_only(packed):
     d, X, y, domain = packed
     est = TransferClassifier(strategy="source_only", random_state=0, **FAST).fit(X, y, sample_domain=domain)
