@@ -76,6 +76,18 @@ def resolve_method(method: str, n: int, m: int) -> str:
     return "exact" if n * m <= AUTO_EXACT_PAIRS else "rff"
 
 
+def method_options(method: str, num_features: int | None, block_size: int | None) -> tuple[int | None, int | None]:
+    """(num_features, block_size) checked against the method that takes them: rff's features (default
+    DEFAULT_FEATURES), block's rows per block (default None: about sqrt(n)); an option given to another method is
+    refused by name. Shared by mmd2 and mmd_test."""
+    for name, value, owner in (("num_features", num_features, "rff"), ("block_size", block_size, "block")):
+        if value is not None and method != owner:
+            raise ValueError(f"{name}={value!r} is an option of method={owner!r}, not of method={method!r}")
+    if method == "rff":
+        return check_int(_rff.DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1), None
+    return None, check_optional_int(block_size, "block_size", 2)
+
+
 def is_unbiased(estimator: str) -> bool:
     """The op's ``unbiased`` flag for an estimator name ("biased" or "unbiased")."""
     return check_choice(estimator, "estimator", ESTIMATORS) == "unbiased"
@@ -140,12 +152,10 @@ def mmd2(
     _require_tensor(x, "x")
     _require_tensor(y, "y")
     method = resolve_method(method, x.shape[0] if x.dim() else 0, y.shape[0] if y.dim() else 0)
+    num_features, block_size = method_options(method, num_features, block_size)
     if method != "exact":
         return _scalable_mmd2(x, y, sigmas, weights, method, unbiased, num_features, block_size, seed,
                               x_weights is not None or y_weights is not None, group)
-    for name, value, owner in (("num_features", num_features, "rff"), ("block_size", block_size, "block")):
-        if value is not None:
-            raise ValueError(f"{name}={value!r} is an option of method={owner!r}; method='exact' computes every pair")
     if x_weights is None and y_weights is None:
         if group is not None:
             x, y = _dist.gather_samples(x, y, group, min_rows=2 if unbiased else 1)
@@ -240,7 +250,8 @@ def _gather_weighted(x: Tensor, y: Tensor, xw: Tensor, yw: Tensor, group: Any,
 def _scalable_mmd2(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLike, method: str, unbiased: bool,
                    num_features: int | None, block_size: int | None, seed: int | None, weighted: bool,
                    group: Any) -> Tensor:
-    """mmd2's "rff" and "block" methods (what they do not support yet is refused by name)."""
+    """mmd2's "rff" and "block" methods, their options checked by ``method_options`` (what they do not support
+    yet is refused by name)."""
     if weighted or group is not None:
         raise ValueError(f"method={method!r} does not take x_weights, y_weights or group yet; use method='exact'")
     seed = int(torch.randint(2**31 - 1, ())) if seed is None else check_int(seed, "seed", 0)
@@ -249,18 +260,13 @@ def _scalable_mmd2(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLik
         raise ValueError(f"method={method!r}: sigmas requires grad, but the {method} estimate does not differentiate "
                          "the bandwidths; detach them or use method='exact'")
     if method == "block":
-        if num_features is not None:
-            raise ValueError(f"num_features={num_features!r} is an option of method='rff'")
-        block_size = check_optional_int(block_size, "block_size", 2)
         return _block.block_statistics(x, y, sig, w, block_size, seed, unbiased).mean()
-    if block_size is not None:
-        raise ValueError(f"block_size={block_size!r} is an option of method='block'")
-    features = check_int(_rff.DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
-    freq, phases = _rff.draw_features(x.shape[1] if x.dim() == 2 else 1, sig, features, seed, x)
-    sx, sy = _rff.feature_sums(x, freq, phases, unbiased), _rff.feature_sums(y, freq, phases, unbiased)
     if unbiased and (x.shape[0] < 2 or y.shape[0] < 2):
         raise ValueError(f"the unbiased estimator needs at least 2 samples (rows) in x and in y, got n={x.shape[0]}, "
                          f"m={y.shape[0]}")
+    assert num_features is not None
+    freq, phases = _rff.draw_features(x.shape[1] if x.dim() == 2 else 1, sig, num_features, seed, x)
+    sx, sy = _rff.feature_sums(x, freq, phases, unbiased), _rff.feature_sums(y, freq, phases, unbiased)
     terms = _rff.rff_terms(sx, sy, x.shape[0], y.shape[0], sig.numel(), unbiased)
     return (terms * w.to(terms.dtype)).sum().to(x.dtype)
 

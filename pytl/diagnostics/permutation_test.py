@@ -20,7 +20,6 @@ from pytl._html import html_table
 from pytl._samples import as_matrix, check_pair
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 from pytl.diagnostics import scalable_tests, streaming
-from pytl.random_features import DEFAULT_FEATURES
 
 __all__ = ["MMDTestResult", "mmd_test", "split_chunks"]
 
@@ -66,29 +65,31 @@ class MMDTestResult:
         return html_table("pytl MMD permutation test", rows, bold=(4,), align_left=(0, 1))
 
 
+def _result(statistic: float, p_value: float, null: Tensor, estimator: str, sig: Tensor, w: Tensor,
+            method: str) -> MMDTestResult:
+    return MMDTestResult(statistic=statistic, p_value=p_value, null_samples=null, estimator=estimator,
+                         sigmas=[float(s) for s in sig.detach().cpu().double()],
+                         weights=[float(v) for v in w.detach().cpu().double()], method=method)
+
+
 def _scalable_test(x: Tensor, y: Tensor, sig: Tensor, w: Tensor, method: str, estimator: str, num_permutations: int,
                    num_features: int | None, block_size: int | None, seed: int, chunk_size: int | None) -> MMDTestResult:
-    """mmd_test's "block" and "rff" methods (pytl.diagnostics.scalable_tests)."""
+    """mmd_test's "block" and "rff" methods (pytl.diagnostics.scalable_tests), options checked by
+    ``ops.method_options``."""
     if chunk_size is not None:
         raise ValueError("chunk_size is an option of method='exact' (its split vectors per sweep)")
     if method == "block":
-        if num_features is not None:
-            raise ValueError(f"num_features={num_features!r} is an option of method='rff'")
         if estimator != "unbiased":
             raise ValueError("method='block' tests with the unbiased per-block statistic (its null has mean 0): "
                              "pass estimator='unbiased'")
-        stat, p, null = scalable_tests.block_test(x, y, sig, w, check_optional_int(block_size, "block_size", 2), seed)
+        stat, p, null = scalable_tests.block_test(x, y, sig, w, block_size, seed)
     else:
-        if block_size is not None:
-            raise ValueError(f"block_size={block_size!r} is an option of method='block'")
         if estimator != "biased":
             raise ValueError("method='rff' tests with the biased random-feature statistic "
                              "‖mean φ(x) − mean φ(y)‖²: pass estimator='biased'")
-        features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
-        stat, p, null = scalable_tests.rff_chunk_test(x, y, sig, w, features, num_permutations, seed)
-    return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
-                         sigmas=[float(s) for s in sig.detach().cpu().double()],
-                         weights=[float(v) for v in w.detach().cpu().double()], method=method)
+        assert num_features is not None
+        stat, p, null = scalable_tests.rff_chunk_test(x, y, sig, w, num_features, num_permutations, seed)
+    return _result(stat, p, null, estimator, sig, w, method)
 
 
 #: pooled rows up to which mmd_test(method="auto") runs the exact permutation test: at 16 384 its 1000
@@ -106,19 +107,16 @@ def _auto_method(x: Any, y: Any, estimator: str) -> str:
 
 
 def _streamed_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, method: str, estimator: str,
-                   num_permutations: int, num_features: int | None, block_size: int | None, seed: int,
+                   num_permutations: int, num_features: int | None, seed: int,
                    chunk_size: int | None) -> MMDTestResult:
     """mmd_test on a memmap or a DataLoader: the random-feature test in one pass (pytl.diagnostics.streaming)."""
-    if method != "rff" or estimator != "biased" or block_size is not None or chunk_size is not None:
+    if method != "rff" or estimator != "biased" or chunk_size is not None:
         raise ValueError("x or y is a memmap or a stream of batches (read once, never loaded whole): only "
                          "method='rff' (with estimator='biased') tests it; load the data as an array for the others")
-    features = check_int(DEFAULT_FEATURES if num_features is None else num_features, "num_features", 1)
-    permutations = check_int(num_permutations, "num_permutations", 1)
-    stat, p, null, sig, w = streaming.stream_rff_test(x, y, sigmas, weights, num_features=features,
-                                                      num_permutations=permutations, seed=check_int(seed, "seed", 0))
-    return MMDTestResult(statistic=stat, p_value=p, null_samples=null, estimator=estimator,
-                         sigmas=[float(s) for s in sig.detach().cpu().double()],
-                         weights=[float(v) for v in w.detach().cpu().double()], method="rff")
+    assert num_features is not None
+    stat, p, null, sig, w = streaming.stream_rff_test(x, y, sigmas, weights, num_features=num_features,
+                                                      num_permutations=num_permutations, seed=seed)
+    return _result(stat, p, null, estimator, sig, w, "rff")
 
 
 def split_chunks(n: int, m: int, num_permutations: int, seed: int, chunk: int) -> Iterator[Tensor]:
@@ -184,15 +182,16 @@ def mmd_test(
     method = check_choice(method, "method", ops.METHODS)
     if method == "auto":
         method = _auto_method(x, y, estimator)
-    if streaming.is_stream(x) or streaming.is_stream(y):
-        return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, block_size,
-                              seed, chunk_size)
-    x, y = as_matrix(x, "x"), as_matrix(y, "y")
-    # the op sees only the pooled sample, so the two samples are checked here
-    check_pair(x, y, estimator)
+    num_features, block_size = ops.method_options(method, num_features, block_size)
     num_permutations = check_int(num_permutations, "num_permutations", 1)
     seed = check_int(seed, "seed", 0)
     chunk_size = check_optional_int(chunk_size, "chunk_size", 1)
+    if streaming.is_stream(x) or streaming.is_stream(y):
+        return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, seed,
+                              chunk_size)
+    x, y = as_matrix(x, "x"), as_matrix(y, "y")
+    # the op sees only the pooled sample, so the two samples are checked here
+    check_pair(x, y, estimator)
     sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd_test")
     if method != "exact":
         return _scalable_test(x, y, sig, w, method, estimator, num_permutations, num_features, block_size, seed,
@@ -238,11 +237,4 @@ def mmd_test(
     statistic = stats[0]
     null = stats[1:]
     count = int((null >= statistic).sum())
-    return MMDTestResult(
-        statistic=float(statistic),
-        p_value=(count + 1) / (num_permutations + 1),
-        null_samples=null,
-        estimator=estimator,
-        sigmas=[float(s) for s in sig.detach().cpu().double()],
-        weights=[float(v) for v in w.detach().cpu().double()],
-    )
+    return _result(float(statistic), (count + 1) / (num_permutations + 1), null, estimator, sig, w, "exact")

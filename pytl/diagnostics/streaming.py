@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from pytl import random_features
-from pytl._progress import progress_bar
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 from pytl.diagnostics.scalable_tests import CHUNKS_PER_SIDE, chunk_permutation_test
 
@@ -101,42 +100,38 @@ def chunk_of(index: Tensor, seed: int, chunks: int) -> Tensor:
     return z.remainder(chunks)
 
 
-def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: int, seed: int,
-                bar: Any) -> tuple[Tensor, Tensor]:
-    """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(i)."""
+def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: int,
+                seed: int) -> tuple[Tensor, Tensor]:
+    """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(i). Per block,
+    one stable sort by chunk puts each chunk's rows together (in stream order), then one op call per chunk."""
     sums = torch.zeros(chunks, freq.shape[0], dtype=torch.float64)
     counts = torch.zeros(chunks, dtype=torch.float64)
     offset = 0
     for block in blocks:
-        block = block.to(freq.device, freq.dtype)
         ids = chunk_of(torch.arange(offset, offset + block.shape[0]), seed, chunks)
-        for c in range(chunks):
-            rows = block[(ids == c).to(block.device)]
+        ids, order = torch.sort(ids, stable=True)
+        per_chunk = torch.bincount(ids, minlength=chunks)
+        grouped = block[order].to(freq.device, freq.dtype)
+        for c, rows in enumerate(grouped.split(per_chunk.tolist())):
             if rows.shape[0]:
                 sums[c] += random_features.feature_sums(rows, freq, phases)[0].cpu()
-                counts[c] += rows.shape[0]
+        counts += per_chunk.double()
         offset += block.shape[0]
-        bar.update(1)
     return sums, counts
 
 
 def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsLike = None, *, num_features: int,
-                    num_permutations: int, seed: int, progress: bool = False, device: Any = "cpu") -> tuple[
-                        float, float, Tensor, Tensor, Tensor]:
+                    num_permutations: int, seed: int) -> tuple[float, float, Tensor, Tensor, Tensor]:
     """(statistic, p-value, null, sigmas, weights) of the random-feature test, reading x and y once each."""
     mx, x_blocks = _median_rows(x, "x")
     my, y_blocks = _median_rows(y, "y")
     if mx.shape[1] != my.shape[1]:
         raise ValueError(f"x and y must have the same number of features, got {mx.shape[1]} and {my.shape[1]}")
     sig, w = resolve_bandwidths(mx.double(), my.double(), sigmas, weights, "pytl.mmd_test")
-    like = torch.empty(0, dtype=torch.float64 if mx.dtype == torch.float64 else torch.float32, device=device)
-    freq, phases = random_features.draw_features(mx.shape[1], sig, num_features, seed, like)
-    total = sum(len(d) // BLOCK_ROWS + 1 for d in (x, y) if isinstance(d, np.ndarray)) or 0
-    bar = progress_bar(total, "mmd_test: rff pass", progress and total > 0)
+    freq, phases = random_features.draw_features(mx.shape[1], sig, num_features, seed, mx)
     with torch.no_grad():
-        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed, bar)
-        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1, bar)
-    bar.close()
+        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed)
+        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1)
     if float(nx.min()) < 1 or float(ny.min()) < 1:
         raise ValueError(f"the rff test deals rows to {CHUNKS_PER_SIDE} chunks per side and needs every chunk to get "
                          f"rows (at least that many rows in x and in y), got {int(nx.sum())} and {int(ny.sum())}")
