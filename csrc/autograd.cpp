@@ -214,4 +214,7 @@ TORCH_LIBRARY_IMPL(pytl, Autograd, m) {
   m.impl("rbf_kernel_matmul", torch::autograd::autogradNotImplementedFallback());
   m.impl("weighted_pair_sums", torch::autograd::autogradNotImplementedFallback());
   m.impl("weighted_pair_sums_and_grad", torch::autograd::autogradNotImplementedFallback());
+  // differentiated by pytl.ring_mmd, whose forward already holds every rank's share of the gradient
+  m.impl("cross_pair_sums", torch::autograd::autogradNotImplementedFallback());
+  m.impl("cross_pair_sums_and_grad", torch::autograd::autogradNotImplementedFallback());
 }

@@ -60,10 +60,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::empty(y_weights.sizes(), y_weights.options()), at::empty(sigmas.sizes(), sigmas.options())};
 }
 
+at::Tensor cross_pair_sums_meta(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                                const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
+  const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::empty({sigmas.size(0)}, x.options().dtype(cdt));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_pair_sums_and_grad_meta(
+    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
+  const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty({sigmas.size(0)}, x.options().dtype(cdt)), at::empty(x.sizes(), x.options()),
+          at::empty(y.sizes(), y.options()), at::empty(x_weights.sizes(), x_weights.options()),
+          at::empty(y_weights.sizes(), y_weights.options()), at::empty(sigmas.sizes(), sigmas.options())};
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, Meta, m) {
+  m.impl("cross_pair_sums", &pytl::cross_pair_sums_meta);
+  m.impl("cross_pair_sums_and_grad", &pytl::cross_pair_sums_and_grad_meta);
   m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_meta);
   m.impl("weighted_pair_sums_and_grad", &pytl::weighted_pair_sums_and_grad_meta);
   m.impl("mmd2_terms", &pytl::mmd2_terms_meta);

@@ -51,6 +51,14 @@ TORCH_LIBRARY(pytl, m) {
       "class_conditional_mmd2(Tensor x, Tensor y, Tensor x_probs, Tensor y_probs, Tensor sigmas, Tensor weights)"
       " -> Tensor");
 
+  // ---- The x-y block alone (the blocks between two shards of a ring exchange, pytl.ring_mmd): with weight rows
+  // of either sign, S (K,) = sum_{i, j} (a_i . b_j) e_k(x_i, y_j) in the compute dtype (float32 for half inputs).
+  m.def("cross_pair_sums(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, Tensor sigmas) -> Tensor");
+  // S and the gradients of sum_k coefs[k] S[k] (coefs (K,)) to x, y, x_weights, y_weights, sigmas: one sweep.
+  m.def(
+      "cross_pair_sums_and_grad(Tensor coefs, Tensor x, Tensor y, Tensor x_weights, Tensor y_weights,"
+      " Tensor sigmas) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // ---- Random Fourier features (random_features.cpp). x (n, d), frequencies W (F, d), phases u (F,):
   // column sums over the rows of cos(W x_i + u) (row 0) and, with squares, cos^2(W x_i + u) (row 1): (1, F) or
   // (2, F), float64, streamed over row tiles (never n x F). Differentiable in x only.

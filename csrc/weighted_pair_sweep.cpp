@@ -92,7 +92,8 @@ void sweep_block(int b, const Side& P, const Side& Q, int sp, int sq, bool self,
 
 // coefs undefined: the sums only.
 WeightedPairTensors weighted_pair_tiles(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                                const at::Tensor& y_weights, const at::Tensor& sigmas, const at::Tensor& coefs) {
+                                        const at::Tensor& y_weights, const at::Tensor& sigmas, const at::Tensor& coefs,
+                                        bool cross_only) {
   const auto cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // half/bfloat16 in float32
   const int64_t n = x.size(0), m = y.size(0), K = sigmas.size(0);
   // centred on the pooled mean (in double): distances unchanged, less cancellation in |p|^2 + |q|^2 - 2pq
@@ -123,8 +124,10 @@ WeightedPairTensors weighted_pair_tiles(const at::Tensor& x, const at::Tensor& y
   }
   const int64_t T = tile_rows(x);
   const at::Tensor none;
-  sweep_block(0, sides[0], sides[0], 0, 0, true, neg_gamma, acc.grads ? c.select(0, 0) : none, acc, T);
-  sweep_block(1, sides[1], sides[1], 1, 1, true, neg_gamma, acc.grads ? c.select(0, 1) : none, acc, T);
+  if (!cross_only) {
+    sweep_block(0, sides[0], sides[0], 0, 0, true, neg_gamma, acc.grads ? c.select(0, 0) : none, acc, T);
+    sweep_block(1, sides[1], sides[1], 1, 1, true, neg_gamma, acc.grads ? c.select(0, 1) : none, acc, T);
+  }
   sweep_block(2, sides[0], sides[1], 0, 1, false, neg_gamma, acc.grads ? c.select(0, 2) : none, acc, T);
 
   WeightedPairTensors r;
@@ -168,10 +171,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r.sums, r.gx, r.gy, r.gxw, r.gyw, r.gsig};
 }
 
+void check_cross_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  if (sigmas.is_cuda())
+    assert_sigma_values(sigmas, kCrossPairOp);
+  else
+    check_sigma_values(sigmas, kCrossPairOp);
+  check_sample_weight_values(x_weights, "x_weights", kCrossPairOp, /*signed_ok=*/true);
+  check_sample_weight_values(y_weights, "y_weights", kCrossPairOp, /*signed_ok=*/true);
+}
+
+at::Tensor cross_pair_sums_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                                  const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
+  check_cross_values(x_weights, y_weights, sigmas);
+  return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor(), true).sums.select(0, 2);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_pair_sums_and_grad_kernel(
+    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
+  check_cross_values(x_weights, y_weights, sigmas);
+  WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, cross_block_coefs(coefs), true);
+  return {r.sums.select(0, 2), r.gx, r.gy, r.gxw, r.gyw, r.gsig};
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, CUDA, m) {
   m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_kernel);
   m.impl("weighted_pair_sums_and_grad", &pytl::weighted_pair_sums_and_grad_kernel);
+  m.impl("cross_pair_sums", &pytl::cross_pair_sums_kernel);
+  m.impl("cross_pair_sums_and_grad", &pytl::cross_pair_sums_and_grad_kernel);
 }

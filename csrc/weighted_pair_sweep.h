@@ -11,8 +11,15 @@ struct WeightedPairTensors {
   at::Tensor gx, gy, gxw, gyw, gsig;
 };
 
-// Arguments already checked; coefs undefined: the sums only.
+// Arguments already checked; coefs undefined: the sums only. cross_only: the x-y block alone (rows 0 and 1 of S
+// stay 0).
 WeightedPairTensors weighted_pair_tiles(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                                        const at::Tensor& y_weights, const at::Tensor& sigmas, const at::Tensor& coefs);
+                                        const at::Tensor& y_weights, const at::Tensor& sigmas, const at::Tensor& coefs,
+                                        bool cross_only = false);
+
+// coefs (K,) of the x-y block as the (3, K) combination of the pair sums (rows 0 and 1 zero).
+inline at::Tensor cross_block_coefs(const at::Tensor& coefs) {
+  return at::cat({at::zeros({2, coefs.size(0)}, coefs.options()), coefs.unsqueeze(0)});
+}
 
 }  // namespace pytl

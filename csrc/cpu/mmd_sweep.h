@@ -405,10 +405,12 @@ struct SweepSums {
 
 // The sweep over every pair of x and y, split over threads, one tile at a time through `tile_fn`. coef[b] /
 // wcoef[b]: the pair weights of block b's position and weight gradients (compute order; used with with_grad).
+// cross_only: the x-y block alone (blocks 0 and 1 stay 0): the blocks between two shards of a ring exchange.
 template <typename T, bool kWeighted>
 SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const Bandwidths<T>& bw, bool with_grad,
                     const std::array<std::array<T, kMaxBandwidths>, 3>& coef,
-                    const std::array<std::array<T, kMaxBandwidths>, 3>& wcoef, TileFn<T> tile_fn) {
+                    const std::array<std::array<T, kMaxBandwidths>, 3>& wcoef, TileFn<T> tile_fn,
+                    bool cross_only = false) {
   const int K = bw.K;
   const int64_t n = px.side.n, m = py.side.n, d = px.side.d, C = px.side.C;
   const int64_t tx = px.side.np / kRowTile, ty = py.side.np / kRowTile;
@@ -423,7 +425,7 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
   std::vector<std::pair<int, int64_t>> units;  // (side: 0 = x, 1 = y; tile w of the pair)
   for (int64_t u = 0; u < std::max((tx + 1) / 2, (ty + 1) / 2); ++u) {
     if (u < (tx + 1) / 2) units.emplace_back(0, u);
-    if (u < (ty + 1) / 2) units.emplace_back(1, u);
+    if (u < (ty + 1) / 2 && !cross_only) units.emplace_back(1, u);
   }
   // Gradient: the column side of each pair goes to per-slot buffers (one slot per thread, fewer if
   // memory is short), summed in slot order: bitwise reproducible for a given thread count.
@@ -439,8 +441,9 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
     const int64_t tiles = side == 0 ? tx : ty, np = side == 0 ? px.side.np : py.side.np;
     const int64_t cross = side == 0 ? py.side.np : 0;  // the x tiles also sweep the x-y block
     const int64_t t = units[u].second, partner = tiles - 1 - t;
-    unit_work[u] = np - t * kRowTile + cross;
-    if (partner != t) unit_work[u] += np - partner * kRowTile + cross;
+    const int64_t self_work = cross_only ? 0 : np;  // the self block's columns from tile t on
+    unit_work[u] = self_work - (cross_only ? 0 : t * kRowTile) + cross;
+    if (partner != t) unit_work[u] += self_work - (cross_only ? 0 : partner * kRowTile) + cross;
   }
   // Threads: as many as the work pays for (thread_budget.h), at most one per unit.
   double work = 0.0;  // pair-features swept
@@ -451,10 +454,11 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
   std::vector<T> col_buffers(with_grad ? slots * buffer_elems : 0, T(0));
   if (with_grad) {
     out.gx = at::empty({n, d}, px.rows.options());
-    out.gy = at::empty({m, d}, py.rows.options());
+    // the tiles set their rows' gradient; cross_only sweeps no y tile, so y's rows start from 0
+    out.gy = cross_only ? at::zeros({m, d}, py.rows.options()) : at::empty({m, d}, py.rows.options());
     if (kWeighted) {
       out.gxw = at::empty({n, C}, px.rows.options());
-      out.gyw = at::empty({m, C}, py.rows.options());
+      out.gyw = cross_only ? at::zeros({m, C}, py.rows.options()) : at::empty({m, C}, py.rows.options());
     }
   }
 
@@ -499,7 +503,10 @@ SweepSums run_sweep(const PreparedSide<T>& px, const PreparedSide<T>& py, const 
           }
           T* grad = with_grad ? (side == 0 ? out.gx : out.gy).data_ptr<T>() : nullptr;
           T* wgrad = kWeighted && with_grad ? (side == 0 ? out.gxw : out.gyw).data_ptr<T>() : nullptr;
-          tile_fn(A.side, t * kRowTile, (t + 1) * kRowTile, passes, side == 0 ? 2 : 1, bw, grad, wgrad);
+          if (cross_only)  // the x-y pass alone
+            tile_fn(A.side, t * kRowTile, (t + 1) * kRowTile, passes + 1, 1, bw, grad, wgrad);
+          else
+            tile_fn(A.side, t * kRowTile, (t + 1) * kRowTile, passes, side == 0 ? 2 : 1, bw, grad, wgrad);
           if (partner == units[u].second) break;
         }
       }

@@ -44,7 +44,7 @@ struct WeightedPairResult {
 // weight |u_i|^2) added in closed form.
 WeightedPairResult weighted_pairs_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& xw_in,
                                       const at::Tensor& yw_in, const std::vector<double>& sig,
-                                      const std::vector<double>& coefs) {
+                                      const std::vector<double>& coefs, bool cross_only = false) {
   const bool with_grad = !coefs.empty();
   const auto dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t n = x_in.size(0), m = y_in.size(0);
@@ -68,9 +68,10 @@ WeightedPairResult weighted_pairs_cpu(const at::Tensor& x_in, const at::Tensor& 
         for (int q = 0; q < K; ++q) wcoef[b][q] = static_cast<T>(weight_scale[b] * row[order[q]]);
       }
     }
-    SweepSums out = run_sweep<T, true>(px, py, bw, with_grad, coef, wcoef, weighted_sweep_tile);
+    SweepSums out = run_sweep<T, true>(px, py, bw, with_grad, coef, wcoef, weighted_sweep_tile, cross_only);
     // S[b][k]: tiles summed in order; the self blocks' unordered pairs twice, plus their diagonal
-    const double diag[2] = {xw.to(at::kDouble).pow(2).sum().item<double>(), yw.to(at::kDouble).pow(2).sum().item<double>()};
+    const double diag[2] = {cross_only ? 0.0 : xw.to(at::kDouble).pow(2).sum().item<double>(),
+                            cross_only ? 0.0 : yw.to(at::kDouble).pow(2).sum().item<double>()};
     res.sums.assign(3 * K, 0.0);
     res.sigma_sums.assign(3 * K, 0.0);
     for (int q = 0; q < K; ++q) {
@@ -148,10 +149,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::tensor(gsig, at::TensorOptions().dtype(at::kDouble)).to(sigmas.scalar_type())};
 }
 
+// The x-y block alone (cross_pair_sums): the same sweep without its self blocks, weights of either sign.
+void check_cross_values(const at::Tensor& x_weights, const at::Tensor& y_weights) {
+  check_sample_weight_values(x_weights, "x_weights", kCrossPairOp, /*signed_ok=*/true);
+  check_sample_weight_values(y_weights, "y_weights", kCrossPairOp, /*signed_ok=*/true);
+}
+
+at::Tensor cross_pair_sums_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                               const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
+  const std::vector<double> sig = check_sigma_values(sigmas, kCrossPairOp);
+  check_cross_values(x_weights, y_weights);
+  if (use_tiles(x, y)) return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor(), true).sums[2];
+  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, {}, /*cross_only=*/true);
+  return to_tensor(r.sums, 3, compute_dtype_of(x).scalar_type())[2];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_pair_sums_and_grad_cpu(
+    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
+  const std::vector<double> sig = check_sigma_values(sigmas, kCrossPairOp);
+  check_cross_values(x_weights, y_weights);
+  const at::Tensor block_coefs = cross_block_coefs(coefs);
+  if (use_tiles(x, y)) {
+    const WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, block_coefs, true);
+    return {r.sums[2], r.gx, r.gy, r.gxw, r.gyw, r.gsig};
+  }
+  const std::vector<double> c = host_doubles(block_coefs);
+  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, c, /*cross_only=*/true);
+  const int64_t K = sigmas.size(0);
+  std::vector<double> gsig(K, 0.0);  // dL/dsigma_k = coefs[k] sum (a.b) e_k D / sigma_k^3
+  for (int64_t k = 0; k < K; ++k) gsig[k] = c[2 * K + k] * r.sigma_sums[2 * K + k] / (sig[k] * sig[k] * sig[k]);
+  return {to_tensor(r.sums, 3, compute_dtype_of(x).scalar_type())[2], r.grad_x.to(x.scalar_type()),
+          r.grad_y.to(y.scalar_type()), r.grad_xw.to(x_weights.scalar_type()), r.grad_yw.to(y_weights.scalar_type()),
+          at::tensor(gsig, at::TensorOptions().dtype(at::kDouble)).to(sigmas.scalar_type())};
+}
+
 }  // namespace
 }  // namespace pytl
 
 TORCH_LIBRARY_IMPL(pytl, CPU, m) {
   m.impl("weighted_pair_sums", &pytl::weighted_pair_sums_cpu);
   m.impl("weighted_pair_sums_and_grad", &pytl::weighted_pair_sums_and_grad_cpu);
+  m.impl("cross_pair_sums", &pytl::cross_pair_sums_cpu);
+  m.impl("cross_pair_sums_and_grad", &pytl::cross_pair_sums_and_grad_cpu);
 }
