@@ -39,6 +39,7 @@ __all__ = [
     "TrainStep",
     "check_group",
     "distributed_loader",
+    "exchange_shapes",
     "gather_samples",
     "init_from_env",
     "is_initialized",
@@ -163,7 +164,7 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
         if len(n) != world or len(m) != world or (n[me], m[me]) != (x.shape[0], y.shape[0]):
             raise ValueError(f"sizes {sizes} do not match {world} ranks with ({x.shape[0]}, {y.shape[0]}) rows here")
     else:
-        n, m = _exchange_shapes(x, y, group)
+        n, m, _ = exchange_shapes(x, y, group)
     if sum(n) < min_rows or sum(m) < min_rows:
         raise ValueError(f"the global samples need at least {min_rows} row(s) each, got x: {sum(n)} (per rank {n}), "
                          f"y: {sum(m)} (per rank {m})")
@@ -182,20 +183,22 @@ def gather_with_columns(x: Tensor, y: Tensor, x_cols: Tensor, y_cols: Tensor, gr
     return xa[:, :d], ya[:, :d], xa[:, d:], ya[:, d:]
 
 
-def _exchange_shapes(x: Tensor, y: Tensor, group: Any) -> tuple[list[int], list[int]]:
-    """Every rank's rows of x and of y, after checking that all ranks agree on the dtype and the width."""
-    meta = torch.tensor([x.shape[0], y.shape[0], x.shape[1], y.shape[1], _dtype_code(x), _dtype_code(y)],
+def exchange_shapes(x: Tensor, y: Tensor, group: Any, extra: Sequence[int] = ()
+                    ) -> tuple[list[int], list[int], list[list[int]]]:
+    """Every rank's rows of x and of y, after checking that all ranks agree on the dtype and the width, and
+    every rank's ``extra`` integers (flags that must agree, checked by the caller), in one small all-gather."""
+    meta = torch.tensor([x.shape[0], y.shape[0], x.shape[1], y.shape[1], _dtype_code(x), _dtype_code(y), *extra],
                         dtype=torch.int64, device=x.device)
     table = _all_gather_small(meta, group).tolist()
     widths = {(r[2], r[3]) for r in table}
     codes = {(r[4], r[5]) for r in table}
     if len(codes) > 1 or any(a != b for a, b in codes):
-        seen = [(_dtype_name(a), _dtype_name(b)) for _, _, _, _, a, b in table]
+        seen = [(_dtype_name(r[4]), _dtype_name(r[5])) for r in table]
         raise TypeError(f"x and y must have one floating-point dtype on every rank, got (x, y) per rank: {seen}")
     if len(widths) > 1 or any(a != b for a, b in widths):
         raise ValueError(f"x and y must have the same number of features on every rank, got (x, y) per rank: "
                          f"{[(r[2], r[3]) for r in table]}")
-    return [r[0] for r in table], [r[1] for r in table]
+    return [r[0] for r in table], [r[1] for r in table], [r[6:] for r in table]
 
 
 def _gather(x: Tensor, y: Tensor, n: list[int], m: list[int], me: int, group: Any) -> tuple[Tensor, Tensor]:

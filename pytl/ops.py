@@ -26,6 +26,7 @@ from torch import Tensor
 from pytl import block_mmd as _block
 from pytl import distributed as _dist
 from pytl import random_features as _rff
+from pytl import ring_mmd as _ring
 from pytl._loader import load_ops
 from pytl._checks import check_choice, check_int, check_optional_int
 from pytl.bandwidths import (  # noqa: F401  (re-exported: the bandwidth helpers lived here)
@@ -44,6 +45,7 @@ load_ops()
 
 __all__ = [
     "ESTIMATORS",
+    "EXCHANGES",
     "LADDER_EXPONENTS",
     "AUTO_EXACT_PAIRS",
     "METHODS",
@@ -63,6 +65,8 @@ ESTIMATORS = ("biased", "unbiased")
 #: how mmd2 computes: every pair ("exact"), random Fourier features ("rff"), or the B-test's blocks ("block");
 #: "auto": exact up to AUTO_EXACT_PAIRS pairs, rff above
 METHODS = ("exact", "rff", "block", "auto")
+#: how mmd2(group=...) meets the other ranks' rows: all of them on every rank, or shard by shard around a ring
+EXCHANGES = ("gather", "ring")
 #: n·m up to which method="auto" computes every pair: 2^30 (32 768 per side) takes about 5 s at d = 64 on two CPU
 #: cores and a few ms on a GPU; beyond, the exact cost grows as n·m and rff's as n + m (benchmarks/scalable_mmd.py)
 AUTO_EXACT_PAIRS = 1 << 30
@@ -118,6 +122,7 @@ def mmd2(
     num_features: int | None = None,
     block_size: int | None = None,
     seed: int | None = 0,
+    exchange: str = "gather",
 ) -> Tensor:
     """Squared MMD between samples x (n, d) and y (m, d) under a multi-bandwidth RBF kernel.
 
@@ -146,9 +151,19 @@ def mmd2(
     group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks) when
     x and y are this rank's shards of a global batch: the statistic (median heuristic included) is
     that of the concatenated batch, the same on every rank, and the gradient to this rank's rows
-    equals the single-process gradient (one all-gather per call; see pytl.distributed).
+    equals the single-process gradient (one all-gather per call; see pytl.distributed). exchange (with a group and
+    method="exact"): "gather" (the default: every rank gets every row and computes the whole statistic, right for
+    training mini-batches) or "ring" (data sets: the shards travel around the ring and each rank computes about
+    1/W of the pairs, memory O(shard), the same value and gradients; pytl.ring_mmd).
     """
     unbiased = is_unbiased(estimator)
+    exchange = check_choice(exchange, "exchange", EXCHANGES)
+    if exchange == "ring":
+        if group is None or method != "exact" or x_weights is not None or y_weights is not None:
+            raise ValueError("exchange='ring' computes the exact, unweighted statistic of sharded samples: it needs a "
+                             f"group and method='exact' without sample weights (got group={group!r}, "
+                             f"method={method!r}, weights {'given' if x_weights is not None or y_weights is not None else 'none'})")
+        return _ring.ring_mmd2(x, y, sigmas, weights, group=group, estimator=estimator)
     _require_tensor(x, "x")
     _require_tensor(y, "y")
     method = resolve_method(method, x.shape[0] if x.dim() else 0, y.shape[0] if y.dim() else 0)

@@ -16,7 +16,7 @@ LAYERS = {
     **dict.fromkeys(["_C", "_checks", "_toolchain", "_progress", "_html"], 0),  # _C: the compiled extension
     **dict.fromkeys(["_inputs", "_loader", "data", "distributed", "projection"], 1),
     **dict.fromkeys(["_samples", "bandwidths"], 2),
-    **dict.fromkeys(["random_features", "block_mmd"], 2.5),  # the scalable estimators, under the op wrappers
+    **dict.fromkeys(["random_features", "block_mmd", "ring_mmd"], 2.5),  # the scalable estimators, under the op wrappers
     "ops": 3,
     **dict.fromkeys(["inference", "losses", "models", "freezing", "adversarial", "testing"], 4),
     "diagnostics": 5,

@@ -143,10 +143,11 @@ def _scenario_mmd(rank, world, out):
         extra = (sig.grad, w.grad) if spec == "tensor" else None
         results.append({"value": value.detach(), "gx": xr.grad, "gy": yr.grad, "sizes": (sx, sy), "param_grads": extra,
                         "local": float(pytl.mmd2(xr.detach(), yr.detach(), _detached(sig), _detached(w),
-                                                 estimator=estimator)) if min(sx[rank], sy[rank]) >= 2 else None})
+                                                 estimator=estimator)) if min(sx[rank], sy[rank]) >= 2 else None,
+                        "ring": _ring_case(xr.detach(), yr.detach(), spec, estimator)})
     # the nn.Module twin, and errors that every rank must raise alike (no rank left hanging)
     x, y = case_data(0)
-    loss = pytl.MMDLoss(distributed=True)(x.split(12 if world == 2 else 8)[rank], y.split(9 if world == 2 else 6)[rank])
+    loss = pytl.MMDLoss(distributed=True)(x.tensor_split(world)[rank], y.tensor_split(world)[rank])
     errors = {}
     for key, call in {
         "features": lambda: pytl.mmd2(torch.randn(4, 3 + rank, dtype=torch.float64), torch.randn(4, 3 + rank,
@@ -164,6 +165,20 @@ def _scenario_mmd(rank, world, out):
         except (ValueError, TypeError) as e:
             errors[key] = f"{type(e).__name__}: {e}"
     return {"cases": results, "module_loss": loss.detach(), "errors": errors}
+
+
+def _ring_case(xr, yr, spec, estimator):
+    """The same case by exchange="ring": value and gradients (and the statistic without autograd, which takes
+    the sums-only sweeps)."""
+    xr, yr = xr.clone().requires_grad_(), yr.clone().requires_grad_()
+    sig, w = sigma_args(spec)
+    value = pytl.mmd2(xr, yr, sig, w, estimator=estimator, group=dist.group.WORLD, exchange="ring")
+    value.backward()
+    with torch.no_grad():
+        plain = pytl.mmd2(xr, yr, _detached(sig), _detached(w), estimator=estimator, group=dist.group.WORLD,
+                          exchange="ring")
+    return {"value": value.detach(), "plain": plain, "gx": xr.grad, "gy": yr.grad,
+            "param_grads": (sig.grad, w.grad) if spec == "tensor" else None}
 
 
 def _detached(v):
@@ -226,6 +241,22 @@ def test_global_mmd_value_and_gradients_equal_single_process(world, mmd_runs):
         assert locals_ and all(abs(v - float(value)) > 1e-6 * abs(float(value)) for v in locals_), i
     x, y = case_data(0)
     assert all(close(rk["module_loss"], pytl.mmd2(x, y)) for rk in ranks)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ring_exact_mmd_equals_single_process(world, mmd_runs):
+    """exchange="ring": 2 ranks share their one pair of shards by halves, 3 take one full step each, 4 both;
+    uneven shards, a rank without x, both estimators, the subsampled median, learnable bandwidths."""
+    ranks = mmd_runs(world)
+    for i in range(len(MMD_CASES)):
+        value, gx, gy, pgrads = reference(i)
+        sx, sy = ranks[0]["cases"][i]["sizes"]
+        for r in range(world):
+            got = ranks[r]["cases"][i]["ring"]
+            assert close(got["value"], value) and close(got["plain"], value), (i, r, float(got["value"]), float(value))
+            assert close(got["gx"], gx.split(sx)[r]) and close(got["gy"], gy.split(sy)[r]), (i, r)
+            if pgrads is not None:
+                assert close(got["param_grads"][0], pgrads[0]) and close(got["param_grads"][1], pgrads[1]), (i, r)
 
 
 @pytest.mark.parametrize("world", [2, 3])
