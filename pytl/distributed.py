@@ -22,6 +22,7 @@ DDP averages parameter gradients over ranks, so a trainer that wants the gradien
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "rank",
     "shard",
     "shard_sizes",
+    "shutdown",
     "world_size",
 ]
 
@@ -107,6 +109,23 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0, device: 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
+
+
+def shutdown(completed: bool = True) -> None:
+    """Tear the process group down without leaving a peer mid-collective.
+
+    A rank that destroys its group closes its gloo connections at once; a peer whose last collective is still
+    in flight (it finished later, on a loaded machine) then fails inside gloo's I/O thread, where the error
+    cannot propagate, and the process aborts ("terminate called without an active exception"). So, after a run
+    that ``completed`` on this rank, objects that hold the group (DDP reducers in reference cycles) are
+    collected first, and every rank meets at a barrier before any destroys its group. After a failure the
+    barrier is skipped: a peer may never reach it."""
+    if not is_initialized():
+        return
+    if completed:
+        gc.collect()
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _all_gather_small(t: Tensor, group: Any) -> Tensor:

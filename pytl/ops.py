@@ -27,6 +27,7 @@ from pytl import block_mmd as _block
 from pytl import distributed as _dist
 from pytl import random_features as _rff
 from pytl import ring_mmd as _ring
+from pytl import sharded_estimates as _sharded
 from pytl._loader import load_ops
 from pytl._checks import check_choice, check_int, check_optional_int
 from pytl.bandwidths import (  # noqa: F401  (re-exported: the bandwidth helpers lived here)
@@ -138,7 +139,8 @@ def mmd2(
     exact statistic whose error shrinks as 1/sqrt(num_features) (pytl.random_features); "block": the B-test's
     mean of per-block statistics over a ``seed``-ed random split into blocks of ``block_size`` rows (default
     about sqrt(n)), cost (n + m)·block_size (pytl.block_mmd). Both are differentiable in x and y; neither takes
-    sample weights, a group or a sigmas that requires grad yet. ``seed=None`` draws the seed from torch's global
+    sample weights or a sigmas that requires grad yet; with a group, one all-reduce of sums (pytl.sharded_estimates,
+    the same seed on every rank: None is rank 0's, broadcast). ``seed=None`` draws the seed from torch's global
     generator (fresh features or blocks per call, reproducible under torch.manual_seed: what training wants).
 
     x_weights (n,), y_weights (m,): non-negative sample weights (a tensor, sequence or array; one side
@@ -166,6 +168,9 @@ def mmd2(
         return _ring.ring_mmd2(x, y, sigmas, weights, group=group, estimator=estimator)
     _require_tensor(x, "x")
     _require_tensor(y, "y")
+    if group is not None and method == "auto":  # each rank sees only its shards: "auto" could pick differently
+        raise ValueError("method='auto' with a group: the ranks must agree on the method, and each sees only its own "
+                         "shards; choose 'exact' (exchange 'gather' or 'ring'), 'rff' or 'block'")
     method = resolve_method(method, x.shape[0] if x.dim() else 0, y.shape[0] if y.dim() else 0)
     num_features, block_size = method_options(method, num_features, block_size)
     if method != "exact":
@@ -267,9 +272,13 @@ def _scalable_mmd2(x: Tensor, y: Tensor, sigmas: SigmasLike, weights: WeightsLik
                    group: Any) -> Tensor:
     """mmd2's "rff" and "block" methods, their options checked by ``method_options`` (what they do not support
     yet is refused by name)."""
-    if weighted or group is not None:
-        raise ValueError(f"method={method!r} does not take x_weights, y_weights or group yet; use method='exact'")
-    seed = int(torch.randint(2**31 - 1, ())) if seed is None else check_int(seed, "seed", 0)
+    if weighted:
+        raise ValueError(f"method={method!r} does not take x_weights or y_weights yet; use method='exact'")
+    if seed is not None:
+        seed = check_int(seed, "seed", 0)
+    if group is not None:  # one all-reduce of sums (pytl.sharded_estimates)
+        return _sharded.sharded_mmd2(x, y, sigmas, weights, method, unbiased, num_features, block_size, seed, group)
+    seed = int(torch.randint(2**31 - 1, ())) if seed is None else seed
     sig, w = resolve_bandwidths(x, y, sigmas, weights, "pytl.mmd2")
     if sig.requires_grad:
         raise ValueError(f"method={method!r}: sigmas requires grad, but the {method} estimate does not differentiate "

@@ -48,12 +48,7 @@ from pytl.bandwidths import (
 
 load_ops()
 
-__all__ = ["RING_MIN_ROWS", "ring_mmd2"]
-
-#: pooled global rows from which pytl.mmd2(group=..., exchange="auto") rings instead of gathering: below, one
-#: all-gather and the whole statistic on every rank is cheaper than W − 1 hops (a training mini-batch)
-RING_MIN_ROWS = 1 << 14
-
+__all__ = ["global_median", "ring_mmd2"]
 
 @dataclass
 class _Plan:
@@ -115,15 +110,15 @@ def ring_mmd2(x: Tensor, y: Tensor, sigmas: Any = None, weights: Any = None, *, 
                          f"y: {sum(ms)} (per rank {ms})")
     plan = _Plan(ns, ms, dist.get_rank(group), dist.get_world_size(group), group, unbiased, need_grad)
     if sig is None:
-        sig = bandwidth_ladder(_global_median(x, y, plan))
+        sig = bandwidth_ladder(global_median(x, y, ns, ms, group))
     return _RingMMD2.apply(x, y, sig, w, plan)
 
 
-def _global_median(x: Tensor, y: Tensor, plan: _Plan) -> Tensor:
+def global_median(x: Tensor, y: Tensor, ns: list[int], ms: list[int], group: Any) -> Tensor:
     """The median heuristic of the global samples, on exactly the subsample one process would take
     (csrc/median_heuristic.cpp: spread rows i·(2^31 − 1 mod n) mod n of each side, in proportion): each rank
     fills in the rows it holds, one all-reduce of (points, d) assembles them."""
-    n, m, d = plan.n, plan.m, x.shape[1]
+    n, m, d, me = sum(ns), sum(ms), x.shape[1], dist.get_rank(group)
     points = median_points(n + m, d)
     if points >= n + m:
         px, py = n, m
@@ -131,17 +126,17 @@ def _global_median(x: Tensor, y: Tensor, plan: _Plan) -> Tensor:
         px = min(n, max(1, round(points * n / (n + m))), points - 1)
         py = points - px
     parts = []
-    for sample, sizes, count in ((x, plan.ns, px), (y, plan.ms, py)):
+    for sample, sizes, count in ((x, ns, px), (y, ms, py)):
         total = sum(sizes)
         idx = torch.arange(count, dtype=torch.int64) if count >= total else \
             (torch.arange(count, dtype=torch.int64) * ((2**31 - 1) % total)) % total
-        start = sum(sizes[: plan.me])
-        mine = (idx >= start) & (idx < start + sizes[plan.me])
+        start = sum(sizes[:me])
+        mine = (idx >= start) & (idx < start + sizes[me])
         rows = torch.zeros(count, d, dtype=torch.float64, device=sample.device)
         rows[mine.to(sample.device)] = sample.detach()[(idx[mine] - start).to(sample.device)].double()
         parts.append(rows)
     pooled = torch.cat(parts)
-    dist.all_reduce(pooled, group=plan.group)  # each row comes from one rank, zeros from the others: exact
+    dist.all_reduce(pooled, group=group)  # each row comes from one rank, zeros from the others: exact
     return median_heuristic(pooled[:px].to(x.dtype), pooled[px:].to(x.dtype))
 
 

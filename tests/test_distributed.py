@@ -81,11 +81,10 @@ def _worker() -> None:
     out = Path(os.environ["PYTL_TEST_OUT"])
     result = SCENARIOS[os.environ["PYTL_TEST_SCENARIO"]](rank, world, out)
     torch.save(result, out / f"{os.environ['PYTL_TEST_SCENARIO']}-rank{rank}.pt")
-    # every rank done with its collectives before any tears gloo down: on a loaded machine a rank that
-    # destroys its group while the other still exchanges can abort ("terminate called without an active
+    # every rank done with its collectives before any tears gloo down (pd.shutdown: on a loaded machine a rank
+    # that destroys its group while the other still exchanges can abort, "terminate called without an active
     # exception", seen 3 times in 24 runs of three DDP tests while other jobs ran)
-    dist.barrier()
-    dist.destroy_process_group()
+    pd.shutdown()
 
 
 def load(out: Path, scenario: str, world: int) -> list:
@@ -257,6 +256,78 @@ def test_ring_exact_mmd_equals_single_process(world, mmd_runs):
             assert close(got["gx"], gx.split(sx)[r]) and close(got["gy"], gy.split(sy)[r]), (i, r)
             if pgrads is not None:
                 assert close(got["param_grads"][0], pgrads[0]) and close(got["param_grads"][1], pgrads[1]), (i, r)
+
+
+SCALABLE_SEED, BLOCK_SIZE = 5, 12
+
+
+def scalable_data():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(260, 3, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    return x, y, [40, 110, 150], [130, 0, 130]  # uneven shards over 3 ranks, one without y
+
+
+def _scenario_scalable(rank, world, out):
+    x, y, sx, sy = scalable_data()
+    results = {}
+    for key, kwargs in {"rff_biased": dict(method="rff", num_features=64),
+                        "rff_unbiased": dict(method="rff", num_features=64, estimator="unbiased"),
+                        "block": dict(method="block", block_size=BLOCK_SIZE, estimator="unbiased")}.items():
+        xr = x.split(sx)[rank].clone().requires_grad_()
+        yr = y.split(sy)[rank].clone().requires_grad_()
+        value = pytl.mmd2(xr, yr, seed=SCALABLE_SEED, group=dist.group.WORLD, **kwargs)
+        value.backward()
+        results[key] = (value.detach(), xr.grad, yr.grad)
+    try:
+        pytl.mmd2(x, y, method="auto", group=dist.group.WORLD)
+        results["auto"] = None
+    except ValueError as e:
+        results["auto"] = str(e)
+    return results
+
+
+def block_reference(x, y, sx, sy):
+    """One process, the ranks' blocks rebuilt by hand: rows per block from the global layout, each rank's
+    shards in the order of a generator seeded seed + rank, the mean of every rank's block statistics."""
+    n_blocks = min(300, 260) // BLOCK_SIZE
+    bx, by = 300 // n_blocks, 260 // n_blocks
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    stats = []
+    for r, (xr, yr) in enumerate(zip(x.split(sx), y.split(sy))):
+        count = min(xr.shape[0] // bx, yr.shape[0] // by)
+        if count == 0:
+            continue
+        g = torch.Generator().manual_seed(SCALABLE_SEED + r)
+        px = torch.randperm(xr.shape[0], generator=g)[: count * bx].view(count, bx)
+        py = torch.randperm(yr.shape[0], generator=g)[: count * by].view(count, by)
+        sig = pytl.bandwidth_ladder(pytl.median_heuristic(x.detach(), y.detach()))
+        stats += [pytl.testing.mmd2_reference64(xr[px[j]], yr[py[j]], sig, unbiased=True) for j in range(count)]
+    value = torch.stack(stats).mean()
+    value.backward()
+    return value.detach(), x.grad, y.grad
+
+
+def test_rff_and_block_of_sharded_samples_by_one_all_reduce(tmp_path):
+    """rff: the single-process statistic and gradients of the concatenated samples (the same features); block:
+    the mean of the ranks' own blocks, against a float64 pairwise reference rebuilt in one process."""
+    ok(launch("scalable", 3, tmp_path))
+    ranks = load(tmp_path, "scalable", 3)
+    x, y, sx, sy = scalable_data()
+    for key, estimator in (("rff_biased", "biased"), ("rff_unbiased", "unbiased")):
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        want = pytl.mmd2(xx, yy, method="rff", num_features=64, seed=SCALABLE_SEED, estimator=estimator)
+        want.backward()
+        for r, got in enumerate(ranks):
+            value, gx, gy = got[key]
+            assert close(value, want.detach()), (key, r, float(value), float(want))
+            assert close(gx, xx.grad.split(sx)[r]) and close(gy, yy.grad.split(sy)[r]), (key, r)
+    want, gx_ref, gy_ref = block_reference(x, y, sx, sy)
+    for r, got in enumerate(ranks):
+        value, gx, gy = got["block"]
+        assert close(value, want, rtol=1e-10), (r, float(value), float(want))
+        assert close(gx, gx_ref.split(sx)[r], rtol=1e-9) and close(gy, gy_ref.split(sy)[r], rtol=1e-9), r
+        assert "method='auto' with a group" in got["auto"]
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -648,4 +719,4 @@ def test_demo_distributed_prints_one_table_equal_to_the_single_process_one():
 
 
 SCENARIOS = {"mmd": _scenario_mmd, "train": _scenario_train, "coral": _scenario_coral, "cmmd": _scenario_cmmd,
-             "weighted": _scenario_weighted, "die": _scenario_die}
+             "weighted": _scenario_weighted, "die": _scenario_die, "scalable": _scenario_scalable}

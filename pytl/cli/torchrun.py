@@ -47,13 +47,17 @@ def run_on_every_rank(run: Callable[[argparse.Namespace], int], args: argparse.N
     prints. The options named in ``rank0_only`` (outputs such as a figure) are None on the other ranks."""
     if not pd.init_from_env(device="cuda" if str(args.device).startswith("cuda") else "cpu"):
         return run(args)
+    completed = False
     try:
         if pd.rank() == 0:
             print(f"torch.distributed: {pd.world_size()} processes, {dist.get_backend()}; each trains its part of "
                   "every batch (DDP), MMD² of the global batch; rank 0 prints", flush=True)
-            return run(args)
-        args = argparse.Namespace(**{**vars(args), **dict.fromkeys(rank0_only)})
-        with contextlib.redirect_stdout(io.StringIO()):
-            return run(args)
+            status = run(args)
+        else:
+            args = argparse.Namespace(**{**vars(args), **dict.fromkeys(rank0_only)})
+            with contextlib.redirect_stdout(io.StringIO()):
+                status = run(args)
+        completed = True
+        return status
     finally:
-        dist.destroy_process_group()
+        pd.shutdown(completed)  # a barrier before the teardown: no rank closes gloo under a peer's collective
