@@ -45,8 +45,9 @@ def to_tensor(value: Any, name: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def as_features(value: Any, name: str) -> Tensor:
-    """Samples × features (or samples × any shape), non-empty, finite; floats kept, ints/bools cast."""
+def as_features(value: Any, name: str, allow_empty: bool = False) -> Tensor:
+    """Samples × features (or samples × any shape), non-empty, finite; floats kept, ints/bools cast.
+    allow_empty: no rows is fine (a rank's shard: the global samples are checked after the shape exchange)."""
     x = to_tensor(value, name)
     if x.is_complex():
         raise TypeError(f"{name} must be real-valued, got {x.dtype}")
@@ -56,7 +57,7 @@ def as_features(value: Any, name: str) -> Tensor:
             + ("; one sample of several features: x.reshape(1, -1); several samples of one feature: "
                "x.reshape(-1, 1)" if x.dim() == 1 else "")
         )
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty: it has no samples (shape {tuple(x.shape)})")
     if any(s == 0 for s in x.shape[1:]):
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
@@ -76,6 +77,8 @@ FINITE_CHECK_ELEMENTS = 1 << 22
 
 
 def _all_finite(x: Tensor) -> bool:
+    if x.numel() == 0:
+        return True
     flat = x.reshape(x.shape[0], -1)
     step = max(1, FINITE_CHECK_ELEMENTS // flat.shape[1])
     return all(bool(torch.isfinite(flat[r0:r0 + step]).all()) for r0 in range(0, flat.shape[0], step))

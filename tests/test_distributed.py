@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ from pytl.train import TwoStageTrainer
 from pytl.train import loop as train_loop
 from pytl.train import alignments as train_alignments
 from pytl.train.prepare import prepare
+from pytl.testing import mmd2_reference64
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -261,11 +263,13 @@ def test_ring_exact_mmd_equals_single_process(world, mmd_runs):
 SCALABLE_SEED, BLOCK_SIZE = 5, 12
 
 
-def scalable_data():
+def scalable_data(scale=1):
+    """x (300, 3), y (260, 3) in uneven shards over 3 ranks, one without y; scale=10: ten times the rows (the rff
+    test's hashed chunks need a few rows each)."""
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
-    y = torch.randn(260, 3, generator=g, dtype=torch.float64) * 1.3 + 0.2
-    return x, y, [40, 110, 150], [130, 0, 130]  # uneven shards over 3 ranks, one without y
+    x = torch.randn(300 * scale, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(260 * scale, 3, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    return x, y, [40 * scale, 110 * scale, 150 * scale], [130 * scale, 0, 130 * scale]
 
 
 def _scenario_scalable(rank, world, out):
@@ -284,6 +288,23 @@ def _scenario_scalable(rank, world, out):
         results["auto"] = None
     except ValueError as e:
         results["auto"] = str(e)
+    # the tests of the concatenated samples: rff on tensors and on a memmap of the same shard, block
+    x, y, sx, sy = scalable_data(10)
+    xr, yr = x.split(sx)[rank], y.split(sy)[rank]
+    np.save(out / f"x{rank}.npy", xr.numpy())
+    memmap = np.load(out / f"x{rank}.npy", mmap_mode="r")
+    group = dist.group.WORLD
+    results["test_rff"] = pytl.mmd_test(xr, yr, method="rff", num_features=32, num_permutations=200,
+                                        seed=SCALABLE_SEED, group=group)
+    results["test_rff_memmap"] = pytl.mmd_test(memmap, yr, method="rff", num_features=32, num_permutations=200,
+                                               seed=SCALABLE_SEED, group=group)
+    results["test_block"] = pytl.mmd_test(xr, yr, method="block", estimator="unbiased", block_size=BLOCK_SIZE,
+                                          seed=SCALABLE_SEED, group=group)
+    try:
+        pytl.mmd_test(xr, yr, group=group, method="exact")
+        results["test_exact"] = None
+    except ValueError as e:
+        results["test_exact"] = str(e)
     return results
 
 
@@ -302,17 +323,16 @@ def block_reference(x, y, sx, sy):
         px = torch.randperm(xr.shape[0], generator=g)[: count * bx].view(count, bx)
         py = torch.randperm(yr.shape[0], generator=g)[: count * by].view(count, by)
         sig = pytl.bandwidth_ladder(pytl.median_heuristic(x.detach(), y.detach()))
-        stats += [pytl.testing.mmd2_reference64(xr[px[j]], yr[py[j]], sig, unbiased=True) for j in range(count)]
+        stats += [mmd2_reference64(xr[px[j]], yr[py[j]], sig, unbiased=True) for j in range(count)]
     value = torch.stack(stats).mean()
     value.backward()
     return value.detach(), x.grad, y.grad
 
 
-def test_rff_and_block_of_sharded_samples_by_one_all_reduce(tmp_path):
+def test_rff_and_block_of_sharded_samples_by_one_all_reduce(scalable_run):
     """rff: the single-process statistic and gradients of the concatenated samples (the same features); block:
     the mean of the ranks' own blocks, against a float64 pairwise reference rebuilt in one process."""
-    ok(launch("scalable", 3, tmp_path))
-    ranks = load(tmp_path, "scalable", 3)
+    ranks = scalable_run
     x, y, sx, sy = scalable_data()
     for key, estimator in (("rff_biased", "biased"), ("rff_unbiased", "unbiased")):
         xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -330,6 +350,68 @@ def test_rff_and_block_of_sharded_samples_by_one_all_reduce(tmp_path):
         assert "method='auto' with a group" in got["auto"]
 
 
+@pytest.fixture(scope="module")
+def scalable_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scalable")
+    ok(launch("scalable", 3, out))
+    return load(out, "scalable", 3)
+
+
+def test_sharded_tests_equal_their_one_process_reconstruction(scalable_run):
+    """mmd_test(group=...): every rank the same result; rff's statistic is one process's rff statistic with the
+    same features, its null the chunk-permutation null of chunk sums rebuilt by hand (rank r's row i in
+    chunk_of(r·2^40 + i)), the same from a memmap; block's the normal null of the ranks' blocks."""
+    from pytl.diagnostics import scalable_tests, streaming
+    from pytl.random_features import draw_features
+
+    x, y, sx, sy = scalable_data(10)
+    first = scalable_run[0]["test_rff"]
+    assert all(same_result(r["test_rff"], first) and same_result(r["test_rff_memmap"], first) for r in scalable_run)
+    sig = torch.tensor(first.sigmas, dtype=torch.float64)
+    w = torch.tensor(first.weights, dtype=torch.float64)
+    stat = pytl.mmd2(x, y, sig, w, method="rff", num_features=32, seed=SCALABLE_SEED)
+    assert abs(first.statistic - float(stat)) <= 1e-10 * float(stat)
+    freq, phases = draw_features(3, sig, 32, SCALABLE_SEED, x)
+    chunks = streaming.CHUNKS_PER_SIDE
+    sums, counts = [], []
+    for sample, sizes, seed in ((x, sx, SCALABLE_SEED), (y, sy, SCALABLE_SEED + 1)):
+        s, c = torch.zeros(chunks, freq.shape[0], dtype=torch.float64), torch.zeros(chunks, dtype=torch.float64)
+        for r, shard in enumerate(sample.split(sizes)):
+            ids = streaming.chunk_of(torch.arange(shard.shape[0]) + (r << 40), seed, chunks)
+            s.index_add_(0, ids, torch.cos(shard @ freq.t() + phases))
+            c.index_add_(0, ids, torch.ones(shard.shape[0], dtype=torch.float64))
+        sums.append(s)
+        counts.append(c)
+    want_stat, want_p, want_null = scalable_tests.chunk_permutation_test(
+        torch.cat(sums), torch.cat(counts), chunks, sig.numel(), w, 200, SCALABLE_SEED)
+    assert abs(first.statistic - want_stat) <= 1e-10 * want_stat and first.p_value == want_p
+    assert close(first.null_samples, want_null, rtol=1e-9)
+    block = scalable_run[0]["test_block"]
+    assert all(same_result(r["test_block"], block) for r in scalable_run)
+    stats = block_statistics_by_hand(x, y, sx, sy, torch.tensor(block.sigmas, dtype=torch.float64))
+    want_stat, want_p, _ = scalable_tests.block_null(stats)
+    assert abs(block.statistic - want_stat) <= 1e-10 * abs(want_stat) and abs(block.p_value - want_p) <= 1e-9
+    assert "exact test's permutations re-split" in scalable_run[1]["test_exact"]
+
+
+def same_result(a, b):
+    return (a.statistic, a.p_value, a.sigmas, a.method) == (b.statistic, b.p_value, b.sigmas, b.method) and \
+        torch.equal(a.null_samples, b.null_samples)
+
+
+def block_statistics_by_hand(x, y, sx, sy, sig):
+    n_blocks = min(x.shape[0], y.shape[0]) // BLOCK_SIZE
+    bx, by = x.shape[0] // n_blocks, y.shape[0] // n_blocks
+    stats = []
+    for r, (xr, yr) in enumerate(zip(x.split(sx), y.split(sy))):
+        count = min(xr.shape[0] // bx, yr.shape[0] // by)
+        g = torch.Generator().manual_seed(SCALABLE_SEED + r)
+        px = torch.randperm(xr.shape[0], generator=g)[: count * bx].view(count, bx)
+        py = torch.randperm(yr.shape[0], generator=g)[: count * by].view(count, by)
+        stats += [mmd2_reference64(xr[px[j]], yr[py[j]], sig, unbiased=True) for j in range(count)]
+    return torch.stack(stats)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_errors_are_raised_alike_on_every_rank(world, mmd_runs):
     for rk in mmd_runs(world):
@@ -343,8 +425,12 @@ def test_distributed_errors_are_raised_alike_on_every_rank(world, mmd_runs):
 def test_group_without_process_group_is_a_clear_error():
     x, y = torch.randn(5, 2), torch.randn(6, 2)
     assert not pd.is_initialized()
-    with pytest.raises(ValueError, match="group was given but torch.distributed is not initialised"):
-        pytl.mmd2(x, y, group=object())
+    for call in (lambda: pytl.mmd2(x, y, group=object()),
+                 lambda: pytl.mmd2(x, y, group=object(), exchange="ring"),
+                 lambda: pytl.mmd2(x, y, group=object(), method="rff"),
+                 lambda: pytl.mmd_test(x, y, group=object(), method="block", estimator="unbiased")):
+        with pytest.raises(ValueError, match="group was given but torch.distributed is not initialised"):
+            call()
     with pytest.raises(ValueError, match=r"MMDLoss\(distributed=True\) needs an initialised"):
         pytl.MMDLoss(distributed=True)(x, y)
     with pytest.raises(ValueError, match="group is only used with distributed=True"):

@@ -19,7 +19,7 @@ from pytl._checks import check_choice, check_int, check_optional_int
 from pytl._html import html_table
 from pytl._samples import as_matrix, check_pair
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
-from pytl.diagnostics import scalable_tests, streaming
+from pytl.diagnostics import scalable_tests, sharded_tests, streaming
 
 __all__ = ["MMDTestResult", "mmd_test", "split_chunks"]
 
@@ -154,6 +154,7 @@ def mmd_test(
     method: str = "exact",
     num_features: int | None = None,
     block_size: int | None = None,
+    group: Any = None,
 ) -> MMDTestResult:
     """Permutation two-sample test of H0: x and y come from the same distribution (Gretton et al. 2012).
 
@@ -177,15 +178,26 @@ def mmd_test(
     rows: one pass over the data). Both cost O(n + m) passes; pytl.diagnostics.scalable_tests says how.
     "auto": exact up to 16 384 pooled rows, else rff (block for estimator="unbiased"); a memmap or a DataLoader
     (x or y) is streamed through the rff test.
+
+    group: a torch.distributed process group when x and y are this rank's shards (tensors, memmaps or
+    DataLoaders): every rank gets the test of the concatenated samples, "rff" by one all-reduce of chunk sums,
+    "block" by one gather of block statistics ("auto": rff, or block for estimator="unbiased"; "exact" is
+    refused). pytl.diagnostics.sharded_tests.
     """
     unbiased = ops.is_unbiased(estimator)
     method = check_choice(method, "method", ops.METHODS)
     if method == "auto":
-        method = _auto_method(x, y, estimator)
+        method = ("rff" if estimator == "biased" else "block") if group is not None else _auto_method(x, y, estimator)
     num_features, block_size = ops.method_options(method, num_features, block_size)
     num_permutations = check_int(num_permutations, "num_permutations", 1)
     seed = check_int(seed, "seed", 0)
     chunk_size = check_optional_int(chunk_size, "chunk_size", 1)
+    if group is not None:
+        if chunk_size is not None:
+            raise ValueError("chunk_size is an option of method='exact' (its split vectors per sweep)")
+        run, stat, p, null, sig, w = sharded_tests.sharded_test(x, y, sigmas, weights, method, estimator,
+                                                                num_permutations, num_features, block_size, seed, group)
+        return _result(stat, p, null, estimator, sig, w, run)
     if streaming.is_stream(x) or streaming.is_stream(y):
         return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, seed,
                               chunk_size)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pytl import block_mmd, random_features
 
-__all__ = ["CHUNKS_PER_SIDE", "block_test", "chunk_permutation_test", "rff_chunk_test"]
+__all__ = ["CHUNKS_PER_SIDE", "block_null", "block_test", "chunk_permutation_test", "rff_chunk_test"]
 
 #: chunks of the smaller sample in the rff test: the permutation null's resolution (C(2c, c) distinct splits)
 CHUNKS_PER_SIDE = 64
@@ -31,6 +31,11 @@ def block_test(x: Tensor, y: Tensor, sigmas: Tensor, weights: Tensor, block_size
     """(statistic, one-sided p-value of its normal null, the block statistics)."""
     with torch.no_grad():
         stats = block_mmd.block_statistics(x, y, sigmas, weights, block_size, seed, unbiased=True).double().cpu()
+    return block_null(stats)
+
+
+def block_null(stats: Tensor) -> tuple[float, float, Tensor]:
+    """(mean, one-sided p-value of the normal null N(0, var/b), the statistics) from b block statistics."""
     mean, b = float(stats.mean()), stats.numel()
     se = float(stats.std()) / math.sqrt(b)
     if se == 0.0:

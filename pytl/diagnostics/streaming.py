@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from pytl import distributed as _dist
 from pytl import random_features
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 from pytl.diagnostics.scalable_tests import CHUNKS_PER_SIDE, chunk_permutation_test
@@ -57,6 +59,12 @@ def _as_block(batch: Any, name: str) -> Tensor:
 
 
 def _blocks(data: Any, name: str) -> Iterator[Tensor]:
+    if isinstance(data, Tensor):  # a rank's shard in memory (mmd_test(group=...))
+        if data.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(data.shape)}")
+        for r0 in range(0, data.shape[0], BLOCK_ROWS):
+            yield _as_block(data[r0:r0 + BLOCK_ROWS].detach(), name)
+        return
     if isinstance(data, np.ndarray):  # a memmap (or an array): consecutive slices, read as they are needed
         if data.ndim != 2:
             raise ValueError(f"{name} must be 2-D (rows, features), got shape {data.shape}")
@@ -69,6 +77,8 @@ def _blocks(data: Any, name: str) -> Iterator[Tensor]:
 
 def _median_rows(data: Any, name: str) -> tuple[Tensor, Iterator[Tensor]]:
     """Rows for the median heuristic, and the blocks of the whole side (the rows it read first included)."""
+    if isinstance(data, Tensor) and data.dim() == 2:
+        data = data.detach().cpu().numpy()
     if isinstance(data, np.ndarray):
         rows = np.unique(np.linspace(0, data.shape[0] - 1, min(MEDIAN_ROWS, data.shape[0])).astype(np.int64))
         return _as_block(np.array(data[rows]), name), _blocks(data, name)
@@ -101,12 +111,13 @@ def chunk_of(index: Tensor, seed: int, chunks: int) -> Tensor:
 
 
 def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: int,
-                seed: int) -> tuple[Tensor, Tensor]:
-    """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(i). Per block,
-    one stable sort by chunk puts each chunk's rows together (in stream order), then one op call per chunk."""
+                seed: int, first_key: int = 0) -> tuple[Tensor, Tensor]:
+    """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(first_key + i)
+    (a rank's shard: keys of its own, first_key = rank · 2^40). Per block, one stable sort by chunk puts each
+    chunk's rows together (in stream order), then one op call per chunk."""
     sums = torch.zeros(chunks, freq.shape[0], dtype=torch.float64)
     counts = torch.zeros(chunks, dtype=torch.float64)
-    offset = 0
+    offset = first_key
     for block in blocks:
         ids = chunk_of(torch.arange(offset, offset + block.shape[0]), seed, chunks)
         ids, order = torch.sort(ids, stable=True)
@@ -121,17 +132,30 @@ def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: 
 
 
 def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsLike = None, *, num_features: int,
-                    num_permutations: int, seed: int) -> tuple[float, float, Tensor, Tensor, Tensor]:
-    """(statistic, p-value, null, sigmas, weights) of the random-feature test, reading x and y once each."""
+                    num_permutations: int, seed: int, group: Any = None) -> tuple[float, float, Tensor, Tensor, Tensor]:
+    """(statistic, p-value, null, sigmas, weights) of the random-feature test, reading x and y once each.
+
+    group: x and y are this rank's shards (tensors, memmaps or streams): the median rows of every rank are
+    gathered, each rank's rows go to chunks by keys of its own, and one all-reduce adds the chunk sums, so every
+    rank computes the same test of the concatenated samples."""
     mx, x_blocks = _median_rows(x, "x")
     my, y_blocks = _median_rows(y, "y")
     if mx.shape[1] != my.shape[1]:
         raise ValueError(f"x and y must have the same number of features, got {mx.shape[1]} and {my.shape[1]}")
+    first_key = 0
+    if group is not None:
+        mx, my = _dist.gather_samples(mx.double(), my.double(), group)
+        first_key = dist.get_rank(group) << 40
     sig, w = resolve_bandwidths(mx.double(), my.double(), sigmas, weights, "pytl.mmd_test")
     freq, phases = random_features.draw_features(mx.shape[1], sig, num_features, seed, mx)
     with torch.no_grad():
-        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed)
-        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1)
+        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed, first_key)
+        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1, first_key)
+    if group is not None:
+        reduced = torch.cat([torch.cat([sx, nx[:, None]], 1), torch.cat([sy, ny[:, None]], 1)])  # sums | count
+        dist.all_reduce(reduced, group=group)
+        c = CHUNKS_PER_SIDE
+        sx, nx, sy, ny = reduced[:c, :-1], reduced[:c, -1], reduced[c:, :-1], reduced[c:, -1]
     if float(nx.min()) < 1 or float(ny.min()) < 1:
         raise ValueError(f"the rff test deals rows to {CHUNKS_PER_SIDE} chunks per side and needs every chunk to get "
                          f"rows (at least that many rows in x and in y), got {int(nx.sum())} and {int(ny.sum())}")
