@@ -42,6 +42,7 @@ __all__ = [
     "distributed_loader",
     "exchange_shapes",
     "gather_samples",
+    "gather_subsample",
     "init_from_env",
     "is_initialized",
     "rank",
@@ -237,6 +238,27 @@ def _dtype_code(t: Tensor) -> int:
 
 def _dtype_name(code: int) -> str:
     return str(_DTYPES[code]) if 0 <= code < len(_DTYPES) else "not floating-point"
+
+
+def gather_subsample(t: Tensor, max_rows: int, seed: int, group: Any) -> Tensor:
+    """About ``max_rows`` rows of the concatenated shards, the same on every rank: each rank draws its share
+    (max_rows · n_r / N, rounded up) at random (a generator seeded with seed + rank) and one all-gather (shards
+    padded to the longest, trimmed) pools them in rank order; all of them when N ≤ max_rows. For the terms that
+    a subsample estimates (a domain classifier, Ben-David's bound) while the MMD test reads every row."""
+    check_group(group)
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    sizes = [int(r[0]) for r in _all_gather_small(torch.tensor([t.shape[0]], dtype=torch.int64), group).tolist()]
+    total = sum(sizes)
+    take = t.shape[0] if total <= max_rows else min(t.shape[0], -(-max_rows * t.shape[0] // total))
+    g = torch.Generator().manual_seed(int(seed) + me)
+    mine = t[torch.randperm(t.shape[0], generator=g)[:take].sort().values.to(t.device)] if take < t.shape[0] else t
+    takes = [int(r[0]) for r in _all_gather_small(torch.tensor([take], dtype=torch.int64), group).tolist()]
+    flat = mine.reshape(take, -1)
+    padded = flat.new_zeros((max(takes), flat.shape[1]))
+    padded[:take] = flat
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:k] for p, k in zip(parts, takes)]).reshape(-1, *t.shape[1:])
 
 
 # ------------------------------------------------------------------------------------ for the trainer

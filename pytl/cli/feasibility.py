@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
+from pytl import distributed as pd
+from pytl.cli import torchrun
 from pytl.cli.files import (
     LABELED_FILES,
     Note,
@@ -27,7 +32,8 @@ from pytl.cli.files import (
     load_labeled,
     stderr_note,
 )
-from pytl.cli.options import non_negative_int
+from pytl.cli.options import add_distributed_option, non_negative_int
+from pytl.cli.shards import SUBSAMPLE_ROWS, load_feature_shard, load_labeled_shard
 from pytl.diagnostics import CLASSIFIERS, rank_sources, transfer_feasibility
 
 __all__ = ["add_parsers", "load_labeled", "run_feasibility", "run_rank_sources"]
@@ -42,10 +48,13 @@ def add_parsers(sub: Any) -> None:
         description="Estimate each term of Ben-David's bound for transferring from SRC (labelled) to TGT "
                     "(unlabelled), and print pytl.transfer_feasibility's report. " + _FILES,
     )
-    fea.set_defaults(run=lambda args, argv: run_feasibility(args))
+    fea.set_defaults(run=run_feasibility)
     fea.add_argument("source", help="labelled source: .npz with X and y, or .npy/.csv with the label last")
     fea.add_argument("target", help="unlabelled target features: .npy, .npz or .csv")
     _common(fea)
+    add_distributed_option(fea, "every rank reads its part of the source and target files (a path with {rank}: one "
+                                f"file per rank; a .npy target: its own rows, memory-mapped) and the terms are "
+                                f"estimated on up to {SUBSAMPLE_ROWS} rows per domain gathered from all ranks")
 
     rank = sub.add_parser(
         "rank-sources",
@@ -87,12 +96,35 @@ def _check(target: np.ndarray, target_path: str, labeled: Labeled | None, labele
     check_samples(items)
 
 
-def run_feasibility(args: argparse.Namespace) -> int:
+def run_feasibility(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    if args.distributed is not None and not torchrun.under_torchrun():
+        return torchrun.relaunch(args.distributed, list(sys.argv[1:] if argv is None else argv))
+    return torchrun.run_on_every_rank(_run_feasibility, args, what="each reads its part of the files")
+
+
+def _sharded_inputs(args: argparse.Namespace, note: Note) -> tuple[Labeled, np.ndarray, Labeled | None]:
+    """Under torchrun: this rank's shards of the source and the target, and a subsample of up to SUBSAMPLE_ROWS
+    rows of each gathered from all ranks (the same on every rank); the few target labels are read whole."""
+    where = dict(note=note, rank=pd.rank(), world=pd.world_size())
+    xs, ys = load_labeled_shard(args.source, role="source", **where)
+    xt = load_feature_shard(args.target, args.key, role="target", **where)
+    pooled = pd.gather_subsample(torch.from_numpy(np.concatenate([xs, ys[:, None].astype(np.float64)], 1)),
+                                 SUBSAMPLE_ROWS, args.seed, dist.group.WORLD).numpy()
+    target = pd.gather_subsample(torch.from_numpy(xt), SUBSAMPLE_ROWS, args.seed + 1, dist.group.WORLD).numpy()
+    labeled = None if args.target_labeled is None else \
+        load_labeled(args.target_labeled, role="--target-labeled", note=note)
+    return (pooled[:, :-1], pooled[:, -1].astype(np.int64)), target, labeled
+
+
+def _run_feasibility(args: argparse.Namespace) -> int:
     prog = "pytl feasibility"
     note = stderr_note(prog)
     try:
-        source = load_labeled(args.source, role="source", note=note)
-        xt, labeled = _target(args, note)
+        if pd.world_size() > 1:
+            source, xt, labeled = _sharded_inputs(args, note)
+        else:
+            source = load_labeled(args.source, role="source", note=note)
+            xt, labeled = _target(args, note)
         _check(xt, args.target, labeled, args.target_labeled, [(file_label(args.source, "source"), source[0])])
         report = transfer_feasibility(source, xt, labeled, classifier=args.classifier, seed=args.seed)
     except (ValueError, TypeError) as exc:

@@ -21,8 +21,8 @@ import numpy as np
 
 from pytl.diagnostics import MIN_PAD_SAMPLES
 
-__all__ = ["KEY_HELP", "LABELED_FILES", "Note", "add_key_option", "check_distinct", "check_samples", "file_label",
-           "load_features", "load_labeled", "stderr_note"]
+__all__ = ["KEY_HELP", "LABELED_FILES", "Note", "add_key_option", "check_distinct", "check_file", "check_filled",
+           "check_samples", "file_label", "load_features", "load_labeled", "numeric", "stderr_note"]
 
 LABELED_FILES = "Labelled files: .npz with arrays X and y, or .npy/.csv whose last column is the integer label."
 KEY_HELP = "the array to read from a .npz file that holds several arrays"
@@ -52,12 +52,12 @@ def load_features(path: str, key: str | None = None, *, role: str = "", note: No
     or .csv (comma-separated, an optional header row). ValueError naming the file (and ``role``) otherwise."""
     where = file_label(path, role)
     arr = _read(path, key, where, note)
-    arr = _numeric(arr, where, "the array")
+    arr = numeric(arr, where, "the array")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise ValueError(f"{where}: expected a 2-D array (samples, features), got shape {arr.shape}")
-    return _check_filled(arr, where, "features").astype(np.float64)
+    return check_filled(arr, where, "features").astype(np.float64)
 
 
 def load_labeled(path: str, *, role: str = "", note: Note | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,10 +72,10 @@ def load_labeled(path: str, *, role: str = "", note: Note | None = None) -> tupl
             return [lower["x"], lower["y"]]
 
         x, y = _read_npz(path, where, pick).values()
-        x = _numeric(x, where, "X")
+        x = numeric(x, where, "X")
         if x.ndim == 0:
             raise ValueError(f"{where}: X must be an array of samples (samples, features), got a scalar")
-        x = _check_filled(x, where, "X")
+        x = check_filled(x, where, "X")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -84,11 +84,11 @@ def load_labeled(path: str, *, role: str = "", note: Note | None = None) -> tupl
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{where}: X has {x.shape[0]} samples but y has {y.shape[0]} labels")
         return x.astype(np.float64), _labels(y, where, "y")
-    arr = _numeric(_read(path, None, where, note), where, "the array")
+    arr = numeric(_read(path, None, where, note), where, "the array")
     if arr.ndim != 2 or arr.shape[1] < 2:
         raise ValueError(f"{where}: a labelled .npy/.csv needs feature columns and a last label column, got shape "
                          f"{arr.shape}")
-    x = _check_filled(arr[:, :-1], where, "features")
+    x = check_filled(arr[:, :-1], where, "features")
     return x.astype(np.float64), _labels(arr[:, -1], where, "the last column")
 
 
@@ -119,7 +119,7 @@ def check_distinct(paths: Sequence[str], what: str) -> None:
 
 def _read(path: str, key: str | None, where: str, note: Note | None) -> np.ndarray:
     suffix = Path(path).suffix.lower()
-    _check_file(path, where)
+    check_file(path, where)
     if suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
@@ -141,14 +141,14 @@ def _read(path: str, key: str | None, where: str, note: Note | None) -> np.ndarr
     raise ValueError(f"{where}: expected {_FEATURE_FILES}, got {suffix or 'no extension'!r}")
 
 
-def _check_file(path: str, where: str) -> None:
+def check_file(path: str, where: str) -> None:
     if not Path(path).is_file():
         raise ValueError(f"{where}: no such file" if not Path(path).exists() else f"{where}: not a file")
 
 
 def _read_npz(path: str, where: str, pick: Callable[[list[str]], list[str]]) -> dict[str, np.ndarray]:
     """The arrays of a .npz that ``pick`` chooses from its names (only those are read)."""
-    _check_file(path, where)
+    check_file(path, where)
     problems = (OSError, ValueError, EOFError, zipfile.BadZipFile)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -238,7 +238,7 @@ def _is_number(text: str) -> bool:
 # ---------------------------------------------------------------------------------------- checking
 
 
-def _numeric(arr: np.ndarray, where: str, what: str) -> np.ndarray:
+def numeric(arr: np.ndarray, where: str, what: str) -> np.ndarray:
     if arr.dtype.kind in "USO":
         raise ValueError(f"{where}: expected real numbers, {what} holds {_kind(arr)} (dtype {arr.dtype})")
     if arr.dtype.kind not in "biuf":
@@ -246,7 +246,7 @@ def _numeric(arr: np.ndarray, where: str, what: str) -> np.ndarray:
     return arr
 
 
-def _check_filled(x: np.ndarray, where: str, what: str) -> np.ndarray:
+def check_filled(x: np.ndarray, where: str, what: str) -> np.ndarray:
     """``x`` as (samples, features): at least one of each, all finite."""
     if x.shape[0] == 0:
         raise ValueError(f"{where}: no samples ({what} of shape {x.shape}); expected one sample per row")

@@ -15,7 +15,7 @@ from pytl.experiments import DEFAULT_CONFIG
 from pytl.train import resolve_device
 
 __all__ = ["FIGURE_SUFFIXES", "UsageError", "add_training_options", "angle_list", "check_figure_path",
-           "device_option", "int_list", "non_negative_float", "non_negative_int", "positive_int"]
+           "add_distributed_option", "device_option", "int_list", "non_negative_float", "non_negative_int", "positive_int"]
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -83,6 +83,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--align-epochs", type=non_negative_int, default=align, help=f"stage-1 epochs (default {align})")
     parser.add_argument("--finetune-epochs", type=non_negative_int, default=finetune,
                         help=f"stage-2 epochs (default {finetune})")
+
+
+def add_distributed_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--distributed N``: rerun the command on N local processes under torchrun; ``what`` each of them does."""
+    parser.add_argument("--distributed", type=positive_int, default=None, metavar="N",
+                        help="run on N local processes (starts torchrun --standalone --nproc_per_node=N -m pytl ...; "
+                             f"gloo): {what}; rank 0 prints")
 
 
 def check_figure_path(path: str | None, flag: str) -> None:

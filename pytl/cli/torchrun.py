@@ -41,17 +41,18 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
 
 
 def run_on_every_rank(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-                      rank0_only: Sequence[str] = ()) -> int:
+                      rank0_only: Sequence[str] = (),
+                      what: str = "each trains its part of every batch (DDP), MMD² of the global batch") -> int:
     """``run(args)`` in this process: alone when torchrun did not start it, else with the process group
     up (gloo on CPU, NCCL on CUDA), every rank training its part of every batch while rank 0 alone
     prints. The options named in ``rank0_only`` (outputs such as a figure) are None on the other ranks."""
-    if not pd.init_from_env(device="cuda" if str(args.device).startswith("cuda") else "cpu"):
+    if not pd.init_from_env(device="cuda" if str(getattr(args, "device", "cpu")).startswith("cuda") else "cpu"):
         return run(args)
     completed = False
     try:
         if pd.rank() == 0:
-            print(f"torch.distributed: {pd.world_size()} processes, {dist.get_backend()}; each trains its part of "
-                  "every batch (DDP), MMD² of the global batch; rank 0 prints", flush=True)
+            print(f"torch.distributed: {pd.world_size()} processes, {dist.get_backend()}; {what}; rank 0 prints",
+                  flush=True)
             status = run(args)
         else:
             args = argparse.Namespace(**{**vars(args), **dict.fromkeys(rank0_only)})
