@@ -135,6 +135,35 @@ def test_domain_adversarial_loss_against_plain_bce():
     assert domain_adversarial_loss(disc, zs, zt).item() == pytest.approx(math.log(2))
 
 
+def test_rff_mmd_term_uses_fresh_features_per_step_seeded_alike_on_every_run(shift):
+    """mmd_method="rff": the term is the random-feature MMD² with seed settings.seed · stride + step (checked
+    against pytl.mmd2 on a batch), reproducible run to run, and a different estimate from the exact term."""
+    from pytl.train.alignments.mmd import _STEP_SEED_STRIDE, MMDAlignment
+    from pytl.train.settings import TrainSettings
+    from pytl.train.state import RunState
+
+    run = RunState(settings=TrainSettings(mmd_method="rff", seed=4, progress=False), device=torch.device("cpu"))
+    term = MMDAlignment(run)
+    term.begin(torch.nn.Identity(), None)
+    zs, zt = torch.randn(40, 6), torch.randn(30, 6) + 0.5
+    sig = pytl.bandwidth_ladder(pytl.median_heuristic(zs, zt))
+    for step in range(2):
+        got = term.term(zs, zt, None, 40, 30, 1.0, True, None)
+        want = pytl.mmd2(zs, zt, sig, method="rff", seed=4 * _STEP_SEED_STRIDE + step)
+        assert float(got) == float(want)
+        term.after_step()
+    assert term.state_dict() == {"step": 2}
+    kw = dict(lambda_mmd=1.0, align_epochs=2, finetune_epochs=0, progress=False, seed=1)
+    runs = [TwoStageTrainer(mmd_method=m, **kw) for m in ("rff", "rff", "exact")]
+    for tr in runs:
+        tr.align(shift.source, shift.target_unlabeled)
+    assert runs[0].history == runs[1].history and runs[0].history != runs[2].history
+    with pytest.raises(ValueError, match="mmd_method must be one of"):
+        TwoStageTrainer(mmd_method="block")
+    with pytest.raises(ValueError, match="class_weights needs mmd_method='exact'"):
+        TwoStageTrainer(mmd_method="rff", class_weights=[1.0, 2.0])
+
+
 def test_dann_trains_the_discriminator_and_reverses_the_encoder_gradient(shift):
     tr = TwoStageTrainer(alignment="dann", lambda_mmd=1.0, align_epochs=3, progress=False)
     tr.align(shift.source, shift.target_unlabeled)
@@ -145,9 +174,11 @@ def test_dann_trains_the_discriminator_and_reverses_the_encoder_gradient(shift):
     assert 0 < recs[-1]["dann"] < 5
 
 
-@pytest.mark.parametrize("options", [dict(alignment="dann"), dict(alignment="mmd", class_weights="estimated")])
+@pytest.mark.parametrize("options", [dict(alignment="dann"), dict(alignment="mmd", class_weights="estimated"),
+                                     dict(alignment="mmd", mmd_method="rff")])
 def test_resume_is_bit_identical_with_stage_one_state(shift, tmp_path, interrupt_after, options):
-    # the discriminator and its optimizer, or the estimated class weights, travel in the checkpoint
+    # the discriminator and its optimizer, the estimated class weights, or the step that seeds the random
+    # features, travel in the checkpoint
     kw = dict(lambda_mmd=1.0, align_epochs=4, finetune_epochs=0, warmup=0.3, progress=False, seed=3, **options)
     straight = TwoStageTrainer(**kw)
     straight.align(shift.source, shift.target_unlabeled)
@@ -155,7 +186,7 @@ def test_resume_is_bit_identical_with_stage_one_state(shift, tmp_path, interrupt
     with interrupt_after(2):
         TwoStageTrainer(checkpoint=ckpt, **kw).align(shift.source, shift.target_unlabeled)
     saved = torch.load(ckpt, weights_only=True)
-    assert (saved["alignment"] is not None) == (options["alignment"] == "dann")
+    assert (saved["alignment"] is not None) == (options["alignment"] == "dann" or "mmd_method" in options)
     assert (saved["class_weights"] is not None) == ("class_weights" in options)
     resumed = TwoStageTrainer(**kw)
     resumed.align(shift.source, shift.target_unlabeled, resume_from=ckpt)

@@ -23,6 +23,9 @@ from pytl import distributed as pd
 from pytl._checks import check_bool, check_choice, check_float, check_int, check_optional_int
 from pytl.freezing import FreezingPolicy
 from pytl.ops import ESTIMATORS
+
+#: how the "mmd" alignment computes its term (TrainSettings.mmd_method)
+MMD_METHODS = ("exact", "rff")
 from pytl.train.alignments import ALIGNMENTS
 from pytl.train.schedules import LAMBDA_SCHEDULES, ScheduleLike
 
@@ -63,7 +66,9 @@ class TrainSettings:
     align_policy / finetune_policy: a ``pytl.freezing`` policy, in force for its stage only (a
     ``BatchNormPolicy("frozen")`` is added when the policy has none).
     mmd_sigmas: bandwidths of the MMD terms (None: median heuristic ladder; a callable(zs, zt) → sigmas);
-    mmd_estimator: "biased" or "unbiased".
+    mmd_estimator: "biased" or "unbiased". mmd_method: "exact" (every pair of the batch, the fused op) or "rff"
+    (the "mmd" alignment by random Fourier features, 256 per bandwidth drawn afresh each step from the seed and the
+    step: cost linear in the batch, for large batches of wide embeddings; no class_weights).
     device: None (where the model lives; CPU for a new model), "auto", "cpu", "cuda[:N]" or a torch.device.
     seed: everything is seeded; the same seed gives bit-identical weights on the CPU.
     progress: a progress bar per stage. num_threads: torch CPU threads while training: "auto" (default: one
@@ -102,6 +107,7 @@ class TrainSettings:
     finetune_policy: FreezingPolicy | None = _setting(None)
     mmd_sigmas: Any = _setting(None)
     mmd_estimator: str = _setting("biased")
+    mmd_method: str = _setting("exact")
     device: Any = _setting(None, resume=False)
     seed: int = _setting(0)
     progress: bool = _setting(True, resume=False)
@@ -215,6 +221,9 @@ def check_settings(s: TrainSettings) -> None:
         if pol is not None and not isinstance(pol, FreezingPolicy):
             raise TypeError(f"{name} must be a pytl.freezing policy or None, got {type(pol).__name__}")
     check_choice(s.mmd_estimator, "mmd_estimator", ESTIMATORS)
+    check_choice(s.mmd_method, "mmd_method", MMD_METHODS)
+    if s.mmd_method == "rff" and s.class_weights is not None and s.alignment == "mmd":
+        raise ValueError("mmd_method='rff' does not weigh the source rows: class_weights needs mmd_method='exact'")
     check_int(s.seed, "seed", 0)
     check_bool(s.progress, "progress")
     if isinstance(s.num_threads, str) and s.num_threads != "auto":
