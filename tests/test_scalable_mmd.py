@@ -268,6 +268,26 @@ def test_streaming_deals_rows_at_random_so_a_sorted_file_keeps_h0(tmp_path):
     assert pytl.mmd_test(*shifted, num_permutations=99, method="rff", seed=0).p_value < 0.02
 
 
+def test_streamed_test_shows_progress_over_the_blocks_it_reads(tmp_path, monkeypatch, capsys):
+    """progress=True: a bar (pytl's line off a terminal) over every block of both sides, 5 + 4 here; none for a
+    stream that does not say how many batches it holds, nor by default."""
+    from pytl.diagnostics import streaming
+
+    monkeypatch.setattr(streaming, "BLOCK_ROWS", 500)
+    mx, my = _memmaps(tmp_path, torch.randn(2300, 3), torch.randn(1900, 3))
+    quiet = pytl.mmd_test(mx, my, method="rff", num_features=16, num_permutations=19)
+    assert capsys.readouterr().err == ""
+    shown = pytl.mmd_test(mx, my, method="rff", num_features=16, num_permutations=19, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and lines[-1].startswith("mmd_test (rff, one pass) 9/9") and len(lines) <= 10
+    assert shown.statistic == quiet.statistic  # the bar changes nothing
+    pytl.mmd_test(mx, (b for b in [my[:1000], my[1000:]]), method="rff", num_features=16, num_permutations=19,
+                  progress=True)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        pytl.mmd_test(mx, my, method="rff", progress="yes")
+
+
 def test_streaming_refusals(tmp_path):
     import numpy as np
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pytl import ops
-from pytl._checks import check_choice, check_int, check_optional_int
+from pytl._checks import check_bool, check_choice, check_int, check_optional_int
 from pytl._html import html_table
 from pytl._samples import as_matrix, check_pair
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
@@ -108,14 +108,14 @@ def _auto_method(x: Any, y: Any, estimator: str) -> str:
 
 def _streamed_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, method: str, estimator: str,
                    num_permutations: int, num_features: int | None, seed: int,
-                   chunk_size: int | None) -> MMDTestResult:
+                   chunk_size: int | None, progress: bool) -> MMDTestResult:
     """mmd_test on a memmap or a DataLoader: the random-feature test in one pass (pytl.diagnostics.streaming)."""
     if method != "rff" or estimator != "biased" or chunk_size is not None:
         raise ValueError("x or y is a memmap or a stream of batches (read once, never loaded whole): only "
                          "method='rff' (with estimator='biased') tests it; load the data as an array for the others")
     assert num_features is not None
     stat, p, null, sig, w = streaming.stream_rff_test(x, y, sigmas, weights, num_features=num_features,
-                                                      num_permutations=num_permutations, seed=seed)
+                                                      num_permutations=num_permutations, seed=seed, progress=progress)
     return _result(stat, p, null, estimator, sig, w, "rff")
 
 
@@ -155,6 +155,7 @@ def mmd_test(
     num_features: int | None = None,
     block_size: int | None = None,
     group: Any = None,
+    progress: bool = False,
 ) -> MMDTestResult:
     """Permutation two-sample test of H0: x and y come from the same distribution (Gretton et al. 2012).
 
@@ -182,7 +183,8 @@ def mmd_test(
     group: a torch.distributed process group when x and y are this rank's shards (tensors, memmaps or
     DataLoaders): every rank gets the test of the concatenated samples, "rff" by one all-reduce of chunk sums,
     "block" by one gather of block statistics ("auto": rff, or block for estimator="unbiased"; "exact" is
-    refused). pytl.diagnostics.sharded_tests.
+    refused). pytl.diagnostics.sharded_tests. progress: a progress bar over the blocks of a streamed (or sharded)
+    rff test, when their number is known.
     """
     unbiased = ops.is_unbiased(estimator)
     method = check_choice(method, "method", ops.METHODS)
@@ -192,15 +194,17 @@ def mmd_test(
     num_permutations = check_int(num_permutations, "num_permutations", 1)
     seed = check_int(seed, "seed", 0)
     chunk_size = check_optional_int(chunk_size, "chunk_size", 1)
+    progress = check_bool(progress, "progress")
     if group is not None:
         if chunk_size is not None:
             raise ValueError("chunk_size is an option of method='exact' (its split vectors per sweep)")
         run, stat, p, null, sig, w = sharded_tests.sharded_test(x, y, sigmas, weights, method, estimator,
-                                                                num_permutations, num_features, block_size, seed, group)
+                                                                num_permutations, num_features, block_size, seed, group,
+                                                                progress)
         return _result(stat, p, null, estimator, sig, w, run)
     if streaming.is_stream(x) or streaming.is_stream(y):
         return _streamed_test(x, y, sigmas, weights, method, estimator, num_permutations, num_features, seed,
-                              chunk_size)
+                              chunk_size, progress)
     x, y = as_matrix(x, "x"), as_matrix(y, "y")
     # the op sees only the pooled sample, so the two samples are checked here
     check_pair(x, y, estimator)

@@ -40,7 +40,7 @@ __all__ = ["sharded_test"]
 
 def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, method: str, estimator: str,
                  num_permutations: int, num_features: int | None, block_size: int | None, seed: int,
-                 group: Any) -> tuple[str, float, float, Tensor, Tensor, Tensor]:
+                 group: Any, progress: bool = False) -> tuple[str, float, float, Tensor, Tensor, Tensor]:
     """(method run, statistic, p-value, null, sigmas, weights) of the test of the ranks' concatenated samples."""
     _dist.check_group(group)
     if method == "exact":
@@ -52,7 +52,8 @@ def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, metho
             raise ValueError("method='rff' tests with the biased random-feature statistic: pass estimator='biased'")
         assert num_features is not None
         stat, p, null, sig, w = streaming.stream_rff_test(x, y, sigmas, weights, num_features=num_features,
-                                                          num_permutations=num_permutations, seed=seed, group=group)
+                                                          num_permutations=num_permutations, seed=seed, group=group,
+                                                          progress=progress)
         return method, stat, p, null, sig, w
     if estimator != "unbiased":
         raise ValueError("method='block' tests with the unbiased per-block statistic (its null has mean 0): "

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pytl import distributed as _dist
 from pytl import random_features
+from pytl._progress import progress_bar
 from pytl.bandwidths import SigmasLike, WeightsLike, resolve_bandwidths
 from pytl.diagnostics.scalable_tests import CHUNKS_PER_SIDE, chunk_permutation_test
 
@@ -110,8 +111,18 @@ def chunk_of(index: Tensor, seed: int, chunks: int) -> Tensor:
     return z.remainder(chunks)
 
 
+def _block_count(data: Any) -> int | None:
+    """How many blocks _blocks yields for ``data``, or None when a stream does not say (no len())."""
+    if isinstance(data, (np.ndarray, Tensor)):
+        return -(-data.shape[0] // BLOCK_ROWS) if data.ndim >= 1 else None
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: int,
-                seed: int, first_key: int = 0) -> tuple[Tensor, Tensor]:
+                seed: int, first_key: int = 0, bar: Any = None) -> tuple[Tensor, Tensor]:
     """(chunks, F) float64 feature sums and (chunks,) row counts; row i of the stream in chunk_of(first_key + i)
     (a rank's shard: keys of its own, first_key = rank · 2^40). Per block, one stable sort by chunk puts each
     chunk's rows together (in stream order), then one op call per chunk."""
@@ -128,12 +139,17 @@ def _chunk_sums(blocks: Iterator[Tensor], freq: Tensor, phases: Tensor, chunks: 
                 sums[c] += random_features.feature_sums(rows, freq, phases)[0].cpu()
         counts += per_chunk.double()
         offset += block.shape[0]
+        if bar is not None:
+            bar.update(1)
     return sums, counts
 
 
 def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsLike = None, *, num_features: int,
-                    num_permutations: int, seed: int, group: Any = None) -> tuple[float, float, Tensor, Tensor, Tensor]:
+                    num_permutations: int, seed: int, group: Any = None,
+                    progress: bool = False) -> tuple[float, float, Tensor, Tensor, Tensor]:
     """(statistic, p-value, null, sigmas, weights) of the random-feature test, reading x and y once each.
+    progress: a bar over the blocks read (on rank 0 under a group), when both sides say how many they hold (a
+    memmap, an array, a DataLoader with len()); tqdm's in a notebook or a terminal, else pytl's line.
 
     group: x and y are this rank's shards (tensors, memmaps or streams): the median rows of every rank are
     gathered, each rank's rows go to chunks by keys of its own, and one all-reduce adds the chunk sums, so every
@@ -148,9 +164,14 @@ def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsL
         first_key = dist.get_rank(group) << 40
     sig, w = resolve_bandwidths(mx.double(), my.double(), sigmas, weights, "pytl.mmd_test")
     freq, phases = random_features.draw_features(mx.shape[1], sig, num_features, seed, mx)
+    counts = [_block_count(x), _block_count(y)]
+    shown = progress and None not in counts and (group is None or dist.get_rank(group) == 0)
+    bar = progress_bar(sum(c or 0 for c in counts), "mmd_test (rff, one pass)", enabled=shown) if shown else None
     with torch.no_grad():
-        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed, first_key)
-        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1, first_key)
+        sx, nx = _chunk_sums(x_blocks, freq, phases, CHUNKS_PER_SIDE, seed, first_key, bar)
+        sy, ny = _chunk_sums(y_blocks, freq, phases, CHUNKS_PER_SIDE, seed + 1, first_key, bar)
+    if bar is not None:
+        bar.close()
     if group is not None:
         reduced = torch.cat([torch.cat([sx, nx[:, None]], 1), torch.cat([sy, ny[:, None]], 1)])  # sums | count
         dist.all_reduce(reduced, group=group)
