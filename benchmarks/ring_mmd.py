@@ -1,7 +1,9 @@
-"""The ring-exact MMD across ranks (issue 27): parallel efficiency of W gloo ranks against one process.
+"""MMD across ranks (issue 27): parallel efficiency of W gloo ranks against one process.
 
-    python benchmarks/ring_mmd.py                  # n = m = 65 536, d = 64, 2 ranks, 1 thread each
+    python benchmarks/ring_mmd.py                  # the ring-exact statistic, n = m = 65 536, d = 64, 2 ranks
     python benchmarks/ring_mmd.py --n 16384 --world 2 --grad
+    python benchmarks/ring_mmd.py --what rff-test --n 2000000   # mmd_test(method="rff", group=...) of shards
+    python benchmarks/ring_mmd.py --what block-test --n 2000000
 
 Both sides get the same cores: one process with W threads (pytl.mmd2, the fused exact op), and W processes with
 one thread each (pytl.mmd2(group=..., exchange="ring"), each rank holding 1/W of the rows). Parallel efficiency
@@ -46,6 +48,7 @@ def best_time(fn, repeats: int) -> tuple[float, float]:
 def rank_main() -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     n, d, repeats, grad = (int(os.environ[k]) for k in ("BENCH_N", "BENCH_D", "BENCH_REPEATS", "BENCH_GRAD"))
+    what = os.environ["BENCH_WHAT"]
     torch.set_num_threads(1)
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=os.environ["BENCH_RDZV"], rank=rank, world_size=world,
@@ -55,6 +58,8 @@ def rank_main() -> None:
 
     def run() -> float:
         dist.barrier()
+        if what != "ring":
+            return one_call(what, xr, yr, dist.group.WORLD)
         if grad:
             xg = xr.clone().requires_grad_()
             v = pytl.mmd2(xg, yr, group=dist.group.WORLD, exchange="ring")
@@ -70,6 +75,13 @@ def rank_main() -> None:
     dist.destroy_process_group()
 
 
+def one_call(what: str, x: torch.Tensor, y: torch.Tensor, group=None) -> float:
+    """The scalable test's statistic (rff or block), in one process or over the ranks of ``group``."""
+    if what == "rff-test":
+        return pytl.mmd_test(x, y, method="rff", num_permutations=200, group=group).statistic
+    return pytl.mmd_test(x, y, method="block", estimator="unbiased", group=group).statistic
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=65536, help="rows per side (global)")
@@ -77,10 +89,14 @@ def main() -> None:
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--grad", action="store_true", help="time value and gradient (x requires grad)")
+    p.add_argument("--what", choices=("ring", "rff-test", "block-test"), default="ring")
     a = p.parse_args()
     torch.set_num_threads(a.world)
     x, y = data(a.n, a.d)
-    if a.grad:
+    if a.what != "ring":
+        def single() -> float:
+            return one_call(a.what, x, y)
+    elif a.grad:
         def single() -> float:
             xg = x.clone().requires_grad_()
             v = pytl.mmd2(xg, y)
@@ -94,6 +110,7 @@ def main() -> None:
     rdzv = Path(tempfile.mkdtemp()) / "rdzv"
     env = {**os.environ, "WORLD_SIZE": str(a.world), "BENCH_N": str(a.n), "BENCH_D": str(a.d),
            "BENCH_REPEATS": str(a.repeats), "BENCH_GRAD": str(int(a.grad)), "BENCH_RDZV": f"file://{rdzv}",
+           "BENCH_WHAT": a.what,
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import ring_mmd; ring_mmd.rank_main()"
     procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
@@ -101,9 +118,10 @@ def main() -> None:
     outs = [pr.communicate()[0] for pr in procs]
     line = next(ln for ln in outs[0].splitlines() if ln.startswith("RESULT"))
     value, t_ring = (float(v) for v in line.split()[1:])
-    print("| n = m | d | W | what | one process (W threads) s | ring (W × 1 thread) s | efficiency | value rel. diff |")
+    print("| n = m | d | W | what | one process (W threads) s | W ranks (1 thread each) s | efficiency | value rel. diff |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {a.n} | {a.d} | {a.world} | {'value + gradient' if a.grad else 'value'} | {t_single:.2f} | "
+    label = {"ring": "ring, value + gradient" if a.grad else "ring, value"}.get(a.what, a.what)
+    print(f"| {a.n} | {a.d} | {a.world} | {label} | {t_single:.2f} | "
           f"{t_ring:.2f} | {t_single / t_ring:.2f} | {abs(value / ref - 1):.1e} |")
 
 
