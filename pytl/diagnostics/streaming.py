@@ -63,7 +63,7 @@ def _as_block(batch: Any, name: str) -> Tensor:
 
 def _blocks(data: Any, name: str) -> Iterator[Tensor]:
     if isinstance(data, Tensor):  # a rank's shard in memory (mmd_test(group=...)): already read, so larger
-        if data.dim() != 2:      # blocks, whose chunks make fewer, longer op calls (1.5x faster at 10^6 rows)
+        if data.dim() != 2:      # blocks, whose chunks make fewer, longer op calls
             raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(data.shape)}")
         for r0 in range(0, data.shape[0], TENSOR_BLOCK_ROWS):
             yield _as_block(data[r0:r0 + TENSOR_BLOCK_ROWS].detach(), name)
