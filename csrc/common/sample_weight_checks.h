@@ -41,30 +41,6 @@ inline void check_pair_coefs(const at::Tensor& coefs, const at::Tensor& sigmas, 
                     coefs.device());
 }
 
-// cross_pair_sums(x, y, x_weights, y_weights, sigmas) and its _and_grad with coefs (K,): shapes, dtypes and
-// devices (the weights may have either sign: the ring's blocks weigh y rows by -1/m).
-constexpr const char* kCrossPairOp = "pytl.cross_pair_sums: ";
-inline void check_cross_pair_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                                    const at::Tensor& y_weights, const at::Tensor& sigmas,
-                                    const at::Tensor* coefs_or_null) {
-  const char* op = kCrossPairOp;
-  check_sample_pair(x, y, op);
-  check_weight_matrix(x_weights, x.size(0), x.device(), "x_weights", "x", op);
-  check_weight_matrix(y_weights, y.size(0), x.device(), "y_weights", "y", op);
-  TORCH_CHECK_VALUE(x_weights.size(1) == y_weights.size(1), op,
-                    "x_weights and y_weights must have the same number of columns, got ", x_weights.sizes(), " and ",
-                    y_weights.sizes());
-  check_sigmas(sigmas, x.device(), "x", op);
-  if (coefs_or_null == nullptr) return;
-  const at::Tensor& coefs = *coefs_or_null;
-  TORCH_CHECK_VALUE(coefs.dim() == 1 && coefs.size(0) == sigmas.size(0), op, "coefs must have shape (K,) = (",
-                    sigmas.size(0), ",), got ", coefs.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(coefs.scalar_type()), op, "coefs must be a floating-point tensor, got ",
-                   coefs.scalar_type());
-  TORCH_CHECK_VALUE(coefs.device() == x.device(), op, "coefs must be on the same device as x (", x.device(),
-                    "), got ", coefs.device());
-}
-
 // weighted_pair_sum(x, y, x_weights, y_weights, sigmas, coefs): shapes, dtypes and devices (coefs: null for
 // the ops without it).
 inline void check_weighted_pair_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
@@ -78,6 +54,24 @@ inline void check_weighted_pair_inputs(const at::Tensor& x, const at::Tensor& y,
                     " and ", y_weights.sizes());
   check_sigmas(sigmas, x.device(), "x", op);
   if (coefs_or_null != nullptr) check_pair_coefs(*coefs_or_null, sigmas, x, op);
+}
+
+// cross_pair_sums(x, y, x_weights, y_weights, sigmas) and its _and_grad with coefs (K,): the weighted pair
+// sums' shapes, dtypes and devices (the weights may have either sign: the ring's blocks weigh y rows by -1/m).
+constexpr const char* kCrossPairOp = "pytl.cross_pair_sums: ";
+inline void check_cross_pair_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                                    const at::Tensor& y_weights, const at::Tensor& sigmas,
+                                    const at::Tensor* coefs_or_null) {
+  const char* op = kCrossPairOp;
+  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr, op);
+  if (coefs_or_null == nullptr) return;
+  const at::Tensor& coefs = *coefs_or_null;
+  TORCH_CHECK_VALUE(coefs.dim() == 1 && coefs.size(0) == sigmas.size(0), op, "coefs must have shape (K,) = (",
+                    sigmas.size(0), ",), got ", coefs.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(coefs.scalar_type()), op, "coefs must be a floating-point tensor, got ",
+                   coefs.scalar_type());
+  TORCH_CHECK_VALUE(coefs.device() == x.device(), op, "coefs must be on the same device as x (", x.device(),
+                    "), got ", coefs.device());
 }
 
 // Sample weights' values: non-negative and finite (signed: finite, of either sign). On the host (ValueError at
