@@ -4,6 +4,7 @@
     python benchmarks/scalable_mmd.py calibration   # H0 rejection rate at α = 0.05 over --draws null draws
     python benchmarks/scalable_mmd.py scale --n 10000000   # statistic and test time, peak memory beyond the data
     python benchmarks/scalable_mmd.py power         # power at equal wall time: exact at n0 vs scalable at larger n
+    python benchmarks/scalable_mmd.py training      # one batch's value + gradient: exact vs rff (mmd_method)
 
 Every timing is wall time on this machine with torch's threads (--threads); ratios are taken in the same run.
 """
@@ -106,9 +107,37 @@ def power(args) -> None:
         print(f"| {method} | {n} | {hits / args.draws:.2f} |", flush=True)
 
 
+def training(args) -> None:
+    """The training regime (TrainSettings.mmd_method): value and gradient of one batch's MMD², exact against rff
+    (256 features per bandwidth), best of 3, and rff's mean relative error over 20 feature draws."""
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    print("| batch per side | d | exact value+grad | rff value+grad | speed-up | rff rel. error (20 draws) |")
+    print("|---|---|---|---|---|---|")
+    for n, d in ((1024, 128), (4096, 128), (4096, 512), (16384, 512)):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, d, generator=g).requires_grad_()
+        y = (torch.randn(n, d, generator=g) + 0.05).requires_grad_()
+        sig = pytl.bandwidth_ladder(pytl.median_heuristic(x, y))
+        t_exact = best(lambda: pytl.mmd2(x, y, sig).backward())
+        t_rff = best(lambda: pytl.mmd2(x, y, sig, method="rff", seed=1).backward())
+        with torch.no_grad():
+            exact = float(pytl.mmd2(x, y, sig))
+            err = sum(abs(float(pytl.mmd2(x, y, sig, method="rff", seed=s)) / exact - 1) for s in range(20)) / 20
+        print(f"| {n} | {d} | {t_exact * 1e3:.0f} ms | {t_rff * 1e3:.0f} ms | {t_exact / t_rff:.1f}x | {err:.1%} |",
+              flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("accuracy", "calibration", "scale", "power"))
+    ap.add_argument("what", choices=("accuracy", "calibration", "scale", "power", "training"))
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--draws", type=int, default=200)
@@ -117,7 +146,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# {args.what}: torch {torch.__version__}, {args.threads} thread(s)\n")
-    {"accuracy": accuracy, "calibration": calibration, "scale": scale, "power": power}[args.what](args)
+    {"accuracy": accuracy, "calibration": calibration, "scale": scale, "power": power,
+     "training": training}[args.what](args)
     return 0
 
 
