@@ -12,6 +12,8 @@
   and which of several candidate sources to transfer from.
 * :func:`estimate_label_shift` (label_shift.py) - the target's class proportions from a classifier's
   predictions on unlabelled target data (BBSE, Lipton et al. 2018), and the class weights q(y)/p(y).
+* :func:`label_proportion_test` (label_proportions.py) - do the few target labels' class proportions differ
+  from the source's? (the trainer warns before a marginal alignment when they do).
 
 They take numpy arrays, nested lists or tensors (samples, features), like the trainer.
 :func:`rbf_kernel_matmul` is the op wrapper of pytl.ops, also importable from here.
@@ -28,6 +30,7 @@ from pytl.diagnostics.divergence import (
 from pytl.diagnostics.feasibility import FEASIBILITY_VERDICTS, FeasibilityReport, Term, transfer_feasibility
 from pytl.diagnostics.source_ranking import SourceRanking, rank_sources
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, MIN_PAD_SAMPLES, proxy_a_distance
+from pytl.diagnostics.label_proportions import LabelProportionTest, label_proportion_test
 from pytl.diagnostics.label_shift import (
     RELIABLE_CONDITION,
     LabelShiftEstimate,
@@ -63,6 +66,8 @@ __all__ = [
     "WeightsLike",
     "domain_divergence",
     "estimate_label_shift",
+    "LabelProportionTest",
+    "label_proportion_test",
     "label_shift_from_predictions",
     "mmd_test",
     "proxy_a_distance",
