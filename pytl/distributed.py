@@ -39,6 +39,7 @@ __all__ = [
     "CollectiveError",
     "TrainStep",
     "check_group",
+    "collective_device",
     "distributed_loader",
     "exchange_shapes",
     "gather_samples",
@@ -129,10 +130,24 @@ def shutdown(completed: bool = True) -> None:
     dist.destroy_process_group()
 
 
+def collective_device(group: Any = None) -> torch.device:
+    """Where a collective's tensors must live: the current GPU under NCCL, the CPU otherwise (gloo). For data
+    that may sit on either (a memmap's sums, counts, small tables)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def on_collective_device(t: Tensor, group: Any = None) -> Tensor:
+    """``t`` where the group's collectives take it (a copy when it must move)."""
+    return t.to(collective_device(group))
+
+
 def _all_gather_small(t: Tensor, group: Any) -> Tensor:
+    t = on_collective_device(t.contiguous(), group)
     out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, t.contiguous(), group=group)
-    return torch.stack(out)
+    dist.all_gather(out, t, group=group)
+    return torch.stack(out).cpu()
 
 
 # ------------------------------------------------------------------------------------ the global batch
@@ -254,11 +269,11 @@ def gather_subsample(t: Tensor, max_rows: int, seed: int, group: Any) -> Tensor:
     mine = t[torch.randperm(t.shape[0], generator=g)[:take].sort().values.to(t.device)] if take < t.shape[0] else t
     takes = [int(r[0]) for r in _all_gather_small(torch.tensor([take], dtype=torch.int64), group).tolist()]
     flat = mine.reshape(take, -1)
-    padded = flat.new_zeros((max(takes), flat.shape[1]))
+    padded = on_collective_device(flat.new_zeros((max(takes), flat.shape[1])), group)
     padded[:take] = flat
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[:k] for p, k in zip(parts, takes)]).reshape(-1, *t.shape[1:])
+    return torch.cat([p[:k] for p, k in zip(parts, takes)]).reshape(-1, *t.shape[1:]).to(t.device)
 
 
 # ------------------------------------------------------------------------------------ for the trainer

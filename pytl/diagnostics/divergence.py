@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from pytl._checks import check_choice, check_float, check_int
 from pytl._inputs import as_features
-from pytl.distributed import gather_subsample
+from pytl.distributed import collective_device, gather_subsample
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, as_domains, proxy_a_distance
 from pytl.diagnostics.permutation_test import mmd_test
 
@@ -153,7 +153,7 @@ def _sharded_divergence(xs: Any, xt: Any, num_permutations: int, seed: int, clas
     sub_s = gather_subsample(xs_t, SHARDED_PAD_ROWS, seed, group)
     sub_t = gather_subsample(xt_t, SHARDED_PAD_ROWS, seed + 1, group)
     pad = proxy_a_distance(sub_s, sub_t, seed, classifier)
-    totals = torch.tensor([xs_t.shape[0], xt_t.shape[0]], dtype=torch.float64)
+    totals = torch.tensor([xs_t.shape[0], xt_t.shape[0]], dtype=torch.float64, device=collective_device(group))
     dist.all_reduce(totals, group=group)
     mmd2_value = max(0.0, result.statistic)
     return DivergenceReport(

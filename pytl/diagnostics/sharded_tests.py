@@ -78,12 +78,13 @@ def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, metho
 
 def _gather_statistics(mine: Tensor, group: Any) -> Tensor:
     """Every rank's block statistics, in rank order (counts differ: padded, gathered, trimmed)."""
-    sizes = torch.tensor([mine.numel()], dtype=torch.int64)
+    device = _dist.collective_device(group)  # the CPU under gloo, the GPU under NCCL
+    sizes = torch.tensor([mine.numel()], dtype=torch.int64, device=device)
     every = [torch.zeros_like(sizes) for _ in range(dist.get_world_size(group))]
     dist.all_gather(every, sizes, group=group)
     counts = [int(c) for c in every]
-    padded = torch.zeros(max(counts), dtype=torch.float64)
-    padded[: mine.numel()] = mine
+    padded = torch.zeros(max(counts), dtype=torch.float64, device=device)
+    padded[: mine.numel()] = mine.to(device)
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([part[:c] for part, c in zip(parts, counts)])
+    return torch.cat([part[:c] for part, c in zip(parts, counts)]).cpu()

@@ -179,7 +179,9 @@ def stream_rff_test(x: Any, y: Any, sigmas: SigmasLike = None, weights: WeightsL
         bar.close()
     if group is not None:
         reduced = torch.cat([torch.cat([sx, nx[:, None]], 1), torch.cat([sy, ny[:, None]], 1)])  # sums | count
+        reduced = _dist.on_collective_device(reduced, group)
         dist.all_reduce(reduced, group=group)
+        reduced = reduced.cpu()
         c = CHUNKS_PER_SIDE
         sx, nx, sy, ny = reduced[:c, :-1], reduced[:c, -1], reduced[c:, :-1], reduced[c:, -1]
     if float(nx.min()) < 1 or float(ny.min()) < 1:
