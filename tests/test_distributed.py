@@ -837,6 +837,15 @@ def test_divergence_and_feasibility_on_sharded_files_under_torchrun(tmp_path):
     np.savez(tmp_path / "lab.npz", X=xs, y=(xs[:, 0] > 0).astype(np.int64))
     table = run_cli(["feasibility", "lab.npz", "tgt.npy", "--distributed", "2"], tmp_path)
     assert table.count("source error eps_S") == 1 and "1/2 d_HdH" in table
+    # a file only one rank lacks: that rank names it and stops at once, without waiting for its peers at the
+    # teardown barrier (which they never reach), so the job ends within seconds instead of the group's timeout
+    (tmp_path / "tgt-1.npy").unlink()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytl", "divergence", "src-{rank}.npy", "tgt-{rank}.npy",
+                          "--distributed", "2"], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
+    assert run.returncode != 0 and "target tgt-1.npy: no such file" in run.stderr
+    assert time.monotonic() - start < 60
 
 
 def test_file_shards_cover_each_row_once(tmp_path):

@@ -58,7 +58,7 @@ def run_on_every_rank(run: Callable[[argparse.Namespace], int], args: argparse.N
             args = argparse.Namespace(**{**vars(args), **dict.fromkeys(rank0_only)})
             with contextlib.redirect_stdout(io.StringIO()):
                 status = run(args)
-        completed = True
+        completed = status == 0  # a rank that failed (a bad file) may have left its peers mid-collective
         return status
     finally:
         pd.shutdown(completed)  # a barrier before the teardown: no rank closes gloo under a peer's collective
