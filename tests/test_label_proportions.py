@@ -35,6 +35,17 @@ def test_p_value_matches_the_exact_binomial_test(ones_in_target):
     assert got.class_weights() == [round((10 - ones_in_target) / 10 / 0.16, 3), round(ones_in_target / 10 / 0.84, 3)]
 
 
+def test_many_labels_use_the_chi_square_distribution_which_agrees_with_the_simulation():
+    g = torch.Generator().manual_seed(3)
+    source = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), 5000, replacement=True, generator=g)
+    target = torch.multinomial(torch.tensor([0.49, 0.31, 0.20]), 2000, replacement=True, generator=g)
+    asymptotic = label_proportion_test(source, target)             # 2000 × 9999 labels: beyond the simulation
+    simulated = label_proportion_test(source, target, draws=2000)  # 4·10^6 labels: simulated
+    assert 0.001 < asymptotic.p_value < 0.999
+    assert abs(asymptotic.p_value - simulated.p_value) <= 4 * math.sqrt(0.25 / 2000)
+    assert asymptotic.statistic == simulated.statistic
+
+
 def test_a_class_the_source_lacks_is_a_shift_and_bad_labels_are_named():
     got = label_proportion_test([0, 0, 1, 1], [0, 2, 1], num_classes=3)
     assert got.statistic == math.inf and got.p_value == pytest.approx(1 / 10000) and got.class_weights()[2] == 0.0

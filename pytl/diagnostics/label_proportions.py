@@ -23,6 +23,8 @@ from pytl._checks import check_int
 
 __all__ = ["LABEL_SHIFT_ALPHA", "LABEL_SHIFT_MIN_TV", "LabelProportionTest", "label_proportion_test"]
 
+#: labels simulated at most (m labels × draws); beyond, the chi-square distribution's p-value (m is large then)
+SIMULATED_LABELS = 1 << 23
 #: the level at which the trainer warns, and the smallest total-variation distance worth a warning (with many
 #: labels a tiny, harmless difference is significant too)
 LABEL_SHIFT_ALPHA, LABEL_SHIFT_MIN_TV = 0.01, 0.1
@@ -54,7 +56,8 @@ class LabelProportionTest:
 def label_proportion_test(source_labels: Any, target_labels: Any, num_classes: int | None = None, *,
                           draws: int = 9999, seed: int = 0) -> LabelProportionTest:
     """Goodness-of-fit of the target labels' class counts to the source labels' proportions: chi-square
-    statistic, p-value from ``draws`` multinomial samples of the same size (seeded)."""
+    statistic, p-value from ``draws`` multinomial samples of the same size (seeded), or from the chi-square
+    distribution when m × draws exceeds SIMULATED_LABELS (hundreds of labels: the approximation is good then)."""
     ys, yt = inp.as_labels(source_labels, "source_labels"), inp.as_labels(target_labels, "target_labels")
     k = check_int(num_classes, "num_classes", 2) if num_classes is not None else 1 + int(max(ys.max(), yt.max()))
     draws = check_int(draws, "draws", 1)
@@ -64,12 +67,16 @@ def label_proportion_test(source_labels: Any, target_labels: Any, num_classes: i
     counts = torch.bincount(yt.cpu(), minlength=k).double()
     m = yt.numel()
     observed = _chi_square(counts.unsqueeze(0), p, m)[0]
-    g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
-    picks = torch.multinomial(p, m * draws, replacement=True, generator=g).view(draws, m)
-    simulated = torch.zeros(draws, k, dtype=torch.float64).scatter_add_(1, picks, torch.ones(draws, m,
-                                                                                                dtype=torch.float64))
-    null = _chi_square(simulated, p, m)
-    p_value = (1 + int((null >= observed).sum())) / (draws + 1)
+    seed = check_int(seed, "seed", 0)
+    if m * draws <= SIMULATED_LABELS:
+        g = torch.Generator().manual_seed(seed)
+        picks = torch.multinomial(p, m * draws, replacement=True, generator=g).view(draws, m)
+        simulated = torch.zeros(draws, k, dtype=torch.float64).scatter_add_(
+            1, picks, torch.ones(draws, m, dtype=torch.float64))
+        p_value = (1 + int((_chi_square(simulated, p, m) >= observed).sum())) / (draws + 1)
+    else:  # many labels: the chi-square distribution is accurate, and the simulation would hold m × draws labels
+        dof = max(int((p > 0).sum()) - 1, 1)
+        p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), observed / 2))
     q = counts / m
     return LabelProportionTest(p, q, float(0.5 * (p - q).abs().sum()), float(observed), p_value)
 
