@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from pytl._checks import check_float, check_int
 
 __all__ = [
     "MMD_SCOPES",
+    "agree",
     "CollectiveError",
     "TrainStep",
     "check_group",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 MMD_SCOPES = ("global", "per_rank")
+T = TypeVar("T")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -342,6 +344,26 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         return step  # nothing to synchronise (and DDP refuses such a module)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(step, device_ids=ids)
+
+
+def agree(fn: Callable[[], T], group: Any = None) -> T:
+    """``fn()`` on every rank, then one small exchange: when it raised ValueError or TypeError on some rank (its
+    own file unreadable, a NaN in its shard), every rank raises that error, naming the rank, instead of the
+    others waiting in their next collective for a rank that has left. Errors of other kinds propagate as they
+    are. For the checks of sharded inputs, before the first collective on them."""
+    outcome, error = None, None
+    try:
+        outcome = fn()
+    except (ValueError, TypeError) as exc:
+        error = (type(exc).__name__, str(exc))
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, error, group=group)
+    failed = [(r, e) for r, e in enumerate(everyone) if e is not None]
+    if failed:
+        r, (kind, message) = failed[0]
+        more = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
+        raise (TypeError if kind == "TypeError" else ValueError)(f"rank {r}{more}: {message}")
+    return outcome  # type: ignore[return-value]
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -305,6 +305,14 @@ def _scenario_scalable(rank, world, out):
         results["test_exact"] = None
     except ValueError as e:
         results["test_exact"] = str(e)
+    bad = xr.clone()
+    if rank == 1:
+        bad[3, 0] = float("nan")  # only rank 1 sees it: every rank must raise, none wait for rank 1
+    try:
+        pytl.mmd_test(bad, yr, group=group, method="block", estimator="unbiased")
+        results["nan_error"] = None
+    except ValueError as e:
+        results["nan_error"] = str(e)
     return results
 
 
@@ -392,6 +400,7 @@ def test_sharded_tests_equal_their_one_process_reconstruction(scalable_run):
     want_stat, want_p, _ = scalable_tests.block_null(stats)
     assert abs(block.statistic - want_stat) <= 1e-10 * abs(want_stat) and abs(block.p_value - want_p) <= 1e-9
     assert "exact test's permutations re-split" in scalable_run[1]["test_exact"]
+    assert all(r["nan_error"].startswith("rank 1: x contains NaN") for r in scalable_run)
 
 
 def same_result(a, b):
@@ -844,8 +853,10 @@ def test_divergence_and_feasibility_on_sharded_files_under_torchrun(tmp_path):
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "pytl", "divergence", "src-{rank}.npy", "tgt-{rank}.npy",
                           "--distributed", "2"], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
-    assert run.returncode != 0 and "target tgt-1.npy: no such file" in run.stderr
-    assert time.monotonic() - start < 60
+    assert run.returncode != 0 and time.monotonic() - start < 60
+    # every rank says which rank's file is missing (pd.agree), and none dies of a closed connection
+    assert run.stderr.count("pytl divergence: error: rank 1: target tgt-1.npy: no such file") == 2
+    assert "Connection closed" not in run.stderr
 
 
 def test_file_shards_cover_each_row_once(tmp_path):

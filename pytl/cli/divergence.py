@@ -59,8 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     try:  # both files read and checked before the test starts
         if pd.world_size() > 1:  # under torchrun: this rank's shards, the test of them all
             where = dict(note=note, rank=pd.rank(), world=pd.world_size())
-            xs = load_feature_shard(args.source, args.key, role="source", **where)
-            xt = load_feature_shard(args.target, args.key, role="target", **where)
+            xs, xt = pd.agree(lambda: (load_feature_shard(args.source, args.key, role="source", **where),
+                                       load_feature_shard(args.target, args.key, role="target", **where)))
             report = domain_divergence(xs, xt, num_permutations=args.permutations, seed=args.seed,
                                        group=dist.group.WORLD)
         else:

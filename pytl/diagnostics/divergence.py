@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from pytl._checks import check_choice, check_float, check_int
 from pytl._inputs import as_features
-from pytl.distributed import collective_device, gather_subsample
+from pytl.distributed import agree, collective_device, gather_subsample
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, as_domains, proxy_a_distance
 from pytl.diagnostics.permutation_test import mmd_test
 
@@ -144,7 +144,8 @@ def _sharded_divergence(xs: Any, xt: Any, num_permutations: int, seed: int, clas
     alpha = check_float(alpha, "alpha", 0.0, 1.0, strict_min=True, strict_max=True)
     check_choice(classifier, "classifier", CLASSIFIERS)
     seed = check_int(seed, "seed", 0)
-    xs_t, xt_t = as_features(xs, "xs", allow_empty=True), as_features(xt, "xt", allow_empty=True)
+    xs_t, xt_t = agree(lambda: (as_features(xs, "xs", allow_empty=True), as_features(xt, "xt", allow_empty=True)),
+                       group)  # a rank's bad shard raises on every rank, not only its own
     if xs_t.dtype != xt_t.dtype:
         common = torch.promote_types(xs_t.dtype, xt_t.dtype)
         xs_t, xt_t = xs_t.to(common), xt_t.to(common)

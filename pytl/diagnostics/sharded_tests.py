@@ -61,10 +61,7 @@ def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, metho
     if streaming.is_stream(x) or streaming.is_stream(y):
         raise ValueError("method='block' with a group needs each rank's shards as arrays or tensors; a memmap or a "
                          "stream of batches is tested by method='rff'")
-    xt, yt = as_features(x, "x", allow_empty=True), as_features(y, "y", allow_empty=True)  # a shard may be empty
-    for name, t in (("x", xt), ("y", yt)):
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(t.shape)}")
+    xt, yt = _dist.agree(lambda: _shards(x, y), group)
     ns, ms, _ = _dist.exchange_shapes(xt, yt, group)
     sig = bandwidth_ladder(global_median(xt, yt, ns, ms, group)) if sigmas is None else \
         as_bandwidth_vector(sigmas, "sigmas", xt)
@@ -74,6 +71,15 @@ def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, metho
         mine = sharded_block_statistics(xt, yt, sig, w, block_size, seed, True, ns, ms, group).double().cpu()
     stat, p, stats = scalable_tests.block_null(_gather_statistics(mine, group))
     return method, stat, p, stats, sig, w
+
+
+def _shards(x: Any, y: Any) -> tuple[Tensor, Tensor]:
+    """This rank's shards as checked 2-D tensors (a shard may be empty: the global samples are checked later)."""
+    xt, yt = as_features(x, "x", allow_empty=True), as_features(y, "y", allow_empty=True)
+    for name, t in (("x", xt), ("y", yt)):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(t.shape)}")
+    return xt, yt
 
 
 def _gather_statistics(mine: Tensor, group: Any) -> Tensor:
