@@ -145,14 +145,16 @@ WeightedPairTensors weighted_pair_tiles(const at::Tensor& x, const at::Tensor& y
 
 namespace {
 
-// The values no shape check sees: sigmas positive and finite, weights non-negative and finite.
-void check_sweep_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas) {
+// The values no shape check sees: sigmas positive and finite, weights non-negative (signed_ok: of either sign)
+// and finite.
+void check_sweep_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas,
+                        const char* op = kWeightedPairOp, bool signed_ok = false) {
   if (sigmas.is_cuda())
-    assert_sigma_values(sigmas, kWeightedPairOp);
+    assert_sigma_values(sigmas, op);
   else
-    check_sigma_values(sigmas, kWeightedPairOp);
-  check_sample_weight_values(x_weights, "x_weights", kWeightedPairOp);
-  check_sample_weight_values(y_weights, "y_weights", kWeightedPairOp);
+    check_sigma_values(sigmas, op);
+  check_sample_weight_values(x_weights, "x_weights", op, signed_ok);
+  check_sample_weight_values(y_weights, "y_weights", op, signed_ok);
 }
 
 at::Tensor weighted_pair_sums_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
@@ -171,19 +173,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {r.sums, r.gx, r.gy, r.gxw, r.gyw, r.gsig};
 }
 
-void check_cross_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas) {
-  if (sigmas.is_cuda())
-    assert_sigma_values(sigmas, kCrossPairOp);
-  else
-    check_sigma_values(sigmas, kCrossPairOp);
-  check_sample_weight_values(x_weights, "x_weights", kCrossPairOp, /*signed_ok=*/true);
-  check_sample_weight_values(y_weights, "y_weights", kCrossPairOp, /*signed_ok=*/true);
-}
-
 at::Tensor cross_pair_sums_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
                                   const at::Tensor& y_weights, const at::Tensor& sigmas) {
   check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
-  check_cross_values(x_weights, y_weights, sigmas);
+  check_sweep_values(x_weights, y_weights, sigmas, kCrossPairOp, /*signed_ok=*/true);
   return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor(), true).sums.select(0, 2);
 }
 
@@ -191,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
     const at::Tensor& y_weights, const at::Tensor& sigmas) {
   check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
-  check_cross_values(x_weights, y_weights, sigmas);
+  check_sweep_values(x_weights, y_weights, sigmas, kCrossPairOp, /*signed_ok=*/true);
   WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, cross_block_coefs(coefs), true);
   return {r.sums.select(0, 2), r.gx, r.gy, r.gxw, r.gyw, r.gsig};
 }

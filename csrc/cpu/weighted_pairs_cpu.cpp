@@ -114,30 +114,32 @@ at::Tensor compute_dtype_of(const at::Tensor& x) {
   return at::empty({0}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
 }
 
-at::Tensor weighted_pair_sums_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                                  const at::Tensor& y_weights, const at::Tensor& sigmas) {
-  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
-  const std::vector<double> sig = check_sigma_values(sigmas, kWeightedPairOp);
-  check_sample_weight_values(x_weights, "x_weights", kWeightedPairOp);
-  check_sample_weight_values(y_weights, "y_weights", kWeightedPairOp);
-  if (use_tiles(x, y)) return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor()).sums;
-  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, {});
+void check_weight_values(const at::Tensor& x_weights, const at::Tensor& y_weights, const char* op, bool signed_ok) {
+  check_sample_weight_values(x_weights, "x_weights", op, signed_ok);
+  check_sample_weight_values(y_weights, "y_weights", op, signed_ok);
+}
+
+using PairGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// S (3, K) in the compute dtype, by the tile route or the register sweep (arguments checked); cross_only: the
+// x-y block alone (rows 0 and 1 stay 0).
+at::Tensor pair_sums(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights, const at::Tensor& y_weights,
+                     const at::Tensor& sigmas, const std::vector<double>& sig, bool cross_only) {
+  if (use_tiles(x, y)) return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor(), cross_only).sums;
+  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, {}, cross_only);
   return to_tensor(r.sums, 3, compute_dtype_of(x).scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weighted_pair_sums_and_grad_cpu(
-    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-    const at::Tensor& y_weights, const at::Tensor& sigmas) {
-  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
-  const std::vector<double> sig = check_sigma_values(sigmas, kWeightedPairOp);
-  check_sample_weight_values(x_weights, "x_weights", kWeightedPairOp);
-  check_sample_weight_values(y_weights, "y_weights", kWeightedPairOp);
+// S and the gradients of sum coefs S (coefs (3, K)), likewise.
+PairGrads pair_sums_and_grad(const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y,
+                             const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& sigmas,
+                             const std::vector<double>& sig, bool cross_only) {
   if (use_tiles(x, y)) {
-    const WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, coefs);
+    const WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, coefs, cross_only);
     return {r.sums, r.gx, r.gy, r.gxw, r.gyw, r.gsig};
   }
   const std::vector<double> c = host_doubles(coefs);
-  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, c);
+  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, c, cross_only);
   const int64_t K = sigmas.size(0);
   std::vector<double> gsig(K, 0.0);  // dL/dsigma_k = sum_b coefs[b][k] sum (a.b) e_k D / sigma_k^3
   for (int64_t k = 0; k < K; ++k) {
@@ -149,41 +151,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::tensor(gsig, at::TensorOptions().dtype(at::kDouble)).to(sigmas.scalar_type())};
 }
 
-// The x-y block alone (cross_pair_sums): the same sweep without its self blocks, weights of either sign.
-void check_cross_values(const at::Tensor& x_weights, const at::Tensor& y_weights) {
-  check_sample_weight_values(x_weights, "x_weights", kCrossPairOp, /*signed_ok=*/true);
-  check_sample_weight_values(y_weights, "y_weights", kCrossPairOp, /*signed_ok=*/true);
+at::Tensor weighted_pair_sums_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                                  const at::Tensor& y_weights, const at::Tensor& sigmas) {
+  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
+  const std::vector<double> sig = check_sigma_values(sigmas, kWeightedPairOp);
+  check_weight_values(x_weights, y_weights, kWeightedPairOp, false);
+  return pair_sums(x, y, x_weights, y_weights, sigmas, sig, false);
 }
 
+PairGrads weighted_pair_sums_and_grad_cpu(const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y,
+                                          const at::Tensor& x_weights, const at::Tensor& y_weights,
+                                          const at::Tensor& sigmas) {
+  check_weighted_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
+  const std::vector<double> sig = check_sigma_values(sigmas, kWeightedPairOp);
+  check_weight_values(x_weights, y_weights, kWeightedPairOp, false);
+  return pair_sums_and_grad(coefs, x, y, x_weights, y_weights, sigmas, sig, false);
+}
+
+// The x-y block alone (cross_pair_sums): the same sweep without its self blocks, weights of either sign.
 at::Tensor cross_pair_sums_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
                                const at::Tensor& y_weights, const at::Tensor& sigmas) {
   check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, nullptr);
   const std::vector<double> sig = check_sigma_values(sigmas, kCrossPairOp);
-  check_cross_values(x_weights, y_weights);
-  if (use_tiles(x, y)) return weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, at::Tensor(), true).sums[2];
-  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, {}, /*cross_only=*/true);
-  return to_tensor(r.sums, 3, compute_dtype_of(x).scalar_type())[2];
+  check_weight_values(x_weights, y_weights, kCrossPairOp, true);
+  return pair_sums(x, y, x_weights, y_weights, sigmas, sig, true)[2];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_pair_sums_and_grad_cpu(
-    const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-    const at::Tensor& y_weights, const at::Tensor& sigmas) {
+PairGrads cross_pair_sums_and_grad_cpu(const at::Tensor& coefs, const at::Tensor& x, const at::Tensor& y,
+                                       const at::Tensor& x_weights, const at::Tensor& y_weights,
+                                       const at::Tensor& sigmas) {
   check_cross_pair_inputs(x, y, x_weights, y_weights, sigmas, &coefs);
   const std::vector<double> sig = check_sigma_values(sigmas, kCrossPairOp);
-  check_cross_values(x_weights, y_weights);
-  const at::Tensor block_coefs = cross_block_coefs(coefs);
-  if (use_tiles(x, y)) {
-    const WeightedPairTensors r = weighted_pair_tiles(x, y, x_weights, y_weights, sigmas, block_coefs, true);
-    return {r.sums[2], r.gx, r.gy, r.gxw, r.gyw, r.gsig};
-  }
-  const std::vector<double> c = host_doubles(block_coefs);
-  const WeightedPairResult r = weighted_pairs_cpu(x, y, x_weights, y_weights, sig, c, /*cross_only=*/true);
-  const int64_t K = sigmas.size(0);
-  std::vector<double> gsig(K, 0.0);  // dL/dsigma_k = coefs[k] sum (a.b) e_k D / sigma_k^3
-  for (int64_t k = 0; k < K; ++k) gsig[k] = c[2 * K + k] * r.sigma_sums[2 * K + k] / (sig[k] * sig[k] * sig[k]);
-  return {to_tensor(r.sums, 3, compute_dtype_of(x).scalar_type())[2], r.grad_x.to(x.scalar_type()),
-          r.grad_y.to(y.scalar_type()), r.grad_xw.to(x_weights.scalar_type()), r.grad_yw.to(y_weights.scalar_type()),
-          at::tensor(gsig, at::TensorOptions().dtype(at::kDouble)).to(sigmas.scalar_type())};
+  check_weight_values(x_weights, y_weights, kCrossPairOp, true);
+  PairGrads r = pair_sums_and_grad(cross_block_coefs(coefs), x, y, x_weights, y_weights, sigmas, sig, true);
+  std::get<0>(r) = std::get<0>(r)[2];
+  return r;
 }
 
 }  // namespace
