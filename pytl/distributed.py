@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,15 +36,17 @@ from pytl._checks import check_float, check_int
 
 __all__ = [
     "MMD_SCOPES",
-    "agree",
     "CollectiveError",
     "TrainStep",
+    "check_global_rows",
     "check_group",
+    "check_shard_tensors",
     "collective_device",
     "distributed_loader",
     "exchange_shapes",
+    "gather_rows",
+    "rows_per_rank",
     "gather_samples",
-    "gather_subsample",
     "init_from_env",
     "is_initialized",
     "rank",
@@ -55,7 +57,6 @@ __all__ = [
 ]
 
 MMD_SCOPES = ("global", "per_rank")
-T = TypeVar("T")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -155,6 +156,27 @@ def _all_gather_small(t: Tensor, group: Any) -> Tensor:
 # ------------------------------------------------------------------------------------ the global batch
 
 
+def _gather_uneven(t: Tensor, rows: Sequence[int], group: Any) -> Tensor:
+    """Every rank's ``t`` (rows[r] rows on rank r, the same trailing shape), in rank order: padded to the longest,
+    one all-gather, trimmed. On ``t``'s device."""
+    padded = t.new_zeros((max(rows), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:r] for p, r in zip(parts, rows)])
+
+
+def gather_rows(t: Tensor, group: Any) -> Tensor:
+    """Every rank's rows of ``t`` (any count per rank), in rank order, on every rank: one small exchange of the
+    counts, then one all-gather on the group's collective device; returned on ``t``'s device."""
+    return _gather_uneven(on_collective_device(t, group), rows_per_rank(t, group), group).to(t.device)
+
+
+def rows_per_rank(t: Tensor, group: Any) -> list[int]:
+    """Every rank's number of rows of ``t``, in rank order (one small all-gather)."""
+    return [int(r[0]) for r in _all_gather_small(torch.tensor([t.shape[0]], dtype=torch.int64), group).tolist()]
+
+
 class _AllGatherRows(torch.autograd.Function):
     """Forward: every rank's rows, in rank order (shards may differ in length: padded, gathered, trimmed).
 
@@ -163,13 +185,8 @@ class _AllGatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, rows: list[int], me: int, group: Any) -> Tensor:  # type: ignore[override]
-        longest = max(rows)
-        padded = z.new_zeros((longest, z.shape[1]))
-        padded[: z.shape[0]] = z
-        chunks = [torch.empty_like(padded) for _ in rows]
-        dist.all_gather(chunks, padded, group=group)
         ctx.start, ctx.rows = sum(rows[:me]), rows[me]
-        return torch.cat([c[:r] for c, r in zip(chunks, rows)])
+        return _gather_uneven(z, rows, group)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
@@ -188,9 +205,7 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
     when every rank knows them (the trainer does): the exchange is skipped, one collective saved."""
     check_group(group)
     min_rows = check_int(min_rows, "min_rows", minimum=1)
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor) or t.dim() != 2:
-            raise TypeError(f"{name} must be a 2-D torch.Tensor (samples, features)")
+    check_shard_tensors(x, y)
     if x.device != y.device:
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     world, me = dist.get_world_size(group), dist.get_rank(group)
@@ -202,10 +217,23 @@ def gather_samples(x: Tensor, y: Tensor, group: Any, min_rows: int = 1,
             raise ValueError(f"sizes {sizes} do not match {world} ranks with ({x.shape[0]}, {y.shape[0]}) rows here")
     else:
         n, m, _ = exchange_shapes(x, y, group)
-    if sum(n) < min_rows or sum(m) < min_rows:
-        raise ValueError(f"the global samples need at least {min_rows} row(s) each, got x: {sum(n)} (per rank {n}), "
-                         f"y: {sum(m)} (per rank {m})")
+    check_global_rows(n, m, min_rows)
     return _gather(x, y, n, m, me, group)
+
+
+def check_shard_tensors(x: Any, y: Any) -> None:
+    """A rank's shards of x and y: 2-D tensors (samples, features)."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor) or t.dim() != 2:
+            raise TypeError(f"{name} must be a 2-D torch.Tensor (samples, features)")
+
+
+def check_global_rows(n: Sequence[int], m: Sequence[int], least: int) -> None:
+    """The concatenated samples (n[r], m[r] rows on rank r) hold at least ``least`` rows each; raised alike on
+    every rank (every rank has the same table)."""
+    if sum(n) < least or sum(m) < least:
+        raise ValueError(f"the global samples need at least {least} row(s) each, got x: {sum(n)} (per rank {list(n)}), "
+                         f"y: {sum(m)} (per rank {list(m)})")
 
 
 def gather_with_columns(x: Tensor, y: Tensor, x_cols: Tensor, y_cols: Tensor, group: Any, min_rows: int = 1,
@@ -255,27 +283,6 @@ def _dtype_code(t: Tensor) -> int:
 
 def _dtype_name(code: int) -> str:
     return str(_DTYPES[code]) if 0 <= code < len(_DTYPES) else "not floating-point"
-
-
-def gather_subsample(t: Tensor, max_rows: int, seed: int, group: Any) -> Tensor:
-    """About ``max_rows`` rows of the concatenated shards, the same on every rank: each rank draws its share
-    (max_rows · n_r / N, rounded up) at random (a generator seeded with seed + rank) and one all-gather (shards
-    padded to the longest, trimmed) pools them in rank order; all of them when N ≤ max_rows. For the terms that
-    a subsample estimates (a domain classifier, Ben-David's bound) while the MMD test reads every row."""
-    check_group(group)
-    world, me = dist.get_world_size(group), dist.get_rank(group)
-    sizes = [int(r[0]) for r in _all_gather_small(torch.tensor([t.shape[0]], dtype=torch.int64), group).tolist()]
-    total = sum(sizes)
-    take = t.shape[0] if total <= max_rows else min(t.shape[0], -(-max_rows * t.shape[0] // total))
-    g = torch.Generator().manual_seed(int(seed) + me)
-    mine = t[torch.randperm(t.shape[0], generator=g)[:take].sort().values.to(t.device)] if take < t.shape[0] else t
-    takes = [int(r[0]) for r in _all_gather_small(torch.tensor([take], dtype=torch.int64), group).tolist()]
-    flat = mine.reshape(take, -1)
-    padded = on_collective_device(flat.new_zeros((max(takes), flat.shape[1])), group)
-    padded[:take] = flat
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[:k] for p, k in zip(parts, takes)]).reshape(-1, *t.shape[1:]).to(t.device)
 
 
 # ------------------------------------------------------------------------------------ for the trainer
@@ -344,26 +351,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         return step  # nothing to synchronise (and DDP refuses such a module)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(step, device_ids=ids)
-
-
-def agree(fn: Callable[[], T], group: Any = None) -> T:
-    """``fn()`` on every rank, then one small exchange: when it raised ValueError or TypeError on some rank (its
-    own file unreadable, a NaN in its shard), every rank raises that error, naming the rank, instead of the
-    others waiting in their next collective for a rank that has left. Errors of other kinds propagate as they
-    are. For the checks of sharded inputs, before the first collective on them."""
-    outcome, error = None, None
-    try:
-        outcome = fn()
-    except (ValueError, TypeError) as exc:
-        error = (type(exc).__name__, str(exc))
-    everyone: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(everyone, error, group=group)
-    failed = [(r, e) for r, e in enumerate(everyone) if e is not None]
-    if failed:
-        r, (kind, message) = failed[0]
-        more = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
-        raise (TypeError if kind == "TypeError" else ValueError)(f"rank {r}{more}: {message}")
-    return outcome  # type: ignore[return-value]
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -37,7 +37,6 @@ from pytl import distributed as _dist
 from pytl._checks import check_choice
 from pytl._loader import load_ops
 from pytl.bandwidths import (
-    LADDER_EXPONENTS,
     as_bandwidth_vector,
     bandwidth_ladder,
     default_weights,
@@ -48,7 +47,7 @@ from pytl.bandwidths import (
 
 load_ops()
 
-__all__ = ["global_median", "ring_mmd2"]
+__all__ = ["global_bandwidths", "global_median", "ring_mmd2"]
 
 @dataclass
 class _Plan:
@@ -92,26 +91,29 @@ def ring_mmd2(x: Tensor, y: Tensor, sigmas: Any = None, weights: Any = None, *, 
     ``pytl.mmd2(x, y, group=..., exchange="ring")``."""
     unbiased = check_choice(estimator, "estimator", ("biased", "unbiased")) == "unbiased"
     _dist.check_group(group)
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor) or t.dim() != 2:
-            raise TypeError(f"{name} must be a 2-D torch.Tensor (samples, features)")
-    sig = None if sigmas is None else as_bandwidth_vector(sigmas, "sigmas", x)
-    k = len(LADDER_EXPONENTS) if sig is None else sig.numel()
-    w = default_weights(k, param_dtype(x), x.device) if weights is None else as_bandwidth_vector(weights, "weights", x)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, y, sig, w))
+    _dist.check_shard_tensors(x, y)
+    need_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
+                                                for t in (x, y, sigmas, weights))
     ns, ms, flags = _dist.exchange_shapes(x, y, group, extra=(int(need_grad),))
     if len({f[0] for f in flags}) > 1:
         raise ValueError("pytl.mmd2(group=..., exchange='ring'): x, y, sigmas or weights require grad on some ranks "
                          f"and not on others (per rank: {[bool(f[0]) for f in flags]}); the ring's gradient is a "
                          "collective")
-    least = 2 if unbiased else 1
-    if sum(ns) < least or sum(ms) < least:
-        raise ValueError(f"the global samples need at least {least} row(s) each, got x: {sum(ns)} (per rank {ns}), "
-                         f"y: {sum(ms)} (per rank {ms})")
+    _dist.check_global_rows(ns, ms, 2 if unbiased else 1)
     plan = _Plan(ns, ms, dist.get_rank(group), dist.get_world_size(group), group, unbiased, need_grad)
-    if sig is None:
-        sig = bandwidth_ladder(global_median(x, y, ns, ms, group))
+    sig, w = global_bandwidths(x, y, sigmas, weights, ns, ms, group)
     return _RingMMD2.apply(x, y, sig, w, plan)
+
+
+def global_bandwidths(x: Tensor, y: Tensor, sigmas: Any, weights: Any, ns: list[int], ms: list[int],
+                      group: Any) -> tuple[Tensor, Tensor]:
+    """(sigmas, weights) of the concatenated samples: as given, or the median ladder of the global samples
+    (:func:`global_median`) and 1/K each. What pytl.bandwidths.resolve_bandwidths is to one process."""
+    sig = bandwidth_ladder(global_median(x, y, ns, ms, group)) if sigmas is None else \
+        as_bandwidth_vector(sigmas, "sigmas", x)
+    w = default_weights(sig.numel(), param_dtype(x), x.device) if weights is None else \
+        as_bandwidth_vector(weights, "weights", x)
+    return sig, w
 
 
 def global_median(x: Tensor, y: Tensor, ns: list[int], ms: list[int], group: Any) -> Tensor:

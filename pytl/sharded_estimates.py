@@ -22,8 +22,7 @@ from torch import Tensor
 from pytl import block_mmd as _block
 from pytl import distributed as _dist
 from pytl import random_features as _rff
-from pytl.bandwidths import as_bandwidth_vector, bandwidth_ladder, default_weights, param_dtype
-from pytl.ring_mmd import global_median
+from pytl.ring_mmd import global_bandwidths
 
 __all__ = ["sharded_block_statistics", "sharded_mmd2"]
 
@@ -48,20 +47,12 @@ def sharded_mmd2(x: Tensor, y: Tensor, sigmas: Any, weights: Any, method: str, u
     """mmd2(method="rff" | "block", group=...): the statistic of the concatenated shards, the same on every rank
     (for rff, equal to one process's with the same seed; module docstring)."""
     _dist.check_group(group)
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor) or t.dim() != 2:
-            raise TypeError(f"{name} must be a 2-D torch.Tensor (samples, features)")
+    _dist.check_shard_tensors(x, y)
     ns, ms, _ = _dist.exchange_shapes(x, y, group)
     n, m = sum(ns), sum(ms)
-    least = 2 if unbiased else 1
-    if n < least or m < least:
-        raise ValueError(f"the global samples need at least {least} row(s) each, got x: {n} (per rank {ns}), "
-                         f"y: {m} (per rank {ms})")
+    _dist.check_global_rows(ns, ms, 2 if unbiased else 1)
     seed = _common_seed(seed, group, x.device)
-    sig = bandwidth_ladder(global_median(x, y, ns, ms, group)) if sigmas is None else \
-        as_bandwidth_vector(sigmas, "sigmas", x)
-    w = default_weights(sig.numel(), param_dtype(x), x.device) if weights is None else \
-        as_bandwidth_vector(weights, "weights", x)
+    sig, w = global_bandwidths(x, y, sigmas, weights, ns, ms, group)
     if sig.requires_grad:
         raise ValueError(f"method={method!r}: sigmas requires grad, but the {method} estimate does not differentiate "
                          "the bandwidths; detach them or use method='exact'")

@@ -17,6 +17,7 @@ LAYERS = {
     **dict.fromkeys(["_inputs", "_loader", "data", "distributed", "projection"], 1),
     **dict.fromkeys(["_samples", "bandwidths"], 2),
     **dict.fromkeys(["random_features", "block_mmd", "ring_mmd"], 2.5),  # the scalable estimators, under the op wrappers
+    "sharded_data": 1.5,  # data sets sharded over ranks: subsamples, collective checks
     "sharded_estimates": 2.75,  # rff and block of sharded samples: over the estimators and the ring's median
     "ops": 3,
     **dict.fromkeys(["inference", "losses", "models", "freezing", "adversarial", "testing"], 4),

@@ -854,7 +854,7 @@ def test_divergence_and_feasibility_on_sharded_files_under_torchrun(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytl", "divergence", "src-{rank}.npy", "tgt-{rank}.npy",
                           "--distributed", "2"], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
     assert run.returncode != 0 and time.monotonic() - start < 60
-    # every rank says which rank's file is missing (pd.agree), and none dies of a closed connection
+    # every rank says which rank's file is missing (pytl.sharded_data.agree), and none dies of a closed connection
     assert run.stderr.count("pytl divergence: error: rank 1: target tgt-1.npy: no such file") == 2
     assert "Connection closed" not in run.stderr
 

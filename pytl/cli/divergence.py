@@ -12,6 +12,7 @@ from typing import Any
 import torch.distributed as dist
 
 from pytl import distributed as pd
+from pytl import sharded_data as sd
 from pytl.cli import torchrun
 from pytl.cli.files import (
     add_key_option,
@@ -59,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     try:  # both files read and checked before the test starts
         if pd.world_size() > 1:  # under torchrun: this rank's shards, the test of them all
             where = dict(note=note, rank=pd.rank(), world=pd.world_size())
-            xs, xt = pd.agree(lambda: (load_feature_shard(args.source, args.key, role="source", **where),
+            xs, xt = sd.agree(lambda: (load_feature_shard(args.source, args.key, role="source", **where),
                                        load_feature_shard(args.target, args.key, role="target", **where)))
             report = domain_divergence(xs, xt, num_permutations=args.permutations, seed=args.seed,
                                        group=dist.group.WORLD)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from pytl import distributed as pd
+from pytl import sharded_data as sd
 from pytl.cli import torchrun
 from pytl.cli.files import (
     LABELED_FILES,
@@ -106,11 +107,11 @@ def _sharded_inputs(args: argparse.Namespace, note: Note) -> tuple[Labeled, np.n
     """Under torchrun: this rank's shards of the source and the target, and a subsample of up to SUBSAMPLE_ROWS
     rows of each gathered from all ranks (the same on every rank); the few target labels are read whole."""
     where = dict(note=note, rank=pd.rank(), world=pd.world_size())
-    (xs, ys), xt = pd.agree(lambda: (load_labeled_shard(args.source, role="source", **where),
+    (xs, ys), xt = sd.agree(lambda: (load_labeled_shard(args.source, role="source", **where),
                                      load_feature_shard(args.target, args.key, role="target", **where)))
-    pooled = pd.gather_subsample(torch.from_numpy(np.concatenate([xs, ys[:, None].astype(np.float64)], 1)),
+    pooled = sd.gather_subsample(torch.from_numpy(np.concatenate([xs, ys[:, None].astype(np.float64)], 1)),
                                  SUBSAMPLE_ROWS, args.seed, dist.group.WORLD).numpy()
-    target = pd.gather_subsample(torch.from_numpy(xt), SUBSAMPLE_ROWS, args.seed + 1, dist.group.WORLD).numpy()
+    target = sd.gather_subsample(torch.from_numpy(xt), SUBSAMPLE_ROWS, args.seed + 1, dist.group.WORLD).numpy()
     labeled = None if args.target_labeled is None else \
         load_labeled(args.target_labeled, role="--target-labeled", note=note)
     return (pooled[:, :-1], pooled[:, -1].astype(np.int64)), target, labeled

@@ -10,9 +10,10 @@ import torch.distributed as dist
 
 from pytl._checks import check_choice, check_float, check_int
 from pytl._inputs import as_features
-from pytl.distributed import agree, collective_device, gather_subsample
 from pytl.diagnostics.domain_classifier import CLASSIFIERS, as_domains, proxy_a_distance
 from pytl.diagnostics.permutation_test import mmd_test
+from pytl.distributed import collective_device
+from pytl.sharded_data import agree, gather_subsample
 
 __all__ = ["PAD_HIGH", "PAD_LOW", "VERDICT_HIGH", "VERDICT_LOW", "DivergenceReport", "domain_divergence", "verdict"]
 

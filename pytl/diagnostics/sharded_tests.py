@@ -18,21 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from pytl import distributed as _dist
 from pytl._inputs import as_features
-from pytl.bandwidths import (
-    SigmasLike,
-    WeightsLike,
-    as_bandwidth_vector,
-    bandwidth_ladder,
-    default_weights,
-    param_dtype,
-)
+from pytl.bandwidths import SigmasLike, WeightsLike
 from pytl.diagnostics import scalable_tests, streaming
-from pytl.ring_mmd import global_median
+from pytl.ring_mmd import global_bandwidths
+from pytl.sharded_data import agree
 from pytl.sharded_estimates import sharded_block_statistics
 
 __all__ = ["sharded_test"]
@@ -61,15 +54,12 @@ def sharded_test(x: Any, y: Any, sigmas: SigmasLike, weights: WeightsLike, metho
     if streaming.is_stream(x) or streaming.is_stream(y):
         raise ValueError("method='block' with a group needs each rank's shards as arrays or tensors; a memmap or a "
                          "stream of batches is tested by method='rff'")
-    xt, yt = _dist.agree(lambda: _shards(x, y), group)
+    xt, yt = agree(lambda: _shards(x, y), group)
     ns, ms, _ = _dist.exchange_shapes(xt, yt, group)
-    sig = bandwidth_ladder(global_median(xt, yt, ns, ms, group)) if sigmas is None else \
-        as_bandwidth_vector(sigmas, "sigmas", xt)
-    w = default_weights(sig.numel(), param_dtype(xt), xt.device) if weights is None else \
-        as_bandwidth_vector(weights, "weights", xt)
+    sig, w = global_bandwidths(xt, yt, sigmas, weights, ns, ms, group)
     with torch.no_grad():
         mine = sharded_block_statistics(xt, yt, sig, w, block_size, seed, True, ns, ms, group).double().cpu()
-    stat, p, stats = scalable_tests.block_null(_gather_statistics(mine, group))
+    stat, p, stats = scalable_tests.block_null(_dist.gather_rows(mine, group))
     return method, stat, p, stats, sig, w
 
 
@@ -80,17 +70,3 @@ def _shards(x: Any, y: Any) -> tuple[Tensor, Tensor]:
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(t.shape)}")
     return xt, yt
-
-
-def _gather_statistics(mine: Tensor, group: Any) -> Tensor:
-    """Every rank's block statistics, in rank order (counts differ: padded, gathered, trimmed)."""
-    device = _dist.collective_device(group)  # the CPU under gloo, the GPU under NCCL
-    sizes = torch.tensor([mine.numel()], dtype=torch.int64, device=device)
-    every = [torch.zeros_like(sizes) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(every, sizes, group=group)
-    counts = [int(c) for c in every]
-    padded = torch.zeros(max(counts), dtype=torch.float64, device=device)
-    padded[: mine.numel()] = mine.to(device)
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([part[:c] for part, c in zip(parts, counts)]).cpu()
