@@ -1,8 +1,9 @@
 """Which label-free criterion picks λ best? Stage 1 (CE + λ·MMD²) once per λ of the "auto" grid on the real
-pairs (flattened pixels, the default MLP), every criterion of pytl.validation scored on the same models.
+pairs (the default MLP on vectors: flattened pixels, or a source-trained CNN's frozen embeddings, as
+vector_regime.py builds them), every criterion of pytl.validation scored on the same models.
 
-    python benchmarks/lambda_criteria.py                      # 3 pairs x 2 seeds, markdown on stdout
-    python benchmarks/lambda_criteria.py --pairs 'digits->mnist' --seeds 3 --alignment cmmd
+    python benchmarks/lambda_criteria.py                      # pixels, 3 pairs x 2 seeds, markdown on stdout
+    python benchmarks/lambda_criteria.py --features embeddings --pairs 'digits->mnist' --seeds 3
 
 For each pair and seed it reports the target test accuracy of every λ's stage-1 model, and for each
 criterion (and for the target labels' calibrated cross-entropy, the with-labels rule of "auto") the λ it
@@ -29,33 +30,31 @@ import pytl  # noqa: E402
 from pytl.experiments.lambda_search import by_labels, lambda_grid, pick  # noqa: E402
 from pytl.validation import CRITERIA  # noqa: E402
 from real_pairs import PAIR_NAMES, load_pair, pair_name  # noqa: E402
-
-
-def flat(x):
-    return np.asarray(x).reshape(len(x), -1)
+from vector_regime import vectors  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="*", default=list(PAIR_NAMES))
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--features", choices=("pixels", "embeddings"), default="pixels")
     args = ap.parse_args(argv)
     grid = lambda_grid("mmd", "auto")
     names = ["labels (calibrated CE)"] + list(CRITERIA)
     regret: dict[str, list[float]] = {n: [] for n in names}
-    print(f"# λ by criterion: stage 1 of mmd, grid {grid}, flattened pixels, default MLP and settings\n")
+    print(f"# λ by criterion: stage 1 of mmd, grid {grid}, {args.features}, default MLP and settings\n")
     for name in map(pair_name, args.pairs):
         for seed in range(args.seeds):
-            p = load_pair(name, seed)
-            xs, ys = flat(p["source"][0]), p["source"][1]
-            xu, (xl, yl), (xt, yt) = flat(p["target_unlabeled"]), p["target_labeled"], p["target_test"]
+            p = vectors(load_pair(name, seed), args.features, name, seed)
+            xs, ys = p["source"]
+            xu, (xl, yl), (xt, yt) = p["target_unlabeled"], p["target_labeled"], p["target_test"]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sel = pytl.select_lambda((xs, ys), xu, lambdas=grid, criterion="entropy", seed=seed)
             acc = {}
             for lam, m in sel.models.items():
                 with torch.no_grad(), pytl.train.eval_mode(m):
-                    acc[lam] = float((m(torch.as_tensor(flat(xt))).argmax(1).numpy() == yt).mean())
+                    acc[lam] = float((m(torch.as_tensor(xt)).argmax(1).numpy() == yt).mean())
             source_val = (xs[sel.validation_indices.numpy()], ys[sel.validation_indices.numpy()])
             picks = {}
             with warnings.catch_warnings():
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
             logp = {}
             for lam, m in sel.models.items():
                 with torch.no_grad(), pytl.train.eval_mode(m):
-                    logp[lam] = torch.log_softmax(m(torch.as_tensor(flat(xl))).double(), 1)
+                    logp[lam] = torch.log_softmax(m(torch.as_tensor(xl)).double(), 1)
             picks["labels (calibrated CE)"] = pick(by_labels(logp, torch.as_tensor(yl))[0])
             best = max(acc.values())
             print(f"## {name}, seed {seed}\n")

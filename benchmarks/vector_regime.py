@@ -64,7 +64,7 @@ def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
 
 
 def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None,
-        strategies="all") -> dict:
+        strategies="all", save: str | None = None) -> dict:
     if features == "tabular":
         data = load_tabular_pair(name, seed, labels_per_class=max(labels, 1))
     else:
@@ -78,6 +78,14 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
         r = pytl.compare_strategies(**data, strategies=strategies, seed=seed, folds=5 if labels else None,
                                     num_threads=threads, hidden_sizes=hidden, **lam)
     acc = r.accuracy
+    if save:  # what selection rules need, to be compared afterwards without training again
+        xt, yt = data["target_test"]
+        torch.save({"accuracy": acc, "best": r.best, "test_y": torch.as_tensor(yt),
+                    "test_proba": {s: torch.as_tensor(r.predict_proba(s, xt)) for s in r.models},
+                    "labeled_y": torch.as_tensor(data["target_labeled"][1]) if labels else None,
+                    "cv_log_proba": {s: e.log_proba for s, e in r.estimate.items()},
+                    "seconds": r.seconds, "cv_seconds": r.cv_seconds},
+                   os.path.join(save, f"{features}_{name}_{'auto' if auto else 'fixed'}_{seed}.pt"))
     unsup = [s for s in UNSUPERVISED if s in acc]
     best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
@@ -97,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: sized "
                     "from the data)")
     ap.add_argument("--strategies", nargs="*", default=None, help="a subset (default: all)")
+    ap.add_argument("--save", default=None, help="a folder: each run's test-set probabilities and cross-validated "
+                    "predictions per strategy, to compare selection rules afterwards")
     args = ap.parse_args(argv)
     hidden = tuple(args.hidden) if args.hidden else None
     strategies = args.strategies or "all"
@@ -105,8 +115,11 @@ def main(argv=None) -> int:
           f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
         for mode in args.modes:
-            rows = [run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies)
-                    for s in range(args.seeds)]
+            rows = []
+            for s in range(args.seeds):
+                rows.append(run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies,
+                                args.save))
+                print(f"{name} {mode} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress of long runs
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
             print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |")

@@ -10,7 +10,7 @@ says so instead of flagging noise as negative transfer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ class Estimate:
     accuracies in steps of 10 points), and the temperature takes out calibration, which the shipped
     argmax does not use: raw cross-entropy preferred a confident, less accurate model over an
     under-trained, more accurate one. temperature: that temperature (> 1: the model was over-confident).
+    log_proba: the held-out log class probabilities (N, C) these come from (for ensembles and your own scores).
     """
 
     mean: float
@@ -44,6 +45,7 @@ class Estimate:
     correct: Tensor
     loss: float = math.nan
     temperature: float = 1.0
+    log_proba: Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_predictions(cls, log_proba: Tensor, y: Tensor, folds: list[Tensor]) -> Estimate:
@@ -53,7 +55,7 @@ class Estimate:
         mean = sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
         loss, temperature = calibrated_cross_entropy(log_proba, y)
-        return cls(mean, std, accs, correct, loss, temperature)
+        return cls(mean, std, accs, correct, loss, temperature, log_proba)
 
     def rank_key(self) -> tuple[float, float]:
         """Sorts the better estimate first: the lower calibrated held-out cross-entropy, then the higher accuracy."""
