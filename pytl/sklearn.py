@@ -31,7 +31,7 @@ except ImportError as e:  # scikit-learn missing, or older than 1.6 (validate_da
 
 from pytl._checks import DataWarning, warn_user
 from pytl.experiments import compare_strategies
-from pytl.experiments.top_ensemble import TOP_ENSEMBLE
+from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE
 from pytl.experiments.strategies import ALIGNED, DEFAULT_STRATEGIES, NEEDS_TARGET_LABELS, SEMI_SUPERVISED, STRATEGIES
 from pytl.inference import EVAL_BATCH, eval_mode
 
@@ -151,7 +151,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _check_strategy(self, has_target: bool, has_labels: bool) -> str:
-        allowed = ("auto", *(s for s in STRATEGIES if s != TOP_ENSEMBLE))  # it averages the others: none alone
+        allowed = ("auto", *(s for s in STRATEGIES if s != WEIGHTED_ENSEMBLE))  # it averages the others: none alone
         if self.strategy not in allowed:
             raise ValueError(f"strategy={self.strategy!r}; expected one of {allowed}")
         if self.strategy == "auto":

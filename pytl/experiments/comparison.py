@@ -36,7 +36,7 @@ from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
 from pytl.experiments.lambda_search import lambda_grid
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.runs import FINETUNED, Runs
-from pytl.experiments.top_ensemble import TOP_ENSEMBLE, add_top_ensemble, candidates
+from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE, add_weighted_ensemble, candidates
 from pytl.experiments.strategies import (
     ALIGNED,
     MODEL_OPTIONS,
@@ -145,13 +145,13 @@ def compare_strategies(
     fold_index, k = None, check_folds(folds, None if data.labeled is None else data.labeled[1])
     if k is not None and data.labeled is not None:
         fold_index = stratified_folds(data.labeled[1], k, seed)
-    if TOP_ENSEMBLE in wanted:
-        why = ("its members are chosen by their cross-validated estimates: give folds" if fold_index is None else
+    if WEIGHTED_ENSEMBLE in wanted:
+        why = ("its weights come from cross-validated predictions: give folds" if fold_index is None else
                "it averages the other strategies: request at least two of them" if len(candidates(wanted, wanted)) < 2
                else None)
         if why:
-            skipped[TOP_ENSEMBLE] = why
-            wanted.remove(TOP_ENSEMBLE)
+            skipped[WEIGHTED_ENSEMBLE] = why
+            wanted.remove(WEIGHTED_ENSEMBLE)
 
     # "auto" threads: the comparison's own evaluation on the threads its small models train on (threads.py)
     with using_threads(stage_threads(cfg["num_threads"], base, 2 * cfg["batch_size"])):
@@ -171,10 +171,10 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
     cv_seconds = time.perf_counter() - t0
     if data.labeled is not None:
         runs.stage2(wanted, data.labeled)
-    top_ensemble = None
-    if TOP_ENSEMBLE in wanted:  # trains nothing: averages the best of the models just trained
-        top_ensemble = add_top_ensemble(estimate, data.labeled[1], fold_index, runs.models, runs.seconds, STRATEGIES)
-        cfg["top_ensemble_members"] = list(top_ensemble.members)
+    weighted = None
+    if WEIGHTED_ENSEMBLE in wanted:  # trains nothing: weighs the models just trained
+        weighted = add_weighted_ensemble(estimate, data.labeled[1], fold_index, runs.models, runs.seconds, STRATEGIES)
+        cfg["weighted_ensemble_members"] = weighted.describe()
     models = {s: runs.models[s] for s in STRATEGIES if s in wanted}
     dtype = next(base.parameters()).dtype
     accuracy, test_correct = _test_accuracy(models, data, device, dtype)
@@ -189,7 +189,7 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                                     **{s.option: s.chosen for s in runs.searches.values()}},  # the λ used
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
                             criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches,
-                            label_shift=_label_shift(runs, models), top_ensemble=top_ensemble)
+                            label_shift=_label_shift(runs, models), weighted_ensemble=weighted)
 
 
 def _label_shift(runs: Runs, models: dict[str, nn.Module]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pytl import _inputs as inp
 from pytl.experiments.comparison_table import TableParts, render_html, render_text, table_parts
 from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired
-from pytl.experiments.top_ensemble import TOP_ENSEMBLE, TopEnsemble
+from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE, WeightedEnsemble
 from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, negative_transfer
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.train import validation_loss_climbs
@@ -60,8 +60,8 @@ class ComparisonReport:
     lambdas: dict[str, Any] = field(default_factory=dict, repr=False)
     #: class_weights="estimated": strategy → the label-shift estimate its stage 1 took (pytl.diagnostics)
     label_shift: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: strategies=[..., "top_ensemble"]: its members and the two nested estimates best weighs (top_ensemble.py)
-    top_ensemble: TopEnsemble | None = field(default=None, repr=False)
+    #: strategies=[..., "weighted_ensemble"]: its members, weights and the two nested estimates best weighs
+    weighted_ensemble: WeightedEnsemble | None = field(default=None, repr=False)
 
     @property
     def negative_transfer(self) -> bool | None:
@@ -89,18 +89,18 @@ class ComparisonReport:
         measurements behind this choice: docs/python_layer.md). A label-free strategy ("source_only",
         "mmd_only") is scored as shipped, a fine-tuned one by fold models with (k−1)/k of the labels, a
         pessimistic estimate: so the former is picked over the best fine-tuned strategy only when it is
-        significantly more accurate on the same labels (paired sign test, 5%). "top_ensemble" is shipped
-        instead where its nested estimate beats that of picking one strategy, nested the same way
-        (``top_ensemble.better``). Without target labels: the highest label-free score of ``criterion``.
+        significantly more accurate on the same labels (paired sign test, 5%). "weighted_ensemble" is
+        shipped instead where its nested estimate beats that of picking one strategy, nested the same way
+        (``weighted_ensemble.better``). Without target labels: the highest label-free score of ``criterion``.
         None when neither exists."""
         if not self.estimate:
             if not self.label_free or self.criterion is None:
                 return None
             ranked = [s for s in STRATEGIES if s in self.label_free]
             return max(ranked, key=lambda s: self.label_free[s][self.criterion])  # type: ignore[index]
-        if self.top_ensemble is not None and self.top_ensemble.better:
-            return TOP_ENSEMBLE
-        ranked = [s for s in STRATEGIES if s in self.estimate and s != TOP_ENSEMBLE]
+        if self.weighted_ensemble is not None and self.weighted_ensemble.better:
+            return WEIGHTED_ENSEMBLE
+        ranked = [s for s in STRATEGIES if s in self.estimate and s != WEIGHTED_ENSEMBLE]
         ranked.sort(key=lambda s: (*self.estimate[s].rank_key(), STRATEGIES.index(s)))
         top = ranked[0]
         tuned = [s for s in ranked if s not in LABEL_FREE]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytl._progress import interactive
-from pytl.experiments.top_ensemble import TOP_ENSEMBLE
+from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE
 from pytl.freezing import FreezingPolicy
 from pytl.train import ALIGNMENTS, TrainSettings
 
@@ -46,11 +46,11 @@ ALIGNED = {key: cls.lambda_option for key, cls in ALIGNMENTS.items()}
 #: the semi-supervised strategies, one per alignment: stage 1 learns from the target labels too
 #: (TrainSettings.semi_supervised), then fine-tunes; under cross-validation stage 1 is trained per fold
 SEMI_SUPERVISED = {f"ssl_{a}": a for a in ALIGNED}
-#: and "top_ensemble", which trains nothing: the mean of the strategies with the best cross-validated
-#: estimates (top_ensemble.py)
+#: and "weighted_ensemble", which trains nothing: the others' calibrated probabilities weighted by their
+#: held-out likelihood of the target labels (weighted_ensemble.py)
 STRATEGIES = DEFAULT_STRATEGIES + tuple(s for a in ALIGNED if f"{a}_only" not in DEFAULT_STRATEGIES
-                                        for s in (f"{a}_only", a)) + tuple(SEMI_SUPERVISED) + (TOP_ENSEMBLE,)
-NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED, *SEMI_SUPERVISED, TOP_ENSEMBLE})
+                                        for s in (f"{a}_only", a)) + tuple(SEMI_SUPERVISED) + (WEIGHTED_ENSEMBLE,)
+NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED, *SEMI_SUPERVISED, WEIGHTED_ENSEMBLE})
 #: the strategies that transfer source knowledge and fine-tune on the target labels: what "scratch" is compared with
 TRANSFER_STRATEGIES = ("naive", *ALIGNED, *SEMI_SUPERVISED)
 
@@ -63,8 +63,7 @@ DESCRIPTIONS = {
     **{a: f"{a}_only, then {{finetune_epochs}} epochs on target labels" for a in ALIGNMENTS},
     **{s: f"source and target labels + unlabelled target: {ALIGNMENTS[a].description}, {{align_epochs}} epochs, "
           f"then {{finetune_epochs}} on target labels" for s, a in SEMI_SUPERVISED.items()},
-    TOP_ENSEMBLE: "mean calibrated probabilities of the strategies with the best cross-validated estimates: "
-                  "{top_ensemble_members}",
+    WEIGHTED_ENSEMBLE: "calibrated probabilities weighted by held-out likelihood: {weighted_ensemble_members}",
 }
 
 #: the trainer settings that compare_strategies sets per run itself (λ and alignment per strategy, the seed)
@@ -140,9 +139,6 @@ def select_strategies(strategies: Any, allowed: Iterable[str] = STRATEGIES) -> t
 def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> str:
     """What ``strategy`` uses, with the budgets of ``config`` filled in (a report's "uses" column), and what
     else shaped it: the fine-tuning policy, source class weights, and, from its ``history``, an early stop."""
-    members = config.get("top_ensemble_members")
-    if isinstance(members, (list, tuple)):
-        config = {**config, "top_ensemble_members": ", ".join(members)}
     try:
         text = DESCRIPTIONS[strategy].format(**config)
     except (KeyError, ValueError, IndexError):  # a report built by hand, without its config

@@ -1,0 +1,127 @@
+"""What ships: report.best's rules compared on saved comparisons, without training again.
+
+    python benchmarks/vector_regime.py --features pixels --modes fixed --save runs/   # every strategy, saved
+    python benchmarks/selection_rules.py runs/                                        # markdown on stdout
+    python benchmarks/selection_rules.py runs/ --strategies source_only mmd_only scratch naive mmd ensemble
+
+For each saved run (its held-out cross-validated predictions and test-set probabilities of every strategy) it
+rebuilds the estimates as compare_strategies does and reports, against the test set's best strategy:
+
+- "pick one": ``report.best`` without "top_ensemble" (the lowest calibrated held-out cross-entropy);
+- "weighted_ensemble": every strategy's calibrated probabilities weighted by held-out likelihood (always);
+- "best": ``report.best`` with "weighted_ensemble" (shipped where its nested estimate beats picking one, nested);
+- "top-3 mean": the equal mean of the 3 best-estimated strategies (calibrated), the rule measured first;
+
+and whether each pick is significantly below the test set's best (paired sign test on the test rows, 5%):
+with 700-1,000 test rows, 2 points is about one standard error, so the best of 19 strategies on the test
+set is itself a few points lucky. Also per run: source_only, the best unsupervised gain over it, scratch,
+naive, the best semi-supervised strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from pytl.experiments import ComparisonReport  # noqa: E402
+from pytl.experiments.estimate import Estimate, sign_test_p_value  # noqa: E402
+from pytl.experiments.folds import stratified_folds  # noqa: E402
+from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # noqa: E402
+from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
+from pytl.experiments.weighted_ensemble import (  # noqa: E402
+    WEIGHTED_ENSEMBLE,
+    WeightedEnsemble,
+    candidates,
+    mixture,
+    nested_estimate,
+    weigh_members,
+)
+
+UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
+FOLDS = 5  # vector_regime.py's
+
+
+def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
+    y, ty = run["labeled_y"], run["test_y"]
+    folds = stratified_folds(y, FOLDS, seed)
+    names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")
+             and (keep is None or s in keep)]
+    log_proba = {s: run["cv_log_proba"][s].double() for s in names if run["cv_log_proba"].get(s) is not None}
+    estimate = {s: Estimate.from_predictions(lp, y, folds) for s, lp in log_proba.items()}
+    test_log_proba = {s: run["test_proba"][s].double().clamp_min(1e-30).log() for s in names}
+    correct = {s: lp.argmax(1) == ty for s, lp in test_log_proba.items()}
+
+    def report(weighted=None) -> str:
+        return ComparisonReport(accuracy={}, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={},
+                                config={}, estimate=estimate, weighted_ensemble=weighted).best
+
+    nested, fold_weights = nested_estimate(log_proba, y, folds, STRATEGIES)
+    pick_one, _ = nested_estimate(log_proba, y, folds, STRATEGIES, pick_one=True)
+    members, weights, temperatures = weigh_members(log_proba, y, STRATEGIES)
+    correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in members], weights,
+                                         temperatures).argmax(1) == ty
+    we = WeightedEnsemble(tuple(members), tuple(weights), tuple(temperatures), nested, pick_one, tuple(fold_weights))
+    fits = {s: calibrated_cross_entropy(log_proba[s], y) for s in candidates(log_proba, STRATEGIES)}
+    top3 = sorted(fits, key=lambda s: fits[s][0])[:3]
+    correct["top-3 mean"] = mixture([test_log_proba[s] for s in top3], [1 / 3] * 3,
+                                    [fits[s][1] for s in top3]).argmax(1) == ty
+    acc = {s: float(c.double().mean()) for s, c in correct.items()}
+    best = max(names, key=acc.get)
+    picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we),
+             "top-3 mean": "top-3 mean"}
+    out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe()}
+    for rule, s in picks.items():
+        wins = int((correct[s] & ~correct[best]).sum())
+        losses = int((~correct[s] & correct[best]).sum())
+        out[rule] = (100 * (acc[s] - acc[best]), sign_test_p_value(wins, losses) < 0.05 and losses > wins)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", help="where vector_regime.py --save wrote its runs")
+    ap.add_argument("--strategies", nargs="*", default=None, help="only these (default: every saved one)")
+    args = ap.parse_args(argv)
+    keep = set(args.strategies) if args.strategies else None
+    print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
+          "pick one | weighted_ensemble | best (which) | top-3 mean |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    for path in sorted(glob.glob(os.path.join(args.folder, "*.pt"))):
+        run = torch.load(path, weights_only=False)
+        if run["labeled_y"] is None:
+            continue
+        name = os.path.basename(path)[:-3]
+        regime, seed = name.split("_")[0], int(name.rsplit("_", 1)[1])
+        r = rules(run, keep, seed)
+        a = {s: 100 * v for s, v in r["acc"].items()}
+        unsup = max((s for s in UNSUPERVISED if s in a), key=a.get, default=None)
+        ssl = max((s for s in SEMI_SUPERVISED if s in a), key=a.get, default=None)
+
+        def cell(rule):
+            gap, significant = r[rule]
+            return f"{gap:+.1f}{' (sig.)' if significant else ''}"
+        unsup_cell = f"{unsup} {a[unsup]:.1f} ({a[unsup] - a['source_only']:+.1f})" if unsup else "-"
+        ssl_cell = f"{ssl} {a[ssl]:.1f}" if ssl else "-"
+        print(f"| {name} | {a['source_only']:.1f} | {unsup_cell} | {a['scratch']:.1f} | {a['naive']:.1f} | {ssl_cell} | "
+              f"{r['test_best']} {a[r['test_best']]:.1f} | {cell('pick one')} ({r['picks']['pick one']}) | "
+              f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('top-3 mean')} |")
+        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean"):
+            tally.setdefault((regime, rule), []).append(r[rule])
+    print("\n| regime | rule | within 2 points of the test set's best | not significantly below it | mean gap | worst |")
+    print("|---|---|---|---|---|---|")
+    for (regime, rule), v in sorted(tally.items()):
+        gaps = [g for g, _ in v]
+        print(f"| {regime} | {rule} | {sum(g >= -2 for g in gaps)}/{len(v)} | {sum(not s for _, s in v)}/{len(v)} | "
+              f"{sum(gaps) / len(gaps):+.1f} | {min(gaps):+.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

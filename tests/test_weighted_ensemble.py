@@ -1,0 +1,198 @@
+""""weighted_ensemble": the other strategies' calibrated probabilities weighted by their held-out likelihood of
+the target labels (pseudo-BMA). Its weights equal a by-hand computation (scipy's temperature fit, numpy's
+softmax), each fold weighs without its own labels, the shipped model is that mixture, report.best weighs it
+against picking one strategy with both nested, and it is skipped (with why) where it cannot be built."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pytl
+from pytl.experiments import ComparisonReport, EnsembleModel, compare_strategies
+from pytl.experiments.estimate import Estimate
+from pytl.experiments.folds import stratified_folds
+from pytl.experiments.weighted_ensemble import (
+    MIN_WEIGHT,
+    WEIGHTED_ENSEMBLE,
+    WeightedEnsemble,
+    mixture,
+    nested_estimate,
+    weigh_members,
+)
+
+optimize = pytest.importorskip("scipy.optimize")
+
+ORDER = ("a", "b", "c", "d", "ensemble")
+
+
+def fitted(log_proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(min over T of the mean NLL of softmax(log_proba / T), that T) by scipy's bounded scalar minimiser."""
+    def nll(log_t: float) -> float:
+        z = log_proba / math.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+    r = optimize.minimize_scalar(nll, bounds=(-7, 7), method="bounded", options={"xatol": 1e-10})
+    return float(r.fun), math.exp(float(r.x))
+
+
+def by_hand(log_proba, y, rows):
+    """Weights ∝ exp(-n · calibrated NLL) over every strategy but "ensemble", those >= MIN_WEIGHT renormalised,
+    and the temperatures, by scipy and numpy."""
+    fits = {s: fitted(v.numpy()[rows], y.numpy()[rows]) for s, v in log_proba.items() if s != "ensemble"}
+    names = list(fits)
+    a = -len(rows) * np.array([fits[s][0] for s in names])
+    w = np.exp(a - a.max())
+    w /= w.sum()
+    keep = [i for i in range(len(names)) if w[i] >= MIN_WEIGHT]
+    return {names[i]: (w[i] / w[keep].sum(), fits[names[i]][1]) for i in keep}
+
+
+def random_predictions(seed: int, n: int = 40, c: int = 3, spread: float = 0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    out = {}
+    for k, s in enumerate(ORDER):  # strategies of about the same quality (spread 0) and different confidence
+        logits = rng.normal(size=(n, c))
+        logits[np.arange(n), y] += 1.0 - spread * k
+        out[s] = torch.log_softmax(torch.as_tensor(logits * (1 + 0.5 * k)), 1)
+    return out, torch.as_tensor(y)
+
+
+def test_weights_and_temperatures_equal_a_by_hand_computation():
+    log_proba, y = random_predictions(0)
+    members, weights, temps = weigh_members(log_proba, y, ORDER)
+    hand = by_hand(log_proba, y, np.arange(len(y)))
+    assert set(members) == set(hand) and len(members) >= 2  # close strategies share the weight
+    for s, w, t in zip(members, weights, temps):
+        assert w == pytest.approx(hand[s][0], rel=1e-5, abs=1e-9)
+        assert t == pytest.approx(hand[s][1], rel=1e-5)
+    assert sum(weights) == pytest.approx(1.0)
+
+
+def test_a_clearly_better_strategy_takes_all_the_weight_and_pick_one_takes_the_lowest_loss():
+    log_proba, y = random_predictions(1, spread=0.8)  # "a" far ahead of the rest
+    members, weights, _ = weigh_members(log_proba, y, ORDER)
+    assert members[int(np.argmax(weights))] == "a" and max(weights) > 0.99
+    assert weigh_members(log_proba, y, ORDER, pick_one=True)[:2] == (["a"], [1.0])
+
+
+def test_nested_estimate_weighs_each_fold_without_its_labels():
+    log_proba, y = random_predictions(2)
+    folds = [torch.arange(k, len(y), 4) for k in range(4)]
+    est, fold_weights = nested_estimate(log_proba, y, folds, ORDER)
+    expected = np.zeros((len(y), 3))
+    for k, held in enumerate(folds):
+        rows = np.setdiff1d(np.arange(len(y)), held.numpy())
+        hand = by_hand(log_proba, y, rows)
+        assert fold_weights[k] == pytest.approx({s: w for s, (w, _) in hand.items()}, rel=1e-5, abs=1e-9)
+        expected[held.numpy()] = sum(w * torch.softmax(log_proba[s][held] / t, 1).numpy() for s, (w, t) in hand.items())
+    np.testing.assert_allclose(est.log_proba.exp().numpy(), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_a_strategy_that_is_perfect_on_one_fold_alone_gets_no_weight_from_that_fold():
+    """Strategy "a" predicts fold 0's labels perfectly and the rest at chance: fold 0 must not see that."""
+    rng = np.random.default_rng(3)
+    n, c = 40, 2
+    y = torch.as_tensor(rng.integers(0, c, n))
+    folds = [torch.arange(k, n, 4) for k in range(4)]
+    good = torch.full((n, c), math.log(0.5), dtype=torch.float64)
+    good[folds[0], :] = math.log(1e-3)
+    good[folds[0], y[folds[0]]] = math.log(1 - 1e-3)
+    fair = torch.log_softmax(torch.as_tensor(rng.normal(size=(n, c))) + 2.0 * torch.nn.functional.one_hot(y, c), 1)
+    _, fold_weights = nested_estimate({"a": good, "b": fair}, y, folds, ("a", "b"))
+    assert fold_weights[0] == {"b": 1.0}  # without fold 0's labels, "a" is at chance
+
+
+def test_mixture_of_one_member_at_temperature_one_is_that_member():
+    lp = torch.log_softmax(torch.randn(5, 3, dtype=torch.float64), 1)
+    torch.testing.assert_close(mixture([lp], [1.0], [1.0]), lp)
+
+
+@pytest.fixture(scope="module")
+def shift():
+    return pytl.make_domain_shift(0, n_source=160, n_target_unlabeled=160, n_target_labeled=30, n_target_test=100)
+
+
+SETTINGS = dict(align_epochs=3, finetune_epochs=2, num_threads=1, batch_size=32, progress=False)
+OTHERS = ("source_only", "scratch", "naive", "mmd")
+
+
+@pytest.fixture(scope="module")
+def report(shift):
+    return compare_strategies(**shift.as_dict(), strategies=[*OTHERS, WEIGHTED_ENSEMBLE], folds=3, **SETTINGS)
+
+
+def test_compare_ships_the_weighted_mixture_of_the_members(shift, report):
+    r = report
+    we = r.weighted_ensemble
+    log_proba = {s: r.estimate[s].log_proba for s in OTHERS}
+    hand = by_hand(log_proba, torch.as_tensor(shift.target_labeled[1]), np.arange(30))
+    assert set(we.members) == set(hand)
+    model = r.models[WEIGHTED_ENSEMBLE]
+    assert isinstance(model, EnsembleModel) and all(m is r.models[s] for m, s in zip(model.members, we.members))
+    x = shift.target_test[0]
+    expected = sum(hand[s][0] * torch.softmax(torch.log(torch.as_tensor(r.predict_proba(s, x))) / hand[s][1], 1).numpy()
+                   for s in we.members)
+    np.testing.assert_allclose(r.predict_proba(WEIGHTED_ENSEMBLE, x), expected, rtol=1e-4, atol=1e-6)
+    assert WEIGHTED_ENSEMBLE in r.accuracy and r.estimate[WEIGHTED_ENSEMBLE] is we.estimate
+    assert we.describe() in r.table()
+
+
+def test_best_weighs_the_ensemble_against_picking_one_both_nested(shift, report):
+    r = report
+    y = torch.as_tensor(shift.target_labeled[1])
+    log_proba = {s: r.estimate[s].log_proba for s in OTHERS}
+    expected = torch.zeros(30, 2, dtype=torch.float64)
+    for held in stratified_folds(y, 3, r.seed):  # picking one, nested by hand with scipy's fits
+        rows = np.setdiff1d(np.arange(30), held.numpy())
+        fits = {s: fitted(v.numpy()[rows], y.numpy()[rows]) for s, v in log_proba.items()}
+        one = min(fits, key=lambda s: fits[s][0])
+        expected[held] = torch.log_softmax(log_proba[one][held] / fits[one][1], 1)
+    torch.testing.assert_close(r.weighted_ensemble.pick_one.log_proba, expected, rtol=1e-5, atol=1e-6)
+    usual = min(OTHERS, key=lambda s: r.estimate[s].rank_key())
+    assert r.best == (WEIGHTED_ENSEMBLE if r.weighted_ensemble.estimate.loss < r.weighted_ensemble.pick_one.loss
+                      else usual)
+
+
+@pytest.mark.parametrize("better", [True, False])
+def test_best_is_the_ensemble_exactly_when_it_measured_better(better):
+    def est(loss):
+        return Estimate(0.5, 0.1, (0.5,), torch.ones(4, dtype=torch.bool), loss)
+    estimate = {"scratch": est(0.7), "naive": est(0.6), WEIGHTED_ENSEMBLE: est(0.65)}
+    we = WeightedEnsemble(("naive", "scratch"), (0.5, 0.5), (1.0, 1.0), estimate[WEIGHTED_ENSEMBLE],
+                          est(0.8 if better else 0.6), ())
+    r = ComparisonReport(accuracy={}, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={}, config={},
+                         estimate=estimate, weighted_ensemble=we)
+    assert r.best == (WEIGHTED_ENSEMBLE if better else "naive")  # not by its own loss against the singles' (0.65)
+
+
+def test_skipped_with_why_without_folds_or_with_one_other_strategy(shift):
+    r = compare_strategies(**shift.as_dict(), strategies=["scratch", "naive", WEIGHTED_ENSEMBLE], folds=None,
+                           **SETTINGS)
+    assert WEIGHTED_ENSEMBLE not in r.models and "folds" in r.skipped[WEIGHTED_ENSEMBLE]
+    r = compare_strategies(**shift.as_dict(), strategies=["scratch", WEIGHTED_ENSEMBLE], folds=3, **SETTINGS)
+    assert WEIGHTED_ENSEMBLE not in r.models and "at least two" in r.skipped[WEIGHTED_ENSEMBLE]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(temperatures=[1.0]), "temperatures must be one positive number per member"),
+    (dict(temperatures=[1.0, 0.0]), "temperatures must be one positive number per member"),
+    (dict(weights=[0.5, 0.6]), "weights must be one number >= 0 per member"),
+    (dict(weights=[1.5, -0.5]), "weights must be one number >= 0 per member"),
+])
+def test_ensemble_temperatures_and_weights_are_checked(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        EnsembleModel([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)], **kwargs)
+
+
+def test_weighted_ensemble_model_against_a_by_hand_mixture():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    x = torch.randn(6, 3)
+    m = EnsembleModel([a, b], [2.0, 0.5], [0.25, 0.75])
+    expected = 0.25 * torch.softmax(a(x) / 2.0, 1) + 0.75 * torch.softmax(b(x) / 0.5, 1)
+    torch.testing.assert_close(m(x).exp(), expected)
