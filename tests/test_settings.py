@@ -99,9 +99,9 @@ def test_a_checkpoint_from_before_the_rename_resumes_without_a_warning(shift, tm
 #: the tables as they were written by hand before they were derived from the registry
 HAND_WRITTEN_STRATEGIES = ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble", "cmmd_only", "cmmd",
                            "coral_only", "coral", "dann_only", "dann", "mme_only", "mme", "ssl_mmd", "ssl_cmmd",
-                           "ssl_coral", "ssl_dann", "ssl_mme")
+                           "ssl_coral", "ssl_dann", "ssl_mme", "weighted_ensemble")
 HAND_WRITTEN_NEEDS = {"scratch", "naive", "mmd", "ensemble", "cmmd", "coral", "dann", "mme", "ssl_mmd", "ssl_cmmd",
-                      "ssl_coral", "ssl_dann", "ssl_mme"}
+                      "ssl_coral", "ssl_dann", "ssl_mme", "weighted_ensemble"}
 HAND_WRITTEN_DESCRIPTIONS = {
     "mmd_only": "+ unlabelled target: CE + {lambda_mmd:g}·MMD², {align_epochs} epochs",
     "cmmd_only": "+ unlabelled target: CE + {lambda_cmmd:g}·class-conditional MMD², {align_epochs} epochs",
