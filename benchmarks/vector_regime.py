@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="*", default=list(PAIR_NAMES))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
     ap.add_argument("--features", choices=("pixels", "embeddings", "tabular"), default="pixels")
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
     ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto"))
@@ -116,18 +117,19 @@ def main(argv=None) -> int:
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
         for mode in args.modes:
             rows = []
-            for s in range(args.seeds):
+            for s in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies,
                                 args.save))
                 print(f"{name} {mode} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress of long runs
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
-            print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean |")
+            print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.first_seed, args.first_seed + args.seeds))
+                  + " | mean |")
             print("|---|" + "---|" * (args.seeds + 1))
             for s in strategies:
                 vals = [100 * r["acc"][s] for r in rows]
                 print(f"| {s} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} |")
-            for k, r in enumerate(rows):
+            for k, r in enumerate(rows, start=args.first_seed):
                 print(f"- seed {k}: best unsupervised {r['unsup']} {100 * r['gain']:+.1f} over source_only; "
                       f"report.best {r['best']} ({100 * r['best_gap']:+.1f} from the test set's best); "
                       f"λ chosen {r['lambdas'] or '-'}; {r['seconds']:.0f} s")

@@ -34,8 +34,8 @@ __all__ = ["MIN_WEIGHT", "WEIGHTED_ENSEMBLE", "WeightedEnsemble", "add_weighted_
            "mixture", "nested_estimate", "weigh_members"]
 
 WEIGHTED_ENSEMBLE = "weighted_ensemble"
-#: members below this weight are dropped (and the rest renormalised): they cannot move a prediction that is
-#: not an exact tie, and the shipped model would carry them for nothing
+#: members below this weight are dropped (and the rest renormalised): they can only move a prediction whose two
+#: top classes are within 0.001 of each other, and the shipped model would carry them for little
 MIN_WEIGHT = 1e-3
 #: never members: the mean of "mmd" and "scratch" (both are candidates themselves) and the ensemble itself
 _NOT_MEMBERS = ("ensemble", WEIGHTED_ENSEMBLE)
