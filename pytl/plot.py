@@ -20,6 +20,7 @@ from typing import Any
 from pytl import _inputs as inp
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.strategies import STRATEGIES, TRANSFER_STRATEGIES
+from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE
 from pytl.projection import project
 from pytl.experiments.tables import CurveTable, DivergenceSweep
 
@@ -210,7 +211,7 @@ def plot_report(report: ComparisonReport, data: Any, path: str | os.PathLike | N
 
 
 #: strategies whose model has no transfer of its own to show beside source_only
-_NOT_ALIGNED = ("source_only", "scratch", "naive", "ensemble")
+_NOT_ALIGNED = ("source_only", "scratch", "naive", "ensemble", WEIGHTED_ENSEMBLE)
 
 
 def _embedding_models(model_or_report: Any, strategies: Any) -> list[tuple[str, Any]]:

@@ -86,3 +86,24 @@ def test_a_model_unlabelled_target_tsne_and_refusals(trained):
         plot.plot_embeddings(r, d.source, d.target_test, strategies=["dann_only"])
     with pytest.raises(TypeError, match="embed"):
         plot.plot_embeddings(torch.nn.Linear(2, 2), d.source, d.target_test)
+
+
+def test_a_weighted_ensemble_shipped_as_best_draws_the_first_aligned_strategy(trained):
+    """The ensemble has no embedding of its own: the picture shows source_only beside an aligned strategy."""
+    import dataclasses
+
+    from pytl.experiments import EnsembleModel
+    from pytl.experiments.estimate import Estimate
+    from pytl.experiments.weighted_ensemble import WeightedEnsemble
+
+    d, r = trained
+
+    def est(loss):
+        return Estimate(0.5, 0.0, (0.5,), torch.ones(2, dtype=torch.bool), loss)
+    we = WeightedEnsemble(("mmd", "scratch"), (0.5, 0.5), (1.0, 1.0), est(0.5), est(0.9), ())
+    shipped = dataclasses.replace(r, models={**r.models, "weighted_ensemble": EnsembleModel([r.models["mmd"],
+                                                                                            r.models["scratch"]])},
+                                  estimate={"weighted_ensemble": we.estimate}, weighted_ensemble=we)
+    assert shipped.best == "weighted_ensemble"
+    fig = plot.plot_embeddings(shipped, d.source, d.target_test)
+    assert fig.axes[2].get_title().startswith("mmd_only")

@@ -197,7 +197,13 @@ class ComparisonReport:
                      "fewer layers or L2-SP regularisation, and keep the ensemble as a safety net.")
         else:
             text += " Transfer pays here: no sign of negative transfer on this seed."
-        if self.best is not None:
+        if self.best == WEIGHTED_ENSEMBLE and self.weighted_ensemble is not None:
+            we = self.weighted_ensemble
+            text += (f" The model to ship: weighted_ensemble ({we.describe()}): its nested cross-validated estimate "
+                     f"(calibrated held-out cross-entropy {we.estimate.loss:.3f}) beats picking one strategy, nested the "
+                     f"same way ({we.pick_one.loss:.3f}); report.best_model is it, its members trained on all "
+                     f"{we.estimate.correct.numel()} target labels.")
+        elif self.best is not None:
             e = self.estimate[self.best]
             text += (f" The strategy to ship: {self.best} (best cross-validated estimate: calibrated held-out "
                      f"cross-entropy {e.loss:.3f}, accuracy {100 * e.mean:.1f}% ± {100 * e.std:.1f} over {len(e.folds)} folds); "

@@ -113,7 +113,7 @@ class WeightedEnsemble:
 
     def describe(self) -> str:
         """The members and their weights, heaviest first."""
-        return ", ".join(f"{s} {w:.2f}" for w, s in sorted(zip(self.weights, self.members), reverse=True))
+        return ", ".join(f"{s} {w:.2f}" for w, s in sorted(zip(self.weights, self.members), key=lambda t: (-t[0], t[1])))
 
 
 def add_weighted_ensemble(estimate: MutableMapping[str, Estimate], y: Tensor, folds: list[Tensor],
