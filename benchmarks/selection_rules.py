@@ -36,11 +36,9 @@ from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # 
 from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
     WEIGHTED_ENSEMBLE,
-    WeightedEnsemble,
     candidates,
     mixture,
-    nested_estimate,
-    weigh_members,
+    weigh,
 )
 
 UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
@@ -61,12 +59,9 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
         return ComparisonReport(accuracy={}, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={},
                                 config={}, estimate=estimate, weighted_ensemble=weighted).best
 
-    nested, fold_weights = nested_estimate(log_proba, y, folds, STRATEGIES)
-    pick_one, _ = nested_estimate(log_proba, y, folds, STRATEGIES, pick_one=True)
-    members, weights, temperatures = weigh_members(log_proba, y, STRATEGIES)
-    correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in members], weights,
-                                         temperatures).argmax(1) == ty
-    we = WeightedEnsemble(tuple(members), tuple(weights), tuple(temperatures), nested, pick_one, tuple(fold_weights))
+    we = weigh(log_proba, y, folds, STRATEGIES)
+    correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in we.members], we.weights,
+                                         we.temperatures).argmax(1) == ty
     fits = {s: calibrated_cross_entropy(log_proba[s], y) for s in candidates(log_proba, STRATEGIES)}
     top3 = sorted(fits, key=lambda s: fits[s][0])[:3]
     correct["top-3 mean"] = mixture([test_log_proba[s] for s in top3], [1 / 3] * 3,

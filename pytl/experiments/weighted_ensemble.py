@@ -31,7 +31,7 @@ from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, calibrated_cross_entropy
 
 __all__ = ["MIN_WEIGHT", "WEIGHTED_ENSEMBLE", "WeightedEnsemble", "add_weighted_ensemble", "candidates",
-           "mixture", "nested_estimate", "weigh_members"]
+           "mixture", "nested_estimate", "weigh", "weigh_members"]
 
 WEIGHTED_ENSEMBLE = "weighted_ensemble"
 #: members below this weight are dropped (and the rest renormalised): they can only move a prediction whose two
@@ -46,29 +46,40 @@ def candidates(available: Collection[str], order: Sequence[str]) -> list[str]:
     return [s for s in order if s in available and s not in _NOT_MEMBERS]
 
 
+def _fits(log_proba: Mapping[str, Tensor], y: Tensor, order: Sequence[str],
+          rows: Tensor | None) -> list[tuple[str, float, float]]:
+    """(strategy, calibrated cross-entropy, temperature) of every candidate on ``rows`` of the labels (all: None),
+    in ``order``; a NaN prediction (a diverged run) is no member."""
+    fits = []
+    for s in candidates(log_proba, order):
+        lp, yy = (log_proba[s], y) if rows is None else (log_proba[s][rows], y[rows])
+        loss, temperature = calibrated_cross_entropy(lp, yy)
+        if loss == loss:
+            fits.append((s, loss, temperature))
+    if not fits:
+        raise ValueError("no strategy has finite held-out predictions to weigh")
+    return fits
+
+
+def _choose(fits: list[tuple[str, float, float]], n: int,
+            pick_one: bool) -> tuple[list[str], list[float], list[float]]:
+    """Members, weights and temperatures from ``fits`` on n labels (see weigh_members)."""
+    if pick_one:
+        s, _, temperature = min(fits, key=lambda f: f[1])  # ties to the earlier in order
+        return [s], [1.0], [temperature]
+    w = torch.softmax(-n * torch.tensor([f[1] for f in fits], dtype=torch.float64), 0)
+    keep = [i for i in range(len(fits)) if w[i] >= MIN_WEIGHT]
+    total = float(w[keep].sum())
+    return [fits[i][0] for i in keep], [float(w[i]) / total for i in keep], [fits[i][2] for i in keep]
+
+
 def weigh_members(log_proba: Mapping[str, Tensor], y: Tensor, order: Sequence[str], rows: Tensor | None = None,
                   pick_one: bool = False) -> tuple[list[str], list[float], list[float]]:
     """Members, weights and temperatures from ``rows`` of the labels (all: None): each candidate's temperature
     and calibrated cross-entropy fitted there, weights ∝ exp(−rows · cross-entropy), members below MIN_WEIGHT
     dropped. ``pick_one``: the lowest cross-entropy alone (ties to the earlier in ``order``), weight 1."""
-    names, losses, temperatures = [], [], []
-    for s in candidates(log_proba, order):
-        lp, yy = (log_proba[s], y) if rows is None else (log_proba[s][rows], y[rows])
-        loss, temperature = calibrated_cross_entropy(lp, yy)
-        if loss == loss:  # a NaN prediction (a diverged run) is no member
-            names.append(s)
-            losses.append(loss)
-            temperatures.append(temperature)
-    if not names:
-        raise ValueError("no strategy has finite held-out predictions to weigh")
     n = int(y.shape[0] if rows is None else rows.sum())
-    if pick_one:
-        k = min(range(len(names)), key=lambda i: (losses[i], i))
-        return [names[k]], [1.0], [temperatures[k]]
-    w = torch.softmax(-n * torch.tensor(losses, dtype=torch.float64), 0)
-    keep = [i for i in range(len(names)) if w[i] >= MIN_WEIGHT]
-    total = float(w[keep].sum())
-    return [names[i] for i in keep], [float(w[i]) / total for i in keep], [temperatures[i] for i in keep]
+    return _choose(_fits(log_proba, y, order, rows), n, pick_one)
 
 
 def mixture(log_proba: Sequence[Tensor], weights: Sequence[float], temperatures: Sequence[float]) -> Tensor:
@@ -77,20 +88,32 @@ def mixture(log_proba: Sequence[Tensor], weights: Sequence[float], temperatures:
     return probs.clamp_min(torch.finfo(torch.float64).tiny).log()
 
 
-def nested_estimate(log_proba: Mapping[str, Tensor], y: Tensor, folds: list[Tensor], order: Sequence[str],
-                    pick_one: bool = False) -> tuple[Estimate, list[dict[str, float]]]:
-    """The cross-validated estimate of the weighted ensemble (or of picking one strategy), each fold's
-    weights chosen without the fold's labels, from the held-out log class probabilities of every strategy
-    (N, C); and each fold's weights."""
-    out = torch.zeros(y.shape[0], next(iter(log_proba.values())).shape[1], dtype=torch.float64)
+def _nested(log_proba: Mapping[str, Tensor], y: Tensor, folds: list[Tensor], order: Sequence[str]
+            ) -> tuple[Estimate, list[dict[str, float]], Estimate]:
+    """Both nested estimates from one fit of every candidate per fold: the weighted ensemble's (and each
+    fold's weights) and picking one strategy's."""
+    shape = (y.shape[0], next(iter(log_proba.values())).shape[1])
+    out = {False: torch.zeros(shape, dtype=torch.float64), True: torch.zeros(shape, dtype=torch.float64)}
     fold_weights = []
     for held in folds:
         train = torch.ones(y.shape[0], dtype=torch.bool)
         train[held] = False
-        members, weights, temperatures = weigh_members(log_proba, y, order, rows=train, pick_one=pick_one)
-        out[held] = mixture([log_proba[s][held] for s in members], weights, temperatures)
-        fold_weights.append(dict(zip(members, weights)))
-    return Estimate.from_predictions(out, y, folds), fold_weights
+        fits = _fits(log_proba, y, order, train)
+        for pick_one, o in out.items():
+            members, weights, temperatures = _choose(fits, int(train.sum()), pick_one)
+            o[held] = mixture([log_proba[s][held] for s in members], weights, temperatures)
+            if not pick_one:
+                fold_weights.append(dict(zip(members, weights)))
+    return Estimate.from_predictions(out[False], y, folds), fold_weights, Estimate.from_predictions(out[True], y, folds)
+
+
+def nested_estimate(log_proba: Mapping[str, Tensor], y: Tensor, folds: list[Tensor], order: Sequence[str],
+                    pick_one: bool = False) -> tuple[Estimate, list[dict[str, float]]]:
+    """The cross-validated estimate of the weighted ensemble (or of picking one strategy), each fold's
+    weights chosen without the fold's labels, from the held-out log class probabilities of every strategy
+    (N, C); and each fold's weights (of the ensemble)."""
+    ensemble, fold_weights, one = _nested(log_proba, y, folds, order)
+    return (one if pick_one else ensemble), fold_weights
 
 
 @dataclass(frozen=True)
@@ -113,7 +136,17 @@ class WeightedEnsemble:
 
     def describe(self) -> str:
         """The members and their weights, heaviest first."""
-        return ", ".join(f"{s} {w:.2f}" for w, s in sorted(zip(self.weights, self.members), key=lambda t: (-t[0], t[1])))
+        heaviest_first = sorted(zip(self.weights, self.members), key=lambda t: (-t[0], t[1]))
+        return ", ".join(f"{s} {w:.2f}" for w, s in heaviest_first)
+
+
+def weigh(log_proba: Mapping[str, Tensor], y: Tensor, folds: list[Tensor], order: Sequence[str]) -> WeightedEnsemble:
+    """The weighted ensemble of the strategies whose held-out log class probabilities (N, C) are given: its
+    shipped members and weights (from every label) and both nested estimates."""
+    nested, fold_weights, pick_one = _nested(log_proba, y, folds, order)
+    members, weights, temperatures = weigh_members(log_proba, y, order)
+    return WeightedEnsemble(tuple(members), tuple(weights), tuple(temperatures), nested, pick_one,
+                            tuple(fold_weights))
 
 
 def add_weighted_ensemble(estimate: MutableMapping[str, Estimate], y: Tensor, folds: list[Tensor],
@@ -121,12 +154,8 @@ def add_weighted_ensemble(estimate: MutableMapping[str, Estimate], y: Tensor, fo
                           order: Sequence[str]) -> WeightedEnsemble:
     """Adds "weighted_ensemble" to a comparison's estimates (nested), models (its members as trained on every
     label, weighted from every label) and seconds (its members' together)."""
-    log_proba = {s: e.log_proba for s, e in estimate.items() if e.log_proba is not None}
-    nested, fold_weights = nested_estimate(log_proba, y, folds, order)
-    pick_one, _ = nested_estimate(log_proba, y, folds, order, pick_one=True)
-    members, weights, temperatures = weigh_members(log_proba, y, order)
-    estimate[WEIGHTED_ENSEMBLE] = nested
-    models[WEIGHTED_ENSEMBLE] = EnsembleModel([models[s] for s in members], temperatures, weights)
-    seconds[WEIGHTED_ENSEMBLE] = sum(seconds[s] for s in members)
-    return WeightedEnsemble(tuple(members), tuple(weights), tuple(temperatures), nested, pick_one,
-                            tuple(fold_weights))
+    we = weigh({s: e.log_proba for s, e in estimate.items() if e.log_proba is not None}, y, folds, order)
+    estimate[WEIGHTED_ENSEMBLE] = we.estimate
+    models[WEIGHTED_ENSEMBLE] = EnsembleModel([models[s] for s in we.members], we.temperatures, we.weights)
+    seconds[WEIGHTED_ENSEMBLE] = sum(seconds[s] for s in we.members)
+    return we
