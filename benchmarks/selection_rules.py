@@ -9,7 +9,8 @@ rebuilds the estimates as compare_strategies does and reports, against the test 
 
 - "pick one": ``report.best`` without "top_ensemble" (the lowest calibrated held-out cross-entropy);
 - "weighted_ensemble": every strategy's calibrated probabilities weighted by held-out likelihood (always);
-- "best": ``report.best`` with "weighted_ensemble" (shipped where its nested estimate beats picking one, nested);
+- "best": ``report.best`` with "weighted_ensemble": shipped where its nested estimate beats picking one (nested),
+  else what picking one picks;
 - "top-3 mean": the equal mean of the 3 best-estimated strategies (calibrated), the rule measured first;
 
 and whether each pick is significantly below the test set's best (paired sign test on the test rows, 5%):

@@ -100,7 +100,7 @@ def test_a_weighted_ensemble_shipped_as_best_draws_the_first_aligned_strategy(tr
 
     def est(loss):
         return Estimate(0.5, 0.0, (0.5,), torch.ones(2, dtype=torch.bool), loss)
-    we = WeightedEnsemble(("mmd", "scratch"), (0.5, 0.5), (1.0, 1.0), est(0.5), est(0.9), ())
+    we = WeightedEnsemble(("mmd", "scratch"), (0.5, 0.5), (1.0, 1.0), est(0.5), est(0.9), (), "mmd")
     shipped = dataclasses.replace(r, models={**r.models, "weighted_ensemble": EnsembleModel([r.models["mmd"],
                                                                                             r.models["scratch"]])},
                                   estimate={"weighted_ensemble": we.estimate}, weighted_ensemble=we)

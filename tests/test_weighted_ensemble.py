@@ -154,22 +154,27 @@ def test_best_weighs_the_ensemble_against_picking_one_both_nested(shift, report)
         expected[held] = torch.log_softmax(log_proba[one][held] / fits[one][1], 1)
     torch.testing.assert_close(r.weighted_ensemble.pick_one.log_proba, expected, rtol=1e-5, atol=1e-6)
     usual = min(OTHERS, key=lambda s: r.estimate[s].rank_key())
+    assert r.weighted_ensemble.one == usual
     assert r.best == (WEIGHTED_ENSEMBLE if r.weighted_ensemble.estimate.loss < r.weighted_ensemble.pick_one.loss
                       else usual)
 
 
 @pytest.mark.parametrize("better", [True, False])
-def test_best_is_the_ensemble_exactly_when_it_measured_better(better):
+def test_best_is_the_ensemble_exactly_when_it_measured_better_else_the_rule_it_measured_against(better):
     def est(loss):
         return Estimate(0.5, 0.1, (0.5,), torch.ones(4, dtype=torch.bool), loss)
-    estimate = {"scratch": est(0.7), "naive": est(0.6), WEIGHTED_ENSEMBLE: est(0.65)}
+    # "ensemble" (mmd + scratch) has the lowest loss of all: report.best's usual ranking would ship it
+    estimate = {"scratch": est(0.7), "naive": est(0.6), "ensemble": est(0.55), WEIGHTED_ENSEMBLE: est(0.65)}
     we = WeightedEnsemble(("naive", "scratch"), (0.5, 0.5), (1.0, 1.0), estimate[WEIGHTED_ENSEMBLE],
-                          est(0.8 if better else 0.6), ())
+                          est(0.8 if better else 0.6), (), one="naive")
     r = ComparisonReport(accuracy={}, embedding_mmd2={}, seconds={}, skipped={}, models={}, histories={}, config={},
                          estimate=estimate, weighted_ensemble=we)
-    assert r.best == (WEIGHTED_ENSEMBLE if better else "naive")  # not by its own loss against the singles' (0.65)
+    # not by its own loss against the singles' (0.65); and where picking one won, what that rule picked
+    assert r.best == (WEIGHTED_ENSEMBLE if better else "naive")
     if better:
         assert "The model to ship: weighted_ensemble (naive 0.50, scratch 0.50)" in r.explain()
+    else:
+        assert "picking one strategy (0.600) beats weighting them (0.650;" in r.explain()
 
 
 def test_skipped_with_why_without_folds_or_with_one_other_strategy(shift):

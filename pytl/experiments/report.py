@@ -91,15 +91,16 @@ class ComparisonReport:
         pessimistic estimate: so the former is picked over the best fine-tuned strategy only when it is
         significantly more accurate on the same labels (paired sign test, 5%). "weighted_ensemble" is
         shipped instead where its nested estimate beats that of picking one strategy, nested the same way
-        (``weighted_ensemble.better``). Without target labels: the highest label-free score of ``criterion``.
+        (``weighted_ensemble.better``), and where it does not, the strategy that rule picks
+        (``weighted_ensemble.one``). Without target labels: the highest label-free score of ``criterion``.
         None when neither exists."""
         if not self.estimate:
             if not self.label_free or self.criterion is None:
                 return None
             ranked = [s for s in STRATEGIES if s in self.label_free]
             return max(ranked, key=lambda s: self.label_free[s][self.criterion])  # type: ignore[index]
-        if self.weighted_ensemble is not None and self.weighted_ensemble.better:
-            return WEIGHTED_ENSEMBLE
+        if self.weighted_ensemble is not None:  # the rule whose nested estimate won
+            return WEIGHTED_ENSEMBLE if self.weighted_ensemble.better else self.weighted_ensemble.one
         ranked = [s for s in STRATEGIES if s in self.estimate and s != WEIGHTED_ENSEMBLE]
         ranked.sort(key=lambda s: (*self.estimate[s].rank_key(), STRATEGIES.index(s)))
         top = ranked[0]
@@ -204,7 +205,10 @@ class ComparisonReport:
                      f"same way ({we.pick_one.loss:.3f}); report.best_model is it, its members trained on all "
                      f"{we.estimate.correct.numel()} target labels.")
         elif self.best is not None:
-            e = self.estimate[self.best]
+            e, we = self.estimate[self.best], self.weighted_ensemble
+            if we is not None:
+                text += (f" Nested cross-validation says picking one strategy ({we.pick_one.loss:.3f}) beats weighting "
+                         f"them ({we.estimate.loss:.3f}; calibrated held-out cross-entropy).")
             text += (f" The strategy to ship: {self.best} (best cross-validated estimate: calibrated held-out "
                      f"cross-entropy {e.loss:.3f}, accuracy {100 * e.mean:.1f}% ± {100 * e.std:.1f} over {len(e.folds)} folds); "
                      f"report.best_model is it, trained on all {e.correct.numel()} target labels.")
