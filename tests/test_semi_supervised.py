@@ -4,6 +4,8 @@ a fold's labels never reach the stage 1 of the models that score them."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,45 @@ def test_resume_of_a_semi_supervised_stage_one_is_bit_identical(shift, tmp_path,
     for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.history == straight.history
+
+
+@pytest.fixture(scope="module")
+def warm_folds(shift):
+    """ssl_cmmd alone, cross-validated with ssl_fold_epochs=2 and a λ grid each fold chooses from."""
+    return compare_strategies(**shift.as_dict(), folds=3, seed=0, strategies=["scratch", "ssl_cmmd"],
+                              lambda_cmmd=[0.1, 3.0], ssl_fold_epochs=2, **{**TINY, "align_epochs": 6})
+
+
+def test_ssl_fold_epochs_starts_each_fold_from_its_unsupervised_model_at_the_folds_own_lambda(shift, warm_folds):
+    """Each fold's prediction equals a by-hand run: from "cmmd_only" at the λ that fold chose without its labels
+    (trained for the folds although not requested), 2 semi-supervised epochs on the other folds' labels, then
+    fine-tuning."""
+    r = warm_folds
+    search = r.lambdas["cmmd"]
+    assert "cmmd_only" not in r.models and len(search.fold_choices) == 3
+    xl, yl = (torch.as_tensor(v) for v in shift.target_labeled)
+    for held, lam in zip(stratified_folds(yl, 3, 0), search.fold_choices):
+        train = torch.ones(len(yl), dtype=torch.bool)
+        train[held] = False
+        t = TwoStageTrainer(copy.deepcopy(search.models[lam]), lambda_align=lam, alignment="cmmd", semi_supervised=True,
+                            seed=0, num_classes=2, device="cpu", **{**TINY, "align_epochs": 2})
+        t.fit(shift.source, shift.target_unlabeled, (xl[train], yl[train]))
+        with torch.no_grad(), pytl.train.eval_mode(t.model):
+            expected = torch.log_softmax(t.model(xl[held].float()).double(), 1)
+        torch.testing.assert_close(r.estimate["ssl_cmmd"].log_proba[held], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ssl_fold_epochs_changes_the_estimate_not_the_shipped_model(shift):
+    exact, warm = (compare_strategies(**shift.as_dict(), folds=3, seed=0, strategies=["scratch", "ssl_cmmd"],
+                                      ssl_fold_epochs=k, **{**TINY, "align_epochs": 6}) for k in (None, 2))
+    x = shift.target_test[0]
+    np.testing.assert_array_equal(exact.predict_proba("ssl_cmmd", x), warm.predict_proba("ssl_cmmd", x))
+    assert not torch.equal(exact.estimate["ssl_cmmd"].log_proba, warm.estimate["ssl_cmmd"].log_proba)
+    assert exact.config["ssl_fold_epochs"] is None and warm.config["ssl_fold_epochs"] == 2
+
+
+@pytest.mark.parametrize("value, error, words", [(0, ValueError, "ssl_fold_epochs must be None or an int >= 1"),
+                                                 (2.5, TypeError, "ssl_fold_epochs must be None or an int")])
+def test_ssl_fold_epochs_is_checked(shift, value, error, words):
+    with pytest.raises(error, match=words):
+        compare_strategies(**shift.as_dict(), folds=3, strategies=["ssl_mmd"], ssl_fold_epochs=value, **TINY)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._checks import check_int
+from pytl._checks import check_int, check_optional_int
 from pytl.experiments.comparison_data import (
     LOADER_ROWS,
     ComparisonData,
@@ -137,6 +137,7 @@ def compare_strategies(
     probe = TwoStageTrainer(None, lambda_align=max(grids["mmd"]), **common, **{k: cfg[k] for k in POLICIES})
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
+    cfg["ssl_fold_epochs"] = check_optional_int(cfg["ssl_fold_epochs"], "ssl_fold_epochs", 1)
     base = initial_model(model, data.source, data.target_unlabeled, data.num_classes, cfg, seed).to(device)
     # ...and its checks of the model against the data (classes, feature shape, embed/head for MMD).
     probe.model = copy.deepcopy(base)
@@ -163,7 +164,7 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                       seed: int, device: torch.device) -> ComparisonReport:
     """The runs (stage 1, cross-validation, stage 2 on every label) and the report of a checked comparison."""
     runs = Runs(base, data, common, cfg, source_val)
-    runs.stage1(wanted)
+    runs.stage1(wanted, cross_validating=fold_index is not None)
     estimate: dict[str, Estimate] = {}
     t0 = time.perf_counter()
     if fold_index is not None:

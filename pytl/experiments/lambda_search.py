@@ -70,7 +70,9 @@ class LambdaSearch:
     minus the calibrated cross-entropy on the target labels, or a label-free criterion's score); noise:
     λ → the standard error of that score (labels only; None for a label-free criterion); chosen: the λ
     whose stage-1 model the strategies use; by: what scored them; fold_choices: under cross-validation, the
-    λ each fold chose without its own labels."""
+    λ each fold chose without its own labels. finetune_scores, finetune_noise, finetune_chosen,
+    finetune_fold_choices: the same for the fine-tuned strategy "<alignment>" where cross-validation scored every
+    λ's stage-1 model fine-tuned (None and () otherwise: it starts from ``chosen``'s)."""
 
     alignment: str
     option: str
@@ -82,6 +84,10 @@ class LambdaSearch:
     fold_choices: tuple[float, ...] = ()
     seconds: float = 0.0
     models: dict[float, nn.Module] = field(default_factory=dict, repr=False)
+    finetune_scores: dict[float, float] | None = None
+    finetune_noise: dict[float, float] | None = None
+    finetune_chosen: float | None = None
+    finetune_fold_choices: tuple[float, ...] = ()
 
     def table(self) -> str:
         """One row per λ: its score (± noise), the chosen one marked."""
@@ -93,6 +99,13 @@ class LambdaSearch:
         if self.fold_choices:
             lines.append(f"each cross-validation fold, without its labels, chose: "
                          f"{', '.join(f'{v:g}' for v in self.fold_choices)}")
+        if self.finetune_scores is not None and self.finetune_noise is not None:
+            lines.append(f"fine-tuned {self.alignment}: each λ's stage-1 model fine-tuned per fold, scored by the held-out "
+                         "target labels (calibrated cross-entropy, negated)")
+            for lam in self.grid:
+                mark = "  <- chosen" if lam == self.finetune_chosen else ""
+                lines.append(f"{lam:>10g}  {self.finetune_scores[lam]:>10.4g} ± {self.finetune_noise[lam]:.3g}{mark}")
+            lines.append(f"each fold, without its labels, chose: {', '.join(f'{v:g}' for v in self.finetune_fold_choices)}")
         if self.chosen in (self.grid[0], self.grid[-1]) and len(self.grid) > 1:
             lines.append("the chosen λ is at the edge of the grid: the best may lie beyond it")
         return "\n".join(lines)
@@ -101,8 +114,10 @@ class LambdaSearch:
         """One line for the comparison table."""
         edge = " (edge of the grid)" if self.chosen in (self.grid[0], self.grid[-1]) and len(self.grid) > 1 else ""
         folds = f"; folds chose {', '.join(f'{v:g}' for v in self.fold_choices)}" if self.fold_choices else ""
+        tuned = ("" if self.finetune_chosen is None else
+                 f"; fine-tuned {self.alignment}: {self.finetune_chosen:g}, by cross-validated fine-tuning")
         return (f"{self.option}: {self.chosen:g} chosen from {', '.join(f'{v:g}' for v in self.grid)} by "
-                f"{self.by}{edge}{folds}")
+                f"{self.by}{edge}{folds}{tuned}")
 
 
 def pick(scores: Mapping[float, float]) -> float:

@@ -45,18 +45,21 @@ class Runs:
         self.seconds: dict[str, float] = {}
         self.searches: dict[str, LambdaSearch] = {}
         self.label_log_proba: dict[str, dict[float, Tensor]] = {}  # alignment → λ → log p of the target labels
+        self.lambda_histories: dict[str, dict[float, dict[str, list]]] = {}  # alignment → λ → its stage 1's history
         self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
         #: each alignment's λ values: one number, or the grid stage 1 searches
         self.grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}
 
-    def stage1(self, wanted: Sequence[str]) -> None:
+    def stage1(self, wanted: Sequence[str], cross_validating: bool = False) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
-        weights and the same seed: the order of the runs changes nothing)."""
+        weights and the same seed: the order of the runs changes nothing). ``cross_validating`` with
+        ``ssl_fold_epochs``: "ssl_<a>"'s folds start from "<a>_only", trained here for them."""
         wanted = set(wanted)
+        warm = cross_validating and self.cfg["ssl_fold_epochs"] is not None
         if wanted & {"source_only", "naive"}:
             self.align("source_only", 0.0)
         for a, option in ALIGNED.items():
-            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
+            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted) or (warm and f"ssl_{a}" in wanted):
                 grid = self.grids[a]
                 if len(grid) == 1:
                     self.align(f"{a}_only", grid[0], alignment=a)
@@ -71,6 +74,7 @@ class Runs:
         for lam in grid:
             self.align(name, lam, alignment=alignment, label=f"{name} λ={lam:g}: ")
             models[lam], histories[lam] = self.models[name], self.histories[name]
+        self.lambda_histories[alignment] = histories
         noise = None
         if self.data.labeled is not None:
             xl, yl = self.data.labeled
@@ -88,11 +92,15 @@ class Runs:
                                                 seconds=self.seconds[name], models=models)
 
     def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "",
-               starts: dict[str, nn.Module] | None = None) -> dict[str, nn.Module]:
+               starts: dict[str, nn.Module] | None = None,
+               lambdas: dict[str, float] | None = None) -> dict[str, nn.Module]:
         """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
-        ``label`` names a cross-validation fold. ``starts``: stage-1 models to start from instead of the
-        shared ones (a fold's own choice of λ)."""
+        ``label`` names a cross-validation fold. ``starts``: strategy → the stage-1 model it starts from instead
+        of the shared one, ``lambdas``: strategy → its λ (a fold's own choices). On every label, a fine-tuned
+        strategy whose λ was chosen by cross-validated fine-tuning starts from that λ's stage-1 model."""
         wanted = set(wanted)
+        if not label:
+            starts = {a: s.models[s.finetune_chosen] for a, s in self.searches.items() if s.finetune_chosen is not None}
         needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
         out: dict[str, nn.Module] = {}
         for s in FINETUNED:
@@ -100,7 +108,8 @@ class Runs:
                 out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts or {})
         for s, a in SEMI_SUPERVISED.items():  # stage 1 on these labels too: trained here, per fold under CV
             if s in wanted:
-                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label)
+                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, starts=starts or {},
+                                              lambdas=lambdas or {})
         if "ensemble" in wanted:
             out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
             if not label:
@@ -111,8 +120,10 @@ class Runs:
     def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
         """Each label-using strategy trained once per fold without that fold's labels and scored on it;
         each label-free strategy's one model scored on every label. Where λ was searched, each fold chooses
-        its λ from the other folds' labels: its "<alignment>_only" predictions and its fine-tuned models
-        come from that λ's stage-1 model, so the held-out labels never choose what they score."""
+        λ from the other folds' labels, so the held-out labels never choose what they score: "<alignment>_only"
+        and "ssl_<alignment>" by the stage-1 models' predictions of them; the fine-tuned "<alignment>" by
+        cross-validated fine-tuning (``_finetuned_lambdas``): the λ whose stage-1 model predicts the labels best
+        is not the λ whose fine-tuned model does (benchmarks/OUTCOMES.md)."""
         xl, yl = self.data.labeled  # type: ignore[misc]
         logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
                 for s in STRATEGIES if s in wanted}
@@ -120,24 +131,60 @@ class Runs:
             if s in logp:
                 logp[s] = log_proba(self.models[s], xl)
         choices: dict[str, list[float]] = {a: [] for a in self.label_log_proba}
+        tuned = [a for a in self.label_log_proba if a in wanted or (a == "mmd" and "ensemble" in wanted)]
+        per_lambda = {a: {lam: torch.zeros_like(next(iter(logp.values()))) for lam in self.searches[a].models}
+                      for a in tuned}
+        later = {"ensemble"} if "mmd" in tuned else set()  # the ensemble of the fold's own mmd, after the λ choice
+        rest = [s for s in wanted if s not in tuned and s not in later] + (["scratch"] if later & set(wanted) else [])
+        scratch = torch.zeros_like(next(iter(logp.values())))
         for k, held in enumerate(folds):
             train = torch.ones(yl.shape[0], dtype=torch.bool)
             train[held] = False
-            starts = {}
+            starts, lambdas = {}, {}
             for a, by_lambda in self.label_log_proba.items():
                 lam = pick(by_labels(by_lambda, yl, rows=train)[0])
                 choices[a].append(lam)
-                starts[f"{a}_only"] = self.searches[a].models[lam]
+                starts[f"ssl_{a}"], lambdas[f"ssl_{a}"] = self.searches[a].models[lam], lam
                 if f"{a}_only" in logp:
                     logp[f"{a}_only"][held] = by_lambda[lam][held]
-            fold_models = self.stage2(wanted, (xl[train], yl[train]), label=f"fold {k + 1}/{len(folds)} ",
-                                      starts=starts)
+            label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
+            fold_models = self.stage2(rest, labeled, label=label, starts=starts, lambdas=lambdas)
             for s, m in fold_models.items():
                 if s in logp:
                     logp[s][held] = log_proba(m, xl[held])
+            if "scratch" in fold_models:
+                scratch[held] = log_proba(fold_models["scratch"], xl[held])
+            for a in tuned:  # every λ's stage-1 model fine-tuned on the fold's labels
+                for lam, m in self.searches[a].models.items():
+                    ft = self.finetune(a, labeled, keep=False, label=f"{label}λ={lam:g} ", starts={a: m})
+                    per_lambda[a][lam][held] = log_proba(ft, xl[held])
         for a, lams in choices.items():
             self.searches[a].fold_choices = tuple(lams)
+        for a in tuned:
+            chosen = self._finetuned_lambdas(a, per_lambda[a], yl, folds)
+            if a in logp:
+                logp[a] = chosen
+            if a == "mmd" and "ensemble" in logp:  # as EnsembleModel: log of the mean probability
+                mean = (chosen.exp() + scratch.exp()) / 2
+                logp["ensemble"] = torch.log_softmax(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), 1)
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
+
+    def _finetuned_lambdas(self, alignment: str, per_lambda: dict[float, Tensor], y: Tensor,
+                           folds: list[Tensor]) -> Tensor:
+        """λ of the fine-tuned strategy from the held-out predictions of every λ's fine-tuned fold models: the
+        shipped model's from every label (recorded in its LambdaSearch), each fold's from the other folds' rows
+        (as weighted_ensemble's picking one is nested); returns the held-out predictions those choices make."""
+        search = self.searches[alignment]
+        search.finetune_scores, search.finetune_noise = by_labels(per_lambda, y)
+        search.finetune_chosen = pick(search.finetune_scores)
+        out, lams = torch.zeros_like(next(iter(per_lambda.values()))), []
+        for held in folds:
+            train = torch.ones(y.shape[0], dtype=torch.bool)
+            train[held] = False
+            lams.append(pick(by_labels(per_lambda, y, rows=train)[0]))
+            out[held] = per_lambda[lams[-1]][held]
+        search.finetune_fold_choices = tuple(lams)
+        return out
 
     def align(self, name: str, lam: float, alignment: str = "mmd", label: str | None = None) -> None:
         """Stage 1 from the initial weights: source labels, plus λ·alignment (pytl.train.alignments) toward the
@@ -157,17 +204,29 @@ class Runs:
         self.seconds[name] = time.perf_counter() - t0
 
     def semi_supervised(self, name: str, alignment: str, labeled: tuple[Tensor, Tensor], keep: bool,
-                        label: str) -> nn.Module:
+                        label: str, starts: dict[str, nn.Module], lambdas: dict[str, float]) -> nn.Module:
         """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
         unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
-        a grid the λ its unsupervised search chose (the alignment's default when none ran)."""
+        a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``; the alignment's default
+        when no search ran).
+
+        A cross-validation fold (``label`` names it) with ``ssl_fold_epochs`` = k: stage 1 starts from
+        "<alignment>_only" (the fold's λ's, in ``starts``), which never saw a target label, and trains k epochs
+        instead of ``align_epochs`` from the initial weights: the per-fold stage 1 is what makes the
+        semi-supervised strategies' cross-validation expensive (benchmarks/OUTCOMES.md: cost and ranking)."""
         t0 = time.perf_counter()
         grid = self.grids[alignment]
         search = self.searches.get(alignment)
         lam = grid[0] if len(grid) == 1 else search.chosen if search else ALIGNMENTS[alignment].lambda_default
-        trainer = TwoStageTrainer(copy.deepcopy(self.base), lambda_align=lam, alignment=alignment, semi_supervised=True,
-                                  align_policy=copy.deepcopy(self.cfg["align_policy"]),
-                                  finetune_policy=copy.deepcopy(self.cfg["finetune_policy"]), **self.common)
+        lam = lambdas.get(name, lam)
+        init, epochs = self.base, self.cfg["align_epochs"]
+        if label and self.cfg["ssl_fold_epochs"] is not None:
+            init = starts.get(name, self.models[f"{alignment}_only"])
+            epochs = self.cfg["ssl_fold_epochs"]
+        trainer = TwoStageTrainer(copy.deepcopy(init), lambda_align=lam, alignment=alignment, semi_supervised=True,
+                                  **{**self.common, "align_epochs": epochs,
+                                     "align_policy": copy.deepcopy(self.cfg["align_policy"]),
+                                     "finetune_policy": copy.deepcopy(self.cfg["finetune_policy"])})
         trainer.state.label = f"{label}{name}: "
         with _data_warnings_shown_once():
             trainer.fit(self.data.source, self.data.target_unlabeled, labeled)
@@ -184,7 +243,7 @@ class Runs:
         start = FINETUNED[name]
         scratch = name == "scratch"
         policy: FreezingPolicy | None = None if scratch else self.cfg["finetune_policy"]
-        init = self.base if scratch else starts.get(start, self.models[start])
+        init = self.base if scratch else starts.get(name, self.models[start])
         trainer = TwoStageTrainer(copy.deepcopy(init),
                                   **{**self.common, "lambda_align": 0.0, "finetune_policy": copy.deepcopy(policy),
                                      "finetune_epochs": self.cfg["scratch_epochs" if scratch else "finetune_epochs"]})
@@ -192,9 +251,11 @@ class Runs:
         with _data_warnings_shown_once():
             trainer.finetune(labeled)
         if keep:
+            search = self.searches.get(name)
+            first = (self.lambda_histories[name][search.finetune_chosen]
+                     if search is not None and search.finetune_chosen is not None else self.histories.get(start, {}))
             self.models[name] = trainer.model
-            self.histories[name] = {"align": self.histories.get(start, {}).get("align", []),
-                                    "finetune": trainer.history["finetune"]}
+            self.histories[name] = {"align": first.get("align", []), "finetune": trainer.history["finetune"]}
             self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
         return trainer.model
 
