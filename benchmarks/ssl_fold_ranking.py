@@ -5,7 +5,7 @@
 
 Cross-validating "ssl_<a>" exactly trains each fold's stage 1 from the initial weights (``align_epochs``), so
 the five semi-supervised strategies cost five stage-1 runs per fold: most of a comparison's time. With
-``ssl_fold_epochs=k`` each fold's stage 1 starts from "<a>_only" (which never saw a target label) and trains k
+``ssl_fold_epochs=k`` each fold's stage 1 starts from "source_only" (which never saw a target label) and trains k
 epochs. The shipped models are the same either way; only their estimates change. For each saved exact run
 (same pair, seed and settings) this reruns the five semi-supervised strategies with k, puts their estimates in
 place of the exact ones and reports:

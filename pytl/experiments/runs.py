@@ -53,13 +53,13 @@ class Runs:
     def stage1(self, wanted: Sequence[str], cross_validating: bool = False) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
         weights and the same seed: the order of the runs changes nothing). ``cross_validating`` with
-        ``ssl_fold_epochs``: "ssl_<a>"'s folds start from "<a>_only", trained here for them."""
+        ``ssl_fold_epochs``: the semi-supervised strategies' folds start from "source_only", trained here for them."""
         wanted = set(wanted)
-        warm = cross_validating and self.cfg["ssl_fold_epochs"] is not None
-        if wanted & {"source_only", "naive"}:
+        warm = cross_validating and self.cfg["ssl_fold_epochs"] is not None and bool(wanted & set(SEMI_SUPERVISED))
+        if wanted & {"source_only", "naive"} or warm:
             self.align("source_only", 0.0)
         for a, option in ALIGNED.items():
-            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted) or (warm and f"ssl_{a}" in wanted):
+            if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
                 grid = self.grids[a]
                 if len(grid) == 1:
                     self.align(f"{a}_only", grid[0], alignment=a)
@@ -92,24 +92,22 @@ class Runs:
                                                 seconds=self.seconds[name], models=models)
 
     def stage2(self, wanted: Sequence[str], labeled: tuple[Tensor, Tensor], label: str = "",
-               starts: dict[str, nn.Module] | None = None,
                lambdas: dict[str, float] | None = None) -> dict[str, nn.Module]:
         """The strategies that train on ``labeled`` (and the ensemble); kept as the report's models unless
-        ``label`` names a cross-validation fold. ``starts``: strategy → the stage-1 model it starts from instead
-        of the shared one, ``lambdas``: strategy → its λ (a fold's own choices). On every label, a fine-tuned
-        strategy whose λ was chosen by cross-validated fine-tuning starts from that λ's stage-1 model."""
+        ``label`` names a cross-validation fold. ``lambdas``: strategy → its λ (a fold's own choices). On every
+        label, a fine-tuned strategy whose λ was chosen by cross-validated fine-tuning starts from that λ's
+        stage-1 model."""
         wanted = set(wanted)
-        if not label:
-            starts = {a: s.models[s.finetune_chosen] for a, s in self.searches.items() if s.finetune_chosen is not None}
+        starts = {} if label else {a: s.models[s.finetune_chosen] for a, s in self.searches.items()
+                                   if s.finetune_chosen is not None}
         needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
         out: dict[str, nn.Module] = {}
         for s in FINETUNED:
             if s in needs:
-                out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts or {})
+                out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts)
         for s, a in SEMI_SUPERVISED.items():  # stage 1 on these labels too: trained here, per fold under CV
             if s in wanted:
-                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, starts=starts or {},
-                                              lambdas=lambdas or {})
+                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, lambdas=lambdas or {})
         if "ensemble" in wanted:
             out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
             if not label:
@@ -140,15 +138,15 @@ class Runs:
         for k, held in enumerate(folds):
             train = torch.ones(yl.shape[0], dtype=torch.bool)
             train[held] = False
-            starts, lambdas = {}, {}
+            lambdas = {}
             for a, by_lambda in self.label_log_proba.items():
                 lam = pick(by_labels(by_lambda, yl, rows=train)[0])
                 choices[a].append(lam)
-                starts[f"ssl_{a}"], lambdas[f"ssl_{a}"] = self.searches[a].models[lam], lam
+                lambdas[f"ssl_{a}"] = lam
                 if f"{a}_only" in logp:
                     logp[f"{a}_only"][held] = by_lambda[lam][held]
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
-            fold_models = self.stage2(rest, labeled, label=label, starts=starts, lambdas=lambdas)
+            fold_models = self.stage2(rest, labeled, label=label, lambdas=lambdas)
             for s, m in fold_models.items():
                 if s in logp:
                     logp[s][held] = log_proba(m, xl[held])
@@ -204,16 +202,17 @@ class Runs:
         self.seconds[name] = time.perf_counter() - t0
 
     def semi_supervised(self, name: str, alignment: str, labeled: tuple[Tensor, Tensor], keep: bool,
-                        label: str, starts: dict[str, nn.Module], lambdas: dict[str, float]) -> nn.Module:
+                        label: str, lambdas: dict[str, float]) -> nn.Module:
         """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
         unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
         a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``; the alignment's default
         when no search ran).
 
         A cross-validation fold (``label`` names it) with ``ssl_fold_epochs`` = k: stage 1 starts from
-        "<alignment>_only" (the fold's λ's, in ``starts``), which never saw a target label, and trains k epochs
-        instead of ``align_epochs`` from the initial weights: the per-fold stage 1 is what makes the
-        semi-supervised strategies' cross-validation expensive (benchmarks/OUTCOMES.md: cost and ranking)."""
+        "source_only", which never saw a target label, and trains k epochs instead of ``align_epochs`` from the
+        initial weights: the per-fold stage 1 is what makes the semi-supervised strategies' cross-validation
+        expensive. Not from "<alignment>_only": where the unsupervised alignment had gone wrong, k epochs did not
+        undo it and the estimates misranked (benchmarks/OUTCOMES.md: cost and ranking)."""
         t0 = time.perf_counter()
         grid = self.grids[alignment]
         search = self.searches.get(alignment)
@@ -221,7 +220,7 @@ class Runs:
         lam = lambdas.get(name, lam)
         init, epochs = self.base, self.cfg["align_epochs"]
         if label and self.cfg["ssl_fold_epochs"] is not None:
-            init = starts.get(name, self.models[f"{alignment}_only"])
+            init = self.models["source_only"]
             epochs = self.cfg["ssl_fold_epochs"]
         trainer = TwoStageTrainer(copy.deepcopy(init), lambda_align=lam, alignment=alignment, semi_supervised=True,
                                   **{**self.common, "align_epochs": epochs,

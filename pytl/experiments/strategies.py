@@ -92,7 +92,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "device": "cpu",               # the trainer's None means "where the model lives"; a comparison's model is new
     "progress": "auto",            # a bar per training run when someone watches (a terminal, a notebook)
     "scratch_epochs": None,        # None: finetune_epochs, the target-label budget of the transfer strategies
-    # cross-validating "ssl_<a>": each fold's stage 1 starts from "<a>_only" and trains this many epochs (None:
+    # cross-validating "ssl_<a>": each fold's stage 1 starts from "source_only" and trains this many epochs (None:
     # align_epochs from the initial weights, as the shipped model; the cost and the ranking: benchmarks/OUTCOMES.md)
     "ssl_fold_epochs": None,
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
