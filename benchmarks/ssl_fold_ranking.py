@@ -106,7 +106,8 @@ def check(path: str, features: str, fold_epochs: int, threads: int) -> dict:
     first_ssl = (min(rank_exact.index(s) for s in ssl) + 1, min(rank_cheap.index(s) for s in ssl) + 1)
     return {"run": stem, "cv_exact": FOLDS * sum(r.seconds[s] for s in ssl), "cv_cheap": r.cv_seconds,
             "seconds": seconds, "loss": loss, "tau": kendall_tau(rank_exact, rank_cheap), "first_ssl": first_ssl,
-            "best": (best_exact, best_cheap), "best_test": (acc_exact, acc_cheap), "top": (rank_exact[0], rank_cheap[0])}
+            "best": (best_exact, best_cheap), "best_test": (acc_exact, acc_cheap),
+            "top": (rank_exact[0], rank_cheap[0])}
 
 
 def main(argv=None) -> int:
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
         same = "same" if c["best"] == (c["best"][0],) * 2 and c["best_test"][0] == c["best_test"][1] else "changed"
         print(f"| {c['run']} | {c['cv_exact']:.0f} → {c['cv_cheap']:.0f} | {losses} | {c['tau']:.2f} | "
               f"{c['first_ssl'][0]} → {c['first_ssl'][1]} | {c['top'][0]} → {c['top'][1]} | "
-              f"{c['best'][0]} → {c['best'][1]} ({same}) | {100 * c['best_test'][0]:.1f} → {100 * c['best_test'][1]:.1f} |",
+              f"{c['best'][0]} → {c['best'][1]} ({same}) | "
+              f"{100 * c['best_test'][0]:.1f} → {100 * c['best_test'][1]:.1f} |",
               flush=True)
     return 0
 

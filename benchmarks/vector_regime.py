@@ -84,13 +84,16 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
                     "test_proba": {s: torch.as_tensor(r.predict_proba(s, xt)) for s in r.models},
                     "labeled_y": torch.as_tensor(data["target_labeled"][1]) if labels else None,
                     "cv_log_proba": {s: e.log_proba for s, e in r.estimate.items()},
-                    "seconds": r.seconds, "cv_seconds": r.cv_seconds},
+                    "seconds": r.seconds, "cv_seconds": r.cv_seconds,
+                    "lambdas": {a: (s.chosen, s.finetune_chosen) for a, s in r.lambdas.items()}},
                    os.path.join(save, f"{features}_{name}_{'auto' if auto else 'fixed'}_{seed}.pt"))
     unsup = [s for s in UNSUPERVISED if s in acc]
     best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
     return {"acc": acc, "best": r.best, "best_gap": acc[r.best] - top, "unsup": best_unsup,
-            "gain": acc[best_unsup] - acc["source_only"] if best_unsup else float("nan"), "lambdas": {a: s.chosen for a, s in r.lambdas.items()},
+            "gain": acc[best_unsup] - acc["source_only"] if best_unsup else float("nan"),
+            "lambdas": {a: s.chosen if s.finetune_chosen is None else (s.chosen, s.finetune_chosen)
+                        for a, s in r.lambdas.items()},
             "seconds": time.perf_counter() - t0, "features_dim": data["source"][0].shape[1]}
 
 

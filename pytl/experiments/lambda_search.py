@@ -100,12 +100,13 @@ class LambdaSearch:
             lines.append(f"each cross-validation fold, without its labels, chose: "
                          f"{', '.join(f'{v:g}' for v in self.fold_choices)}")
         if self.finetune_scores is not None and self.finetune_noise is not None:
-            lines.append(f"fine-tuned {self.alignment}: each λ's stage-1 model fine-tuned per fold, scored by the held-out "
-                         "target labels (calibrated cross-entropy, negated)")
+            lines.append(f"fine-tuned {self.alignment}: each λ's stage-1 model fine-tuned per fold, scored by the "
+                         "held-out target labels (calibrated cross-entropy, negated)")
             for lam in self.grid:
                 mark = "  <- chosen" if lam == self.finetune_chosen else ""
                 lines.append(f"{lam:>10g}  {self.finetune_scores[lam]:>10.4g} ± {self.finetune_noise[lam]:.3g}{mark}")
-            lines.append(f"each fold, without its labels, chose: {', '.join(f'{v:g}' for v in self.finetune_fold_choices)}")
+            chosen = ", ".join(f"{v:g}" for v in self.finetune_fold_choices)
+            lines.append(f"each fold, without its labels, chose: {chosen}")
         if self.chosen in (self.grid[0], self.grid[-1]) and len(self.grid) > 1:
             lines.append("the chosen λ is at the edge of the grid: the best may lie beyond it")
         return "\n".join(lines)

@@ -45,7 +45,7 @@ class Runs:
         self.seconds: dict[str, float] = {}
         self.searches: dict[str, LambdaSearch] = {}
         self.label_log_proba: dict[str, dict[float, Tensor]] = {}  # alignment → λ → log p of the target labels
-        self.lambda_histories: dict[str, dict[float, dict[str, list]]] = {}  # alignment → λ → its stage 1's history
+        self.lambda_histories: dict[str, dict[float, dict[str, list]]] = {}  # alignment → λ → stage 1's history
         self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
         #: each alignment's λ values: one number, or the grid stage 1 searches
         self.grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}
