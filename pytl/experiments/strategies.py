@@ -93,7 +93,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "progress": "auto",            # a bar per training run when someone watches (a terminal, a notebook)
     "scratch_epochs": None,        # None: finetune_epochs, the target-label budget of the transfer strategies
     # cross-validating "ssl_<a>": each fold's stage 1 starts from "source_only" and trains this many epochs (None:
-    # align_epochs from the initial weights, as the shipped model: the short folds misranked on pixels, OUTCOMES.md)
+    # align_epochs from the initial weights, as the shipped model: short folds misranked 3 of 12 runs, OUTCOMES.md)
     "ssl_fold_epochs": None,
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
     # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
