@@ -7,7 +7,8 @@ vector_regime.py builds them), every criterion of pytl.validation scored on the 
 
 For each pair and seed it reports the target test accuracy of every λ's stage-1 model, and for each
 criterion (and for the target labels' calibrated cross-entropy, the with-labels rule of "auto") the λ it
-picks and how many points that model is below the grid's best. ``select_lambda`` does the training; its
+picks and how many points that model is below the grid's best; and the same for no choice at all (the
+fixed default λ, which the grid holds), the baseline any rule must beat. ``select_lambda`` does the training; its
 models are scored by every criterion, so the comparison is on identical models.
 """
 
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 
 import pytl  # noqa: E402
 from pytl.experiments.lambda_search import by_labels, lambda_grid, pick  # noqa: E402
+from pytl.train.alignments import ALIGNMENTS  # noqa: E402
 from pytl.validation import CRITERIA  # noqa: E402
 from real_pairs import PAIR_NAMES, load_pair, pair_name  # noqa: E402
 from vector_regime import vectors  # noqa: E402
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--features", choices=("pixels", "embeddings"), default="pixels")
     args = ap.parse_args(argv)
     grid = lambda_grid("mmd", "auto")
-    names = ["labels (calibrated CE)"] + list(CRITERIA)
+    names = ["labels (calibrated CE)"] + list(CRITERIA) + ["fixed (the default λ, no choice)"]
+    default = min(grid, key=lambda lam: abs(lam - ALIGNMENTS["mmd"].lambda_default))  # the grid holds it
     regret: dict[str, list[float]] = {n: [] for n in names}
     print(f"# λ by criterion: stage 1 of mmd, grid {grid}, {args.features}, default MLP and settings\n")
     for name in map(pair_name, args.pairs):
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
                 with torch.no_grad(), pytl.train.eval_mode(m):
                     logp[lam] = torch.log_softmax(m(torch.as_tensor(xl)).double(), 1)
             picks["labels (calibrated CE)"] = pick(by_labels(logp, torch.as_tensor(yl))[0])
+            picks["fixed (the default λ, no choice)"] = default
             best = max(acc.values())
             print(f"## {name}, seed {seed}\n")
             print("| λ | " + " | ".join(f"{lam:g}" for lam in grid) + " |")
