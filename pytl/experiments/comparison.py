@@ -137,7 +137,7 @@ def compare_strategies(
     probe = TwoStageTrainer(None, lambda_align=max(grids["mmd"]), **common, **{k: cfg[k] for k in POLICIES})
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
-    cfg["ssl_fold_epochs"] = check_optional_int(cfg["ssl_fold_epochs"], "ssl_fold_epochs", 1)
+    cfg["ssl_epochs"] = check_optional_int(cfg["ssl_epochs"], "ssl_epochs", 1)
     base = initial_model(model, data.source, data.target_unlabeled, data.num_classes, cfg, seed).to(device)
     # ...and its checks of the model against the data (classes, feature shape, embed/head for MMD).
     probe.model = copy.deepcopy(base)
@@ -164,7 +164,7 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                       seed: int, device: torch.device) -> ComparisonReport:
     """The runs (stage 1, cross-validation, stage 2 on every label) and the report of a checked comparison."""
     runs = Runs(base, data, common, cfg, source_val)
-    runs.stage1(wanted, cross_validating=fold_index is not None)
+    runs.stage1(wanted)
     estimate: dict[str, Estimate] = {}
     t0 = time.perf_counter()
     if fold_index is not None:

@@ -50,12 +50,12 @@ class Runs:
         #: each alignment's λ values: one number, or the grid stage 1 searches
         self.grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}
 
-    def stage1(self, wanted: Sequence[str], cross_validating: bool = False) -> None:
+    def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
-        weights and the same seed: the order of the runs changes nothing). ``cross_validating`` with
-        ``ssl_fold_epochs``: the semi-supervised strategies' folds start from "source_only", trained here for them."""
+        weights and the same seed: the order of the runs changes nothing). With ``ssl_epochs`` the
+        semi-supervised strategies start from "source_only", trained here for them."""
         wanted = set(wanted)
-        warm = cross_validating and self.cfg["ssl_fold_epochs"] is not None and bool(wanted & set(SEMI_SUPERVISED))
+        warm = self.cfg["ssl_epochs"] is not None and bool(wanted & set(SEMI_SUPERVISED))
         if wanted & {"source_only", "naive"} or warm:
             self.align("source_only", 0.0)
         for a, option in ALIGNED.items():
@@ -208,20 +208,19 @@ class Runs:
         a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``; the alignment's default
         when no search ran).
 
-        A cross-validation fold (``label`` names it) with ``ssl_fold_epochs`` = k: stage 1 starts from
-        "source_only", which never saw a target label, and trains k epochs instead of ``align_epochs`` from the
-        initial weights: the per-fold stage 1 is what makes the semi-supervised strategies' cross-validation
-        expensive. Not from "<alignment>_only": where the unsupervised alignment had gone wrong, k epochs did not
-        undo it and the estimates misranked (benchmarks/OUTCOMES.md: cost and ranking)."""
+        With ``ssl_epochs`` = k, stage 1 starts from "source_only", which never saw a target label, and trains k
+        epochs instead of ``align_epochs`` from the initial weights, in the shipped model and in every fold
+        alike: the per-fold stage 1 is what makes the semi-supervised strategies' cross-validation expensive,
+        and the estimate must be of what ships (cheap folds alone, before a full shipped run, misranked 3 of 12
+        real runs: benchmarks/OUTCOMES.md)."""
         t0 = time.perf_counter()
         grid = self.grids[alignment]
         search = self.searches.get(alignment)
         lam = grid[0] if len(grid) == 1 else search.chosen if search else ALIGNMENTS[alignment].lambda_default
         lam = lambdas.get(name, lam)
         init, epochs = self.base, self.cfg["align_epochs"]
-        if label and self.cfg["ssl_fold_epochs"] is not None:
-            init = self.models["source_only"]
-            epochs = self.cfg["ssl_fold_epochs"]
+        if self.cfg["ssl_epochs"] is not None:
+            init, epochs = self.models["source_only"], self.cfg["ssl_epochs"]
         trainer = TwoStageTrainer(copy.deepcopy(init), lambda_align=lam, alignment=alignment, semi_supervised=True,
                                   **{**self.common, "align_epochs": epochs,
                                      "align_policy": copy.deepcopy(self.cfg["align_policy"]),

@@ -92,9 +92,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "device": "cpu",               # the trainer's None means "where the model lives"; a comparison's model is new
     "progress": "auto",            # a bar per training run when someone watches (a terminal, a notebook)
     "scratch_epochs": None,        # None: finetune_epochs, the target-label budget of the transfer strategies
-    # cross-validating "ssl_<a>": each fold's stage 1 starts from "source_only" and trains this many epochs (None:
-    # align_epochs from the initial weights, as the shipped model: short folds misranked 3 of 12 runs, OUTCOMES.md)
-    "ssl_fold_epochs": None,
+    # "ssl_<a>": None, stage 1 of align_epochs from the initial weights; k, from "source_only" for k epochs (cheaper,
+    # in the shipped model and every fold alike; measured in benchmarks/OUTCOMES.md)
+    "ssl_epochs": None,
     # without target labels: the label-free criterion that ranks the strategies (pytl.validation), scored on
     # this fraction of the source held out from training (or a labelled (X, y) source set of your own);
     # "im", as select_lambda's default: the criterion that ranked best in benchmarks/label_free_ranking.py
@@ -142,11 +142,14 @@ def select_strategies(strategies: Any, allowed: Iterable[str] = STRATEGIES) -> t
 def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> str:
     """What ``strategy`` uses, with the budgets of ``config`` filled in (a report's "uses" column), and what
     else shaped it: the fine-tuning policy, source class weights, and, from its ``history``, an early stop."""
+    warm = strategy in SEMI_SUPERVISED and config.get("ssl_epochs") is not None
+    if warm:
+        config = {**config, "align_epochs": config["ssl_epochs"]}
     try:
         text = DESCRIPTIONS[strategy].format(**config)
     except (KeyError, ValueError, IndexError):  # a report built by hand, without its config
         return DESCRIPTIONS[strategy].split(",")[0].split("{")[0].strip()
-    extras = []
+    extras = ["stage 1 started from source_only (ssl_epochs)"] if warm else []
     if strategy in TRANSFER_STRATEGIES and config.get("finetune_policy") is not None:
         extras.append(f"fine-tuning policy {config['finetune_policy']!r}")
     weights = config.get("class_weights")
