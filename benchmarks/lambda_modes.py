@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         for mode in ("fixed", "auto"):
             within[mode].append(picks[mode][1] - top)
         print(f"| {name.replace('_fixed', '')[:-3]} | " + " | ".join(cells) + f" | {lams} | "
-              f"{picks['fixed'][0]} {picks['fixed'][1] - top:+.1f} | {picks['auto'][0]} {picks['auto'][1] - top:+.1f} |")
+              f"{picks['fixed'][0]} {picks['fixed'][1] - top:+.1f} | "
+              f"{picks['auto'][0]} {picks['auto'][1] - top:+.1f} |")
     print("\n| strategy | mean change (points) | worst | best |")
     print("|---|---|---|---|")
     for s, v in changes.items():

@@ -139,8 +139,8 @@ def test_ssl_epochs_starts_from_source_only_in_every_fold_at_its_own_lambda_and_
     for held, lam in zip(stratified_folds(yl, 3, 2), search.fold_choices):
         train = torch.ones(len(yl), dtype=torch.bool)
         train[held] = False
-        torch.testing.assert_close(r.estimate["ssl_cmmd"].log_proba[held], predict(by_hand(shift, lam, train), xl[held]),
-                                   rtol=1e-5, atol=1e-6)
+        expected = predict(by_hand(shift, lam, train), xl[held])
+        torch.testing.assert_close(r.estimate["ssl_cmmd"].log_proba[held], expected, rtol=1e-5, atol=1e-6)
     x = shift.target_test[0]
     shipped = by_hand(shift, search.chosen, torch.ones(len(yl), dtype=torch.bool))
     torch.testing.assert_close(predict(r.models["ssl_cmmd"], x), predict(shipped, x), rtol=1e-5, atol=1e-6)
