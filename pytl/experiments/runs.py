@@ -211,7 +211,7 @@ class Runs:
         With ``ssl_epochs`` = k, stage 1 starts from "source_only", which never saw a target label, and trains k
         epochs instead of ``align_epochs`` from the initial weights, in the shipped model and in every fold
         alike: the per-fold stage 1 is what makes the semi-supervised strategies' cross-validation expensive,
-        and the estimate must be of what ships (cheap folds alone, before a full shipped run, misranked 3 of 12
+        and the estimate must be of what ships (cheap folds alone, before a full shipped run, misranked 3 of 13
         real runs: benchmarks/OUTCOMES.md)."""
         t0 = time.perf_counter()
         grid = self.grids[alignment]
