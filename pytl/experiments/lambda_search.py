@@ -31,7 +31,8 @@ from pytl.experiments.estimate import calibrated_cross_entropy
 from pytl.train import ALIGNMENTS
 from pytl.validation.criteria import CRITERIA
 
-__all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "lambda_grid", "pick"]
+__all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "fold_choices", "lambda_grid",
+           "pick"]
 
 AUTO = "auto"
 #: the "auto" grid of an alignment: its default λ times these (geometric, ratio √10, 0.1× to 10×)
@@ -139,6 +140,20 @@ def by_labels(log_proba: Mapping[float, Tensor], y: Tensor,
         scores[lam] = -loss
         noise[lam] = float(per_row.std() / math.sqrt(per_row.numel())) if per_row.numel() > 1 else math.nan
     return scores, noise
+
+
+def fold_choices(log_proba: Mapping[float, Tensor], y: Tensor, folds: list[Tensor]
+                 ) -> tuple[tuple[float, ...], Tensor]:
+    """Each fold's λ, chosen by ``by_labels`` on the other folds' rows of the held-out predictions ``log_proba``
+    (λ → (N, C)), and the held-out predictions those choices make: the nested choice, so a fold's labels never
+    choose the λ that scores them."""
+    out, lams = torch.zeros_like(next(iter(log_proba.values()))), []
+    for held in folds:
+        train = torch.ones(y.shape[0], dtype=torch.bool)
+        train[held] = False
+        lams.append(pick(by_labels(log_proba, y, rows=train)[0]))
+        out[held] = log_proba[lams[-1]][held]
+    return tuple(lams), out
 
 
 def by_criterion(models: Mapping[float, nn.Module], criterion: str, source_val: Any, target: Any,

@@ -19,7 +19,7 @@ from pytl._checks import DataWarning
 from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
-from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, lambda_grid, pick
+from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, fold_choices, lambda_grid, pick
 from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
 from pytl.train.alignments import ALIGNMENTS
@@ -120,15 +120,18 @@ class Runs:
         each label-free strategy's one model scored on every label. Where λ was searched, each fold chooses
         λ from the other folds' labels, so the held-out labels never choose what they score: "<alignment>_only"
         and "ssl_<alignment>" by the stage-1 models' predictions of them; the fine-tuned "<alignment>" by
-        cross-validated fine-tuning (``_finetuned_lambdas``): the λ whose stage-1 model predicts the labels best
-        is not the λ whose fine-tuned model does (benchmarks/OUTCOMES.md)."""
+        cross-validated fine-tuning (every λ's stage-1 model fine-tuned per fold): the λ whose stage-1 model
+        predicts the labels best is not the λ whose fine-tuned model does (benchmarks/OUTCOMES.md)."""
         xl, yl = self.data.labeled  # type: ignore[misc]
         logp = {s: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
                 for s in STRATEGIES if s in wanted}
         for s in LABEL_FREE:
             if s in logp:
                 logp[s] = log_proba(self.models[s], xl)
-        choices: dict[str, list[float]] = {a: [] for a in self.label_log_proba}
+        for a, by_lambda in self.label_log_proba.items():  # stage-1 λ per fold, from the other folds' labels
+            self.searches[a].fold_choices, chosen = fold_choices(by_lambda, yl, folds)
+            if f"{a}_only" in logp:
+                logp[f"{a}_only"] = chosen
         tuned = [a for a in self.label_log_proba if a in wanted or (a == "mmd" and "ensemble" in wanted)]
         per_lambda = {a: {lam: torch.zeros_like(next(iter(logp.values()))) for lam in self.searches[a].models}
                       for a in tuned}
@@ -138,13 +141,7 @@ class Runs:
         for k, held in enumerate(folds):
             train = torch.ones(yl.shape[0], dtype=torch.bool)
             train[held] = False
-            lambdas = {}
-            for a, by_lambda in self.label_log_proba.items():
-                lam = pick(by_labels(by_lambda, yl, rows=train)[0])
-                choices[a].append(lam)
-                lambdas[f"ssl_{a}"] = lam
-                if f"{a}_only" in logp:
-                    logp[f"{a}_only"][held] = by_lambda[lam][held]
+            lambdas = {f"ssl_{a}": self.searches[a].fold_choices[k] for a in self.label_log_proba}
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
             fold_models = self.stage2(rest, labeled, label=label, lambdas=lambdas)
             for s, m in fold_models.items():
@@ -156,33 +153,17 @@ class Runs:
                 for lam, m in self.searches[a].models.items():
                     ft = self.finetune(a, labeled, keep=False, label=f"{label}λ={lam:g} ", starts={a: m})
                     per_lambda[a][lam][held] = log_proba(ft, xl[held])
-        for a, lams in choices.items():
-            self.searches[a].fold_choices = tuple(lams)
-        for a in tuned:
-            chosen = self._finetuned_lambdas(a, per_lambda[a], yl, folds)
+        for a in tuned:  # the fine-tuned strategy's own λ: shipped from every label, per fold nested
+            search = self.searches[a]
+            search.finetune_scores, search.finetune_noise = by_labels(per_lambda[a], yl)
+            search.finetune_chosen = pick(search.finetune_scores)
+            search.finetune_fold_choices, chosen = fold_choices(per_lambda[a], yl, folds)
             if a in logp:
                 logp[a] = chosen
             if a == "mmd" and "ensemble" in logp:  # as EnsembleModel: log of the mean probability
                 mean = (chosen.exp() + scratch.exp()) / 2
                 logp["ensemble"] = torch.log_softmax(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), 1)
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
-
-    def _finetuned_lambdas(self, alignment: str, per_lambda: dict[float, Tensor], y: Tensor,
-                           folds: list[Tensor]) -> Tensor:
-        """λ of the fine-tuned strategy from the held-out predictions of every λ's fine-tuned fold models: the
-        shipped model's from every label (recorded in its LambdaSearch), each fold's from the other folds' rows
-        (as weighted_ensemble's picking one is nested); returns the held-out predictions those choices make."""
-        search = self.searches[alignment]
-        search.finetune_scores, search.finetune_noise = by_labels(per_lambda, y)
-        search.finetune_chosen = pick(search.finetune_scores)
-        out, lams = torch.zeros_like(next(iter(per_lambda.values()))), []
-        for held in folds:
-            train = torch.ones(y.shape[0], dtype=torch.bool)
-            train[held] = False
-            lams.append(pick(by_labels(per_lambda, y, rows=train)[0]))
-            out[held] = per_lambda[lams[-1]][held]
-        search.finetune_fold_choices = tuple(lams)
-        return out
 
     def align(self, name: str, lam: float, alignment: str = "mmd", label: str | None = None) -> None:
         """Stage 1 from the initial weights: source labels, plus λ·alignment (pytl.train.alignments) toward the
