@@ -152,3 +152,16 @@ def test_ssl_epochs_starts_from_source_only_in_every_fold_at_its_own_lambda_and_
 def test_ssl_epochs_is_checked(shift, value, error, words):
     with pytest.raises(error, match=words):
         compare_strategies(**shift.as_dict(), folds=3, strategies=["ssl_mmd"], ssl_epochs=value, **TINY)
+
+
+def test_ssl_alone_takes_its_lambda_from_the_search_as_beside_its_unsupervised_strategy(shift):
+    """With a λ grid, "ssl_mmd" asked for alone runs the search it takes λ from (before, it fell back to the
+    default λ, 0.5, which this grid lacks): the same shipped model and held-out predictions as beside mmd_only."""
+    kw = dict(**shift.as_dict(), folds=3, seed=2, lambda_mmd=[0.1, 3.0], **TINY)
+    alone = compare_strategies(strategies=["ssl_mmd"], **kw)
+    beside = compare_strategies(strategies=["mmd_only", "ssl_mmd"], **kw)
+    assert "mmd_only" not in alone.accuracy and alone.lambdas["mmd"].chosen == beside.lambdas["mmd"].chosen
+    assert alone.lambdas["mmd"].fold_choices == beside.lambdas["mmd"].fold_choices
+    torch.testing.assert_close(alone.estimate["ssl_mmd"].log_proba, beside.estimate["ssl_mmd"].log_proba)
+    x = shift.target_test[0]
+    torch.testing.assert_close(predict(alone.models["ssl_mmd"], x), predict(beside.models["ssl_mmd"], x))

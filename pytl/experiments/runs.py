@@ -22,7 +22,6 @@ from pytl.experiments.estimate import Estimate
 from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, fold_choices, lambda_grid, pick
 from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
-from pytl.train.alignments import ALIGNMENTS
 from pytl.freezing import FreezingPolicy
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.train import TwoStageTrainer
@@ -59,12 +58,14 @@ class Runs:
         if wanted & {"source_only", "naive"} or warm:
             self.align("source_only", 0.0)
         for a, option in ALIGNED.items():
+            grid = self.grids[a]
             if wanted & {f"{a}_only", a} or (a == "mmd" and "ensemble" in wanted):
-                grid = self.grids[a]
                 if len(grid) == 1:
                     self.align(f"{a}_only", grid[0], alignment=a)
                 else:
                     self.search(a, option, grid)
+            elif f"ssl_{a}" in wanted and len(grid) > 1:  # "ssl_<a>" alone takes its λ from the search all the same
+                self.search(a, option, grid)
 
     def search(self, alignment: str, option: str, grid: tuple[float, ...]) -> None:
         """Stage 1 once per λ of ``grid``; "<alignment>_only" becomes the best-scoring λ's model (by the target
@@ -186,8 +187,8 @@ class Runs:
                         label: str, lambdas: dict[str, float]) -> nn.Module:
         """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
         unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
-        a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``; the alignment's default
-        when no search ran).
+        a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``): stage1 runs that search
+        even when "<alignment>_only" is not wanted.
 
         With ``ssl_epochs`` = k, stage 1 starts from "source_only", which never saw a target label, and trains k
         epochs instead of ``align_epochs`` from the initial weights, in the shipped model and in every fold
@@ -196,9 +197,7 @@ class Runs:
         real runs: benchmarks/OUTCOMES.md)."""
         t0 = time.perf_counter()
         grid = self.grids[alignment]
-        search = self.searches.get(alignment)
-        lam = grid[0] if len(grid) == 1 else search.chosen if search else ALIGNMENTS[alignment].lambda_default
-        lam = lambdas.get(name, lam)
+        lam = lambdas.get(name, grid[0] if len(grid) == 1 else self.searches[alignment].chosen)
         init, epochs = self.base, self.cfg["align_epochs"]
         if self.cfg["ssl_epochs"] is not None:
             init, epochs = self.models["source_only"], self.cfg["ssl_epochs"]
