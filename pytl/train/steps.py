@@ -20,6 +20,7 @@ from pytl.train import ddp
 from pytl.train.alignments import make_alignment
 from pytl.train.batches import LabeledTargetBatches, TargetBatches, batches, steps_per_epoch
 from pytl.train.class_weights import ClassWeights
+from pytl.train.collapse import warn_if_collapsed
 from pytl.train.early_stopping import EarlyStopping
 from pytl.train.schedules import lambda_factor
 
@@ -211,6 +212,11 @@ class AlignStage(Stage):
 
     def record(self) -> dict[str, Any]:
         return {"lambda": self.lam}
+
+    def finish(self, model: nn.Module, records: list[dict[str, Any]]) -> None:
+        if self.use_alignment and self.run.rank == 0:  # a collapse is silent otherwise (collapse.py)
+            s, run = self.settings, self.run.label.strip().rstrip(":") or "the run"
+            warn_if_collapsed(records, f"{run} ({s.alignment}, λ={s.lambda_align:g})", self.alignment.lambda_option)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "lam": self.lam,

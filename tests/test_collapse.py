@@ -1,0 +1,71 @@
+"""Stage 1's collapse (pytl.train.collapse): a run whose alignment term takes over from the classification, the
+source accuracy falling far below its own best and staying there, ends with a TrainingWarning that says so."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import pytl
+from pytl.experiments import compare_strategies
+from pytl.train import TrainingWarning, TwoStageTrainer
+from pytl.train.collapse import COLLAPSE_DROP, collapse_message
+
+
+def records(accuracies):
+    return [{"stage": "align", "epoch": k, "train_acc": a} for k, a in enumerate(accuracies)]
+
+
+def test_the_rule_compares_the_last_three_epochs_with_the_best_one():
+    message = collapse_message(records([0.3, 0.9, 1.0, 0.95, 0.4, 0.2, 0.3]), "coral_only (coral, λ=1000)",
+                               "lambda_coral")
+    assert message.startswith("coral_only (coral, λ=1000): stage 1 collapsed")
+    assert "from 1.00 (epoch 2) to 0.30" in message and 'lambda_coral="auto"' in message  # median of 0.4, 0.2, 0.3
+    assert "to 0.20" in collapse_message(records([0.3, 1.0, 0.9, 0.2, 0.2]), "x", "o")  # the last two epochs
+    assert collapse_message(records([0.3, 0.9, 1.0, 0.2, 0.9, 0.95]), "x", "o") is None  # one bad epoch, recovered
+    assert collapse_message(records([0.3, 0.9, 1.0, 0.9, 0.8, 0.76]), "x", "o") is None  # 0.2 < COLLAPSE_DROP
+    assert collapse_message(records([1.0, 0.1, 0.1]), "x", "o") is None  # too short to tell
+    assert COLLAPSE_DROP == 0.25
+
+
+def step(progress):
+    """λ off for the first half of stage 1, then on: the model first learns the source, then the term takes over."""
+    return 0.0 if progress < 0.5 else 1.0
+
+
+@pytest.fixture(scope="module")
+def shift():
+    return pytl.make_domain_shift(0, n_source=200, n_target_unlabeled=200, n_target_labeled=30, n_target_test=200)
+
+
+def test_a_collapsing_run_warns_with_its_own_numbers(shift):
+    t = TwoStageTrainer(None, alignment="coral", lambda_align=1e6, lambda_schedule=step, align_epochs=20, seed=0,
+                        num_threads=1, progress=False)
+    with pytest.warns(TrainingWarning, match="collapsed") as seen:
+        t.align(shift.source, shift.target_unlabeled)
+    acc = [r["train_acc"] for r in t.history["align"]]
+    best, last = max(acc), sorted(acc[-3:])[1]
+    assert best - last >= COLLAPSE_DROP and best >= 0.8  # measured: 0.84 → 0.51 (chance: 0.5)
+    text = str(seen[0].message)
+    assert text.startswith("the run (coral, λ=1e+06)")
+    assert f"from {best:.2f} (epoch {acc.index(best)}) to {last:.2f}" in text
+
+
+@pytest.mark.parametrize("kw", [dict(alignment="coral", lambda_align=1000.0),  # the default λ: no collapse here
+                                dict(alignment="coral", lambda_align=0.0, lambda_schedule=step)])  # no term
+def test_a_healthy_run_does_not_warn(shift, kw):
+    t = TwoStageTrainer(None, align_epochs=20, seed=0, num_threads=1, progress=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        t.align(shift.source, shift.target_unlabeled)
+
+
+def test_compare_strategies_names_the_collapsed_strategy(shift):
+    with pytest.warns(TrainingWarning, match=r"^coral_only \(coral, λ=1e\+06\): stage 1 collapsed"):
+        r = compare_strategies(**shift.as_dict(), strategies=["coral_only"], lambda_coral=1e6, lambda_schedule=step,
+                               align_epochs=20, folds=None, seed=0, num_threads=1, progress=False)
+    x, y = (torch.as_tensor(v) for v in shift.source)
+    with torch.no_grad(), pytl.train.eval_mode(r.models["coral_only"]):  # the source no longer classified
+        assert (r.models["coral_only"](x.float()).argmax(1) == y).double().mean() <= 0.6  # measured: 0.53
