@@ -2,12 +2,15 @@
 
     python benchmarks/vector_regime.py --features embeddings --modes fixed --save runs/   # the exact runs, saved
     python benchmarks/ssl_epochs.py runs/ --features embeddings --epochs 20               # markdown on stdout
+    python benchmarks/ssl_epochs.py runs/ --features embeddings --epochs 30 --start initial
 
 "ssl_<a>" trains its stage 1 from the initial weights for ``align_epochs``, and under cross-validation once
 more per fold: most of a comparison's time. With ``ssl_epochs=k`` it starts from "source_only" (which never saw
 a target label) and trains k epochs, in the shipped model and in every fold alike, so the estimate is of what
-ships. For each saved exact run (same pair, seed and settings) this reruns the five semi-supervised strategies
-with k, puts their predictions (held-out and test) in place of the exact ones and reports:
+ships. ``--start initial`` measures the other cheap path instead: k epochs from the initial weights (what
+``align_epochs=k`` does to them), again in the shipped model and every fold. For each saved exact run (same
+pair, seed and settings) this reruns the five semi-supervised strategies with k, puts their predictions
+(held-out and test) in place of the exact ones and reports:
 
 - their seconds (shipped model and cross-validation) against the exact ones (folds + 1 times each strategy's
   saved shipped seconds, where the run saved them);
@@ -73,7 +76,7 @@ def best_of(log_proba: dict[str, torch.Tensor], y: torch.Tensor, folds: list[tor
     return r.best, ranked, float((test.argmax(1) == test_y).double().mean())
 
 
-def check(path: str, features: str, epochs: int, threads: int) -> dict:
+def check(path: str, features: str, epochs: int, threads: int, start: str = "source_only") -> dict:
     saved = torch.load(path, weights_only=False)
     stem = os.path.basename(path)[:-3]
     name, seed = stem.split("_")[1], int(stem.rsplit("_", 1)[1])
@@ -84,8 +87,9 @@ def check(path: str, features: str, epochs: int, threads: int) -> dict:
     ssl = [s for s in SEMI_SUPERVISED if s in saved["accuracy"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = pytl.compare_strategies(**data, strategies=ssl, seed=seed, folds=FOLDS, num_threads=threads,
-                                    ssl_epochs=epochs)
+        # "initial": k epochs from the initial weights (align_epochs only reaches the semi-supervised runs here)
+        short = {"ssl_epochs": epochs} if start == "source_only" else {"align_epochs": epochs}
+        r = pytl.compare_strategies(**data, strategies=ssl, seed=seed, folds=FOLDS, num_threads=threads, **short)
     y = saved["labeled_y"]
     folds = stratified_folds(y, FOLDS, seed)
     exact = {s: lp.double() for s, lp in saved["cv_log_proba"].items()
@@ -112,16 +116,18 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--runs", nargs="*", default=None, help="only saved runs whose name contains one of these")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--start", choices=("source_only", "initial"), default="source_only",
+                    help="where the cheap stage 1 starts: source_only (ssl_epochs) or the initial weights")
     args = ap.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.folder, f"{args.features}_*_fixed_*.pt")))
     paths = [p for p in paths if args.runs is None or any(k in os.path.basename(p) for k in args.runs)]
-    print(f"# ssl_epochs={args.epochs} against the exact semi-supervised strategies: {args.features}, torch "
+    print(f"# {args.epochs} stage-1 epochs from {args.start} against the exact semi-supervised strategies: {args.features}, torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
     print("| run | ssl seconds exact → cheap | test accuracy exact → cheap | scratch | Kendall τ (all) | best | "
           "its test accuracy |")
     print("|---|---|---|---|---|---|---|")
     for path in paths:
-        c = check(path, args.features, args.epochs, args.threads)
+        c = check(path, args.features, args.epochs, args.threads, args.start)
         exact_s = "-" if c["seconds"][0] is None else f"{c['seconds'][0]:.0f}"
         test = ", ".join(f"{s[4:]} {100 * a:.1f}→{100 * b:.1f}" for s, (a, b) in c["test"].items())
         print(f"| {c['run']} | {exact_s} → {c['seconds'][1]:.0f} | {test} | {100 * c['scratch']:.1f} | "
