@@ -6,10 +6,14 @@
 
 For every saved pair of runs (``<features>_<pair>_fixed_<seed>.pt`` and ``..._auto_<seed>.pt``) it reports,
 over the strategies both ran, the test accuracy of each strategy whose λ "auto" chooses (the unsupervised
-"<a>_only", the fine-tuned "<a>", the ensemble), fixed → auto, the λs "auto" chose (stage 1, fine-tuned),
-and ``report.best`` under each mode, rebuilt over the same strategies (selection_rules.py) against the test
-set's best of both modes together. The summary: per strategy, the mean and worst change, and how often
-``best`` is within 2 points of that joint best.
+"<a>_only", the fine-tuned "<a>", the ensemble, and the semi-supervised "ssl_<a>", which takes the λ of its
+alignment's search), fixed → auto, the λs "auto" chose (stage 1, fine-tuned), and ``report.best`` under each
+mode, rebuilt over the same strategies (selection_rules.py: the pick-one rule, and ``best`` with the weighted
+ensemble) against the test set's best of both modes together. The summary: per strategy, the mean and worst
+change, and how often each pick is within 2 points of that joint best.
+
+A run saved in parts (the same file name in several folders, e.g. the semi-supervised strategies run on their
+own) is merged: the runs of one comparison do not depend on which others ran (same seed, same folds).
 """
 
 from __future__ import annotations
@@ -26,32 +30,45 @@ sys.path.insert(0, HERE)
 
 from selection_rules import rules  # noqa: E402
 
-from pytl.experiments.strategies import ALIGNED  # noqa: E402
+from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED  # noqa: E402
 
-CHOSEN = (*(f"{a}_only" for a in ALIGNED), *ALIGNED, "ensemble")
+CHOSEN = (*(f"{a}_only" for a in ALIGNED), *ALIGNED, "ensemble", *SEMI_SUPERVISED)
+PER_STRATEGY = ("accuracy", "test_proba", "cv_log_proba", "seconds", "lambdas")
+
+
+def load(paths: list[str]) -> dict:
+    """One saved run from its parts: the per-strategy tables merged, the rest from the first part."""
+    parts = [torch.load(p, weights_only=False) for p in paths]
+    run = dict(parts[0])
+    for key in PER_STRATEGY:
+        run[key] = {k: v for part in parts for k, v in (part.get(key) or {}).items()}
+    return run
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="+", help="folders where vector_regime.py --save wrote both modes' runs")
     args = ap.parse_args(argv)
-    autos = sorted(p for f in args.folder for p in glob.glob(os.path.join(f, "*_auto_*.pt")))
-    fixed = {os.path.basename(p): p for f in args.folder for p in glob.glob(os.path.join(f, "*_fixed_*.pt"))}
+    saved: dict[str, list[str]] = {}
+    for p in sorted(p for f in args.folder for p in glob.glob(os.path.join(f, "*.pt"))):
+        saved.setdefault(os.path.basename(p), []).append(p)
     changes: dict[str, list[float]] = {}
-    within = {"fixed": [], "auto": []}
-    print("| run | " + " | ".join(CHOSEN) + " | λ auto chose (stage 1 / fine-tuned) | best fixed | best auto |")
-    print("|---|" + "---|" * (len(CHOSEN) + 3))
-    for path in autos:
-        name = os.path.basename(path).replace("_auto_", "_fixed_")
-        if name not in fixed:
+    within = {(mode, rule): [] for mode in ("fixed", "auto") for rule in ("pick one", "best")}
+    print("| run | " + " | ".join(CHOSEN) + " | λ auto chose (stage 1 / fine-tuned) | pick one fixed | pick one auto "
+          "| best fixed | best auto |")
+    print("|---|" + "---|" * (len(CHOSEN) + 5))
+    for auto_name in (n for n in saved if "_auto_" in n):
+        name = auto_name.replace("_auto_", "_fixed_")
+        if name not in saved:
             continue
-        auto, fix = torch.load(path, weights_only=False), torch.load(fixed[name], weights_only=False)
+        auto, fix = load(saved[auto_name]), load(saved[name])
         both = set(auto["accuracy"]) & set(fix["accuracy"])
         seed = int(name.rsplit("_", 1)[1][:-3])
         picks = {}
         for mode, run in (("fixed", fix), ("auto", auto)):
             r = rules(run, both - {"weighted_ensemble"}, seed)
-            picks[mode] = (r["picks"]["pick one"], 100 * r["acc"][r["picks"]["pick one"]])  # the strategies ran
+            for rule in ("pick one", "best"):  # over the strategies both ran
+                picks[mode, rule] = (r["picks"][rule], 100 * r["acc"][r["picks"][rule]])
         top = max(100 * run["accuracy"][s] for run in (fix, auto) for s in both if s != "weighted_ensemble")
         cells = []
         for s in CHOSEN:
@@ -63,18 +80,18 @@ def main(argv=None) -> int:
                 cells.append("-")
         lams = ", ".join(f"{a} {c[0]:g}/{'-' if c[1] is None else f'{c[1]:g}'}"
                          for a, c in auto.get("lambdas", {}).items())
-        for mode in ("fixed", "auto"):
-            within[mode].append(picks[mode][1] - top)
+        for key, (_, acc) in picks.items():
+            within[key].append(acc - top)
         print(f"| {name.replace('_fixed', '')[:-3]} | " + " | ".join(cells) + f" | {lams} | "
-              f"{picks['fixed'][0]} {picks['fixed'][1] - top:+.1f} | "
-              f"{picks['auto'][0]} {picks['auto'][1] - top:+.1f} |")
+              + " | ".join(f"{picks[mode, rule][0]} {picks[mode, rule][1] - top:+.1f}"
+                           for rule in ("pick one", "best") for mode in ("fixed", "auto")) + " |")
     print("\n| strategy | mean change (points) | worst | best |")
     print("|---|---|---|---|")
     for s, v in changes.items():
         print(f"| {s} | {sum(v) / len(v):+.1f} | {min(v):+.1f} | {max(v):+.1f} |")
-    for mode, gaps in within.items():
+    for (mode, rule), gaps in within.items():
         if gaps:
-            print(f"\nreport.best, λ {mode}: within 2 points of the best of both modes in "
+            print(f"\n{rule}, λ {mode}: within 2 points of the best of both modes in "
                   f"{sum(g >= -2 for g in gaps)}/{len(gaps)} runs, mean gap {sum(gaps) / len(gaps):+.1f}")
     return 0
 

@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.folder, f"{args.features}_*_fixed_*.pt")))
     paths = [p for p in paths if args.runs is None or any(k in os.path.basename(p) for k in args.runs)]
-    print(f"# {args.epochs} stage-1 epochs from {args.start} against the exact semi-supervised strategies: {args.features}, torch "
-          f"{torch.__version__}, {args.threads} thread(s)\n")
+    print(f"# {args.epochs} stage-1 epochs from {args.start} against the exact semi-supervised strategies: "
+          f"{args.features}, torch {torch.__version__}, {args.threads} thread(s)\n")
     print("| run | ssl seconds exact → cheap | test accuracy exact → cheap | scratch | Kendall τ (all) | best | "
           "its test accuracy |")
     print("|---|---|---|---|---|---|---|")
