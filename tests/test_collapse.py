@@ -1,5 +1,6 @@
 """Stage 1's collapse (pytl.train.collapse): a run whose alignment term takes over from the classification, the
-source accuracy falling far below its own best and staying there, ends with a TrainingWarning that says so."""
+source accuracy falling far below its own best and staying there, or that maps the target onto one class while
+it classifies the source, ends with a TrainingWarning that says so."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import pytl
 from pytl.experiments import compare_strategies
 from pytl.train import TrainingWarning, TwoStageTrainer
-from pytl.train.collapse import COLLAPSE_DROP, collapse_message
+from pytl.train.collapse import COLLAPSE_DROP, ClassCounts, class_share_message, collapse_message
 
 
 def records(accuracies):
@@ -69,3 +70,37 @@ def test_compare_strategies_names_the_collapsed_strategy(shift):
     x, y = (torch.as_tensor(v) for v in shift.source)
     with torch.no_grad(), pytl.train.eval_mode(r.models["coral_only"]):  # the source no longer classified
         assert (r.models["coral_only"](x.float()).argmax(1) == y).double().mean() <= 0.6  # measured: 0.53
+
+
+def counts(source, target):
+    c = ClassCounts(len(source))
+    c.source, c.target = torch.tensor(source), torch.tensor(target)
+    return c
+
+
+def test_the_class_share_rule_is_halfway_from_the_sources_largest_share_to_one():
+    balanced = [10] * 10  # halfway from 10% to 100%: 55%
+    assert class_share_message(counts(balanced, [56] + [5] * 8 + [4]), 0.9, "x", "o") is not None
+    assert class_share_message(counts(balanced, [54] + [5] * 9 + [1]), 0.9, "x", "o") is None
+    assert class_share_message(counts([30, 10], [88, 12]), 0.9, "x", "o") is not None  # 75%: halfway 87.5%
+    assert class_share_message(counts([30, 10], [87, 13]), 0.9, "x", "o") is None
+    # a model still learning the source (its accuracy below the same mark) is not judged
+    assert class_share_message(counts(balanced, [100] + [0] * 9), 0.5, "x", "o") is None
+    text = class_share_message(counts(balanced, [0, 0, 90, 10, 0, 0, 0, 0, 0, 0]), 1.0, "mme_only (mme, λ=1)",
+                               "lambda_mme")
+    assert text.startswith("mme_only (mme, λ=1): stage 1 gives 90% of the unlabelled target rows one class (2)")
+    assert "largest class is 10% of its rows" in text and 'lambda_mme="auto"' in text
+
+
+def test_a_run_that_maps_the_target_onto_one_class_warns(shift):
+    """MME at λ = 1 on the toy: every target row ends in one class (the target is balanced), the source stays
+    classified; the warning's class and share are those of the model's own predictions of the target."""
+    t = TwoStageTrainer(None, alignment="mme", lambda_align=1.0, align_epochs=30, seed=0, num_threads=1,
+                        progress=False)
+    with pytest.warns(TrainingWarning, match="one class") as seen:
+        t.align(shift.source, shift.target_unlabeled)
+    predicted = torch.bincount(torch.as_tensor(t.predict(shift.target_unlabeled)), minlength=2)
+    top = int(predicted.argmax())
+    assert float(predicted[top]) / float(predicted.sum()) == 1.0  # measured: all 200 rows in class 0
+    assert f"gives 100% of the unlabelled target rows one class ({top})" in str(seen[0].message)
+    assert t.history["align"][-1]["train_acc"] >= 0.75

@@ -20,7 +20,7 @@ from pytl.train import ddp
 from pytl.train.alignments import make_alignment
 from pytl.train.batches import LabeledTargetBatches, TargetBatches, batches, steps_per_epoch
 from pytl.train.class_weights import ClassWeights
-from pytl.train.collapse import warn_if_collapsed
+from pytl.train.collapse import ClassCounts, warn_if_collapsed
 from pytl.train.early_stopping import EarlyStopping
 from pytl.train.schedules import lambda_factor
 
@@ -141,6 +141,7 @@ class AlignStage(Stage):
         self.rows_per_step = (settings.batch_size + (settings.target_batch_size_value if target is not None else 0)
                               + (settings.finetune_batch_size_value if labeled is not None else 0))
         self.step, self.lam = 0, 0.0
+        self.counts: ClassCounts | None = None
         self.target: TargetBatches | None = None
         self.total, self.warmup_steps = 1, 0
 
@@ -164,6 +165,9 @@ class AlignStage(Stage):
             self.alignment.begin(model, None if resume is None else resume.get("alignment"))
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None, int]]:
+        # the last epoch counts the classes the model gives the unlabelled target rows (collapse.py)
+        self.counts = (ClassCounts(self.run.num_classes) if self.use_alignment and epoch == self.epochs - 1
+                       and self.run.num_classes else None)
         return batches(self.run, self.source, self.settings.batch_size, self.gen, labeled=True, name="source",
                        epoch=epoch)
 
@@ -192,6 +196,9 @@ class AlignStage(Stage):
         if yl is not None and self.alignment.uses_target_labels:
             extra["target_labels"] = torch.cat([torch.full((zt.shape[0] - nl,), -1, dtype=yl.dtype, device=yl.device), yl])
         m = self.alignment.term(zs, zt, ys, n, nt + nl, self.lam, self.step >= self.warmup_steps, weights, **extra)
+        if self.counts is not None:
+            with torch.no_grad():
+                self.counts.add(ys, self.model.head(z[ns + nl:].detach()))
         logits = logits[:ns]
         if m is None:  # the warm-up of a class-aware term
             return StepLoss(ce, ce, None, self.lam, logits, n, share)
@@ -216,7 +223,8 @@ class AlignStage(Stage):
     def finish(self, model: nn.Module, records: list[dict[str, Any]]) -> None:
         if self.use_alignment and self.run.rank == 0:  # a collapse is silent otherwise (collapse.py)
             s, run = self.settings, self.run.label.strip().rstrip(":") or "the run"
-            warn_if_collapsed(records, f"{run} ({s.alignment}, λ={s.lambda_align:g})", self.alignment.lambda_option)
+            warn_if_collapsed(records, self.counts, f"{run} ({s.alignment}, λ={s.lambda_align:g})",
+                              self.alignment.lambda_option)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "lam": self.lam,
