@@ -104,3 +104,43 @@ def test_a_run_that_maps_the_target_onto_one_class_warns(shift):
     assert float(predicted[top]) / float(predicted.sum()) == 1.0  # measured: all 200 rows in class 0
     assert f"gives 100% of the unlabelled target rows one class ({top})" in str(seen[0].message)
     assert t.history["align"][-1]["train_acc"] >= 0.75
+
+
+def spied(monkeypatch):
+    """The runs whose trainer found a failure (collapse.py), whether shown or not."""
+    from pytl.train import collapse, steps
+    raised = []
+
+    def counting(records, counts, what, option):
+        if collapse.collapse_message(records, what, option) or (counts is not None and collapse.class_share_message(
+                counts, records[-1]["train_acc"], what, option)):
+            raised.append(what)
+        return collapse.warn_if_collapsed(records, counts, what, option)
+
+    monkeypatch.setattr(steps, "warn_if_collapsed", counting)
+    return raised
+
+
+def shown_by(shift, **kw):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = compare_strategies(**shift.as_dict(), folds=3, align_epochs=30, finetune_epochs=2, seed=0, num_threads=1,
+                               progress=False, **kw)
+    return r, [str(w.message).split(": stage 1")[0] for w in seen if w.category is TrainingWarning]
+
+
+def test_compare_strategies_shows_the_warnings_of_what_it_ships_not_of_its_folds(shift, monkeypatch):
+    """ssl_mme at λ = 10 gives most of the target one class in two of the three folds and in the shipped model
+    (measured with this seed); shown: the shipped model's warning, once."""
+    raised = spied(monkeypatch)
+    _, shown = shown_by(shift, strategies=["ssl_mme"], lambda_mme=10.0)
+    assert raised == [f"fold {k}/3 ssl_mme (mme, λ=10)" for k in (1, 3)] + ["ssl_mme (mme, λ=10)"]
+    assert shown == ["ssl_mme (mme, λ=10)"]
+
+
+def test_a_lambda_search_shows_the_warning_of_the_lambda_it_chose(shift, monkeypatch):
+    raised = spied(monkeypatch)
+    r, shown = shown_by(shift, strategies=["mme_only"], lambda_mme=[1.0, 10.0])
+    chosen = r.lambdas["mme"].chosen
+    assert raised == ["mme_only λ=1 (mme, λ=1)", "mme_only λ=10 (mme, λ=10)"]  # both grid points warn
+    assert shown == [f"mme_only λ={chosen:g} (mme, λ={chosen:g})"]

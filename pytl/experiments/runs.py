@@ -24,7 +24,7 @@ from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
 from pytl.freezing import FreezingPolicy
 from pytl.inference import EVAL_BATCH, eval_mode
-from pytl.train import TwoStageTrainer
+from pytl.train import TrainingWarning, TwoStageTrainer
 
 __all__ = ["FINETUNED", "Runs", "log_proba"]
 
@@ -71,9 +71,10 @@ class Runs:
         """Stage 1 once per λ of ``grid``; "<alignment>_only" becomes the best-scoring λ's model (by the target
         labels when there are some, else by the label-free criterion). Its seconds are those of the whole search."""
         name, t0 = f"{alignment}_only", time.perf_counter()
-        models, histories = {}, {}
+        models, histories, held = {}, {}, {}
         for lam in grid:
-            self.align(name, lam, alignment=alignment, label=f"{name} λ={lam:g}: ")
+            with _training_warnings_held(held.setdefault(lam, [])):
+                self.align(name, lam, alignment=alignment, label=f"{name} λ={lam:g}: ")
             models[lam], histories[lam] = self.models[name], self.histories[name]
         self.lambda_histories[alignment] = histories
         noise = None
@@ -87,6 +88,7 @@ class Runs:
             scores = by_criterion(models, criterion, self.source_val, self.data.target_unlabeled)
             by = f"the label-free criterion {criterion!r}"
         chosen = pick(scores)
+        _show(held[chosen])  # a collapse of the model chosen (the grid's others are what the search avoided)
         self.models[name], self.histories[name] = models[chosen], histories[chosen]
         self.seconds[name] = time.perf_counter() - t0
         self.searches[alignment] = LambdaSearch(alignment, option, grid, scores, chosen, by, noise,
@@ -206,7 +208,7 @@ class Runs:
                                      "align_policy": copy.deepcopy(self.cfg["align_policy"]),
                                      "finetune_policy": copy.deepcopy(self.cfg["finetune_policy"])})
         trainer.state.label = f"{label}{name}: "
-        with _data_warnings_shown_once():
+        with _data_warnings_shown_once(), _training_warnings_held([] if not keep else None):
             trainer.fit(self.data.source, self.data.target_unlabeled, labeled)
         if keep:
             self.models[name] = trainer.model
@@ -245,6 +247,27 @@ def _data_warnings_shown_once():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         yield
+
+
+@contextlib.contextmanager
+def _training_warnings_held(held: list | None):
+    """A run's TrainingWarnings (pytl.train.collapse) kept in ``held`` instead of shown (``held`` None: shown):
+    a cross-validation fold's model, or a λ the search may not choose, is not what the user gets, and the
+    same warning from every fold and grid point would bury the one that matters. Other warnings pass."""
+    if held is None:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", TrainingWarning)
+        yield
+    held.extend(w for w in seen if issubclass(w.category, TrainingWarning))
+    _show([w for w in seen if not issubclass(w.category, TrainingWarning)])
+
+
+def _show(seen: list) -> None:
+    """Warnings recorded by catch_warnings, issued again where they were raised."""
+    for w in seen:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def log_proba(model: nn.Module, x: Tensor) -> Tensor:
