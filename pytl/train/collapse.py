@@ -39,7 +39,8 @@ LAST_EPOCHS = 3
 
 
 class TrainingWarning(UserWarning):
-    """A training run that finished but went wrong in a way its numbers show (stage 1's collapse)."""
+    """A training run that finished but went wrong in a way its own numbers show (stage 1's collapse, or most of
+    the target given one class)."""
 
 
 def collapse_message(records: Sequence[dict[str, Any]], what: str, lambda_option: str) -> str | None:
