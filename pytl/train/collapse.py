@@ -62,16 +62,20 @@ def collapse_message(records: Sequence[dict[str, Any]], what: str, lambda_option
 
 
 class ClassCounts:
-    """The classes of one epoch: the source labels, and the model's predictions of the unlabelled target rows."""
+    """The classes of one epoch: the source labels, and the model's predictions of the unlabelled target rows.
+    Counted on the batches' device with index_add_ (bincount and .cpu() would wait for the device every step);
+    read once, at the end of the stage."""
 
     def __init__(self, num_classes: int) -> None:
         self.source = torch.zeros(num_classes, dtype=torch.long)
         self.target = torch.zeros(num_classes, dtype=torch.long)
 
     def add(self, source_labels: Tensor, target_logits: Tensor) -> None:
-        c = self.source.numel()  # labels and logits were checked against the classes before training
-        self.source += torch.bincount(source_labels.cpu(), minlength=c)
-        self.target += torch.bincount(target_logits.argmax(1).cpu(), minlength=c)
+        # labels and logits were checked against the classes before training
+        self.source = self.source.to(source_labels.device).index_add_(0, source_labels,
+                                                                      torch.ones_like(source_labels))
+        predicted = target_logits.argmax(1)
+        self.target = self.target.to(predicted.device).index_add_(0, predicted, torch.ones_like(predicted))
 
 
 def class_share_message(counts: ClassCounts, source_accuracy: float, what: str, lambda_option: str) -> str | None:
@@ -79,11 +83,12 @@ def class_share_message(counts: ClassCounts, source_accuracy: float, what: str, 
     halfway from the source's largest class share to 1, by a model that classifies the source (its accuracy in
     the last epoch as far above that share: a model still learning the source, a few epochs in, predicts few
     classes everywhere, which is not what this is about)."""
-    if counts.target.sum() == 0 or counts.source.sum() == 0:
+    target, source = counts.target.cpu(), counts.source.cpu()  # the one read of the counts
+    if target.sum() == 0 or source.sum() == 0:
         return None
-    top = int(counts.target.argmax())
-    share = float(counts.target[top] / counts.target.sum())
-    source_share = float(counts.source.max() / counts.source.sum())
+    top = int(target.argmax())
+    share = float(target[top] / target.sum())
+    source_share = float(source.max() / source.sum())
     halfway = source_share + (1 - source_share) / 2
     if share < halfway or source_accuracy < halfway:
         return None
