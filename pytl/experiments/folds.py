@@ -9,7 +9,7 @@ from torch import Tensor
 from pytl._checks import check_int
 from pytl.train import stratified_split
 
-__all__ = ["DEFAULT_FOLDS", "check_folds", "split_source", "stratified_folds"]
+__all__ = ["DEFAULT_FOLDS", "check_folds", "split_source", "stratified_folds", "training_rows"]
 
 #: compare_strategies' (and the demo's) folds of the target labels
 DEFAULT_FOLDS = 5
@@ -54,6 +54,13 @@ def stratified_folds(y: Tensor, folds: int, seed: int) -> list[Tensor]:
         assignment[idx] = (torch.arange(idx.numel()) + start) % folds
         start = (start + idx.numel()) % folds
     return [(assignment == k).nonzero()[:, 0] for k in range(folds)]
+
+
+def training_rows(n: int, held: Tensor) -> Tensor:
+    """The boolean mask of the rows a fold trains (or chooses) on: every one of ``n`` rows but its ``held`` ones."""
+    rows = torch.ones(n, dtype=torch.bool)
+    rows[held] = False
+    return rows
 
 
 def split_source(ys: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pytl._checks import check_float
 from pytl.experiments.estimate import calibrated_cross_entropy
+from pytl.experiments.folds import training_rows
 from pytl.train import ALIGNMENTS
 from pytl.validation.criteria import CRITERIA
 
@@ -149,8 +150,7 @@ def fold_choices(log_proba: Mapping[float, Tensor], y: Tensor, folds: list[Tenso
     choose the λ that scores them."""
     out, lams = torch.zeros_like(next(iter(log_proba.values()))), []
     for held in folds:
-        train = torch.ones(y.shape[0], dtype=torch.bool)
-        train[held] = False
+        train = training_rows(y.shape[0], held)
         lams.append(pick(by_labels(log_proba, y, rows=train)[0]))
         out[held] = log_proba[lams[-1]][held]
     return tuple(lams), out

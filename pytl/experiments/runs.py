@@ -19,6 +19,7 @@ from pytl._checks import DataWarning
 from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
+from pytl.experiments.folds import training_rows
 from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, fold_choices, lambda_grid, pick
 from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
@@ -142,8 +143,7 @@ class Runs:
         rest = [s for s in wanted if s not in tuned and s not in later] + (["scratch"] if later & set(wanted) else [])
         scratch = torch.zeros_like(next(iter(logp.values())))
         for k, held in enumerate(folds):
-            train = torch.ones(yl.shape[0], dtype=torch.bool)
-            train[held] = False
+            train = training_rows(yl.shape[0], held)
             lambdas = {f"ssl_{a}": self.searches[a].fold_choices[k] for a in self.label_log_proba}
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
             fold_models = self.stage2(rest, labeled, label=label, lambdas=lambdas)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate, calibrated_cross_entropy
+from pytl.experiments.folds import training_rows
 
 __all__ = ["MIN_WEIGHT", "WEIGHTED_ENSEMBLE", "WeightedEnsemble", "add_weighted_ensemble", "candidates",
            "mixture", "nested_estimate", "weigh", "weigh_members"]
@@ -99,8 +100,7 @@ def _nested(log_proba: Mapping[str, Tensor], y: Tensor, folds: list[Tensor], ord
     out = {False: torch.zeros(shape, dtype=torch.float64), True: torch.zeros(shape, dtype=torch.float64)}
     fold_weights = []
     for held in folds:
-        train = torch.ones(y.shape[0], dtype=torch.bool)
-        train[held] = False
+        train = training_rows(y.shape[0], held)
         fits = _fits(log_proba, y, order, train)
         for pick_one, o in out.items():
             members, weights, temperatures = _choose(fits, int(train.sum()), pick_one)
