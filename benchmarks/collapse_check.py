@@ -48,9 +48,7 @@ def check(name: str, seed: int, features: str, threads: int, lambdas: dict) -> l
     rows = []
     xu = torch.as_tensor(data["target_unlabeled"])
     for s in strategies:
-        predicted = torch.as_tensor(r.predict(s, xu)) if hasattr(r, "predict") else None
-        if predicted is None:
-            predicted = torch.as_tensor(r.predict_proba(s, xu)).argmax(1)
+        predicted = torch.as_tensor(r.predict(s, xu))
         top[s] = float(torch.bincount(predicted).max()) / len(predicted)
     for s in strategies[1:]:
         acc = [rec["train_acc"] for rec in r.histories[s]["align"]]
