@@ -152,7 +152,51 @@ def test_the_fine_tuned_strategy_chooses_its_lambda_by_cross_validated_fine_tuni
     x = shift.target_test[0]
     np.testing.assert_allclose(log_proba(r.models["mmd"], x), log_proba(shipped, x), rtol=1e-5, atol=1e-6)
     assert f"fine-tuned mmd: {search.finetune_chosen:g}, by cross-validated fine-tuning" in r.table()
+    assert f"from the stage 1 at λ = {search.finetune_chosen:g} (its own cross-validated choice)" in r.table()
     assert "fine-tuned mmd: each λ's stage-1 model fine-tuned per fold" in search.table()
+
+
+def test_without_cross_validation_the_fine_tuned_lambda_is_still_cross_validated(shift):
+    """folds=None skips the estimates, not the fine-tuned strategy's λ: it is chosen by fine-tuning every λ's
+    stage-1 model on up to 5 stratified folds (as many as the rarest class allows), by a brute-force loop here;
+    with a class of one label no fold can be built and the stage-1 choice stays."""
+    grid, settings = [0.1, 1.0, 10.0], {**SETTINGS, "align_epochs": 8, "finetune_epochs": 10}
+    r = compare_strategies(**shift.as_dict(), folds=None, seed=1, strategies=["mmd"], lambda_mmd=grid, **settings)
+    search = r.lambdas["mmd"]
+    assert r.estimate == {} and search.fold_choices == ()
+    xl, yl = np.asarray(shift.target_labeled[0]), np.asarray(shift.target_labeled[1])
+    assert np.bincount(yl).min() >= 5  # so 5 folds
+    folds = [held.numpy() for held in stratified_folds(torch.as_tensor(yl), 5, 1)]
+
+    held_out = {lam: np.zeros((len(yl), 2)) for lam in grid}
+    for held in folds:
+        train = np.ones(len(yl), bool)
+        train[held] = False
+        for lam in grid:
+            held_out[lam][held] = log_proba(finetuned_on(search.models[lam], xl[train], yl[train]), xl[held])
+    nll = {lam: calibrated_nll(held_out[lam], yl) for lam in grid}
+    assert search.finetune_chosen == min(grid, key=lambda lam: (nll[lam], lam))
+    shipped = finetuned_on(search.models[search.finetune_chosen], xl, yl)
+    x = shift.target_test[0]
+    np.testing.assert_allclose(log_proba(r.models["mmd"], x), log_proba(shipped, x), rtol=1e-5, atol=1e-6)
+
+    one = np.flatnonzero(yl == 1)[0]  # class 1 keeps one label: no stratified fold
+    keep = np.concatenate([np.flatnonzero(yl == 0), [one]])
+    few = compare_strategies(shift.source, shift.target_unlabeled, shift.target_test, (xl[keep], yl[keep]),
+                             folds=None, seed=1, strategies=["mmd"], lambda_mmd=grid, **settings)
+    search = few.lambdas["mmd"]
+    assert search.finetune_chosen is None
+    np.testing.assert_allclose(log_proba(few.models["mmd"], x),
+                               log_proba(finetuned_on(search.models[search.chosen], xl[keep], yl[keep]), x),
+                               rtol=1e-5, atol=1e-6)
+
+
+def finetuned_on(start, x, y):
+    """``start`` fine-tuned as the comparisons above fine-tune (seed 1, 10 epochs)."""
+    t = TwoStageTrainer(copy.deepcopy(start), lambda_align=0.0, seed=1, num_classes=2, device="cpu", progress=False,
+                        finetune_epochs=10, num_threads=1, batch_size=32)
+    t.finetune((x, y))
+    return t.model
 
 
 def test_without_labels_the_criterion_chooses(shift):
@@ -194,3 +238,25 @@ def test_bad_grids_are_refused_before_training(shift, monkeypatch, value, exc, w
 def test_another_alignment_searches_its_own_option(shift):
     with pytest.raises(ValueError, match=r"lambda_coral\[0\]"):
         compare_strategies(**shift.as_dict(), strategies=["coral_only"], lambda_coral=[-5], **SETTINGS)
+
+
+def test_a_seed_summary_names_each_seeds_lambda(shift):
+    """Over seeds, "uses" names λ where every seed chose the same one and says "λ" where they differ; a note
+    counts each seed's choice."""
+    import dataclasses
+
+    from pytl.experiments import summarize
+
+    r = compare_strategies(**shift.as_dict(), folds=None, seed=0, strategies=["mmd_only"], lambda_mmd=GRID, **SETTINGS)
+    chosen = r.lambdas["mmd"].chosen
+    same = summarize([r, r]).table()
+    assert f"CE + {chosen:g}·MMD²" in same and f"lambda_mmd, per seed: {chosen:g} (2 seeds)" in same
+    other = next(lam for lam in GRID if lam != chosen)
+    r2 = dataclasses.replace(r, seed=1, lambdas={"mmd": dataclasses.replace(r.lambdas["mmd"], chosen=other)},
+                             config={**r.config, "lambda_mmd": other})
+    mixed = summarize([r, r2, r]).table()
+    assert "CE + λ·MMD²" in mixed
+    low, high = sorted([chosen, other])
+    counts = {chosen: 2, other: 1}
+    assert (f"lambda_mmd, per seed: {low:g} ({counts[low]} seed{'s' * (counts[low] > 1)}), "
+            f"{high:g} ({counts[high]} seed{'s' * (counts[high] > 1)})") in mixed

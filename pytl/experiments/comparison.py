@@ -105,7 +105,10 @@ def compare_strategies(
     (yielding (x, y) or x) or map-style Datasets (batched with ``batch_size``, shuffled with a generator
     seeded by ``seed``); ``target_labeled`` is gathered into memory (it is the few labels). Every input
     is checked before training starts. ``model``: the initial model for all strategies (deep-copied); by
-    default an MLP sized from the data. ``config``: see ``DEFAULT_CONFIG``.
+    default an MLP sized from the data. ``config``: see ``DEFAULT_CONFIG``. Each alignment's λ is chosen from
+    the data by default (``lambda_mmd="auto"``: stage 1 per λ of a grid around the alignment's default, scored
+    by the target labels, nested in the folds, or by ``criterion`` without labels; ``report.lambdas``); a number
+    trains that λ alone.
     """
     cfg = resolve_config(config)
     wanted = list(select_strategies(DEFAULT_STRATEGIES if strategies is None else strategies))
@@ -169,6 +172,8 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
     t0 = time.perf_counter()
     if fold_index is not None:
         estimate = runs.cross_validate(wanted, fold_index)
+    elif data.labeled is not None and runs.tuned(wanted):
+        _finetune_lambdas_without_estimates(runs, wanted, data.labeled[1], seed)
     cv_seconds = time.perf_counter() - t0
     if data.labeled is not None:
         runs.stage2(wanted, data.labeled)
@@ -187,10 +192,24 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                             config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
                                     "folds": None if fold_index is None else len(fold_index),
                                     "sample_shape": inp.sample_shape(data.source, True, "source"),
-                                    **{s.option: s.chosen for s in runs.searches.values()}},  # the λ used
+                                    **{s.option: s.chosen for s in runs.searches.values()},  # the λ used
+                                    "finetune_lambdas": {a: s.finetune_chosen for a, s in runs.searches.items()
+                                                         if s.finetune_chosen is not None}},
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
                             criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches,
                             label_shift=_label_shift(runs, models), weighted_ensemble=weighted)
+
+
+def _finetune_lambdas_without_estimates(runs: Runs, wanted: list[str], y: Tensor, seed: int) -> None:
+    """With ``folds=None`` no strategy is cross-validated, but a fine-tuned strategy's λ still is (up to
+    DEFAULT_FOLDS stratified folds, as many as the rarest class allows): the λ whose stage-1 model predicts
+    the labels best is not the one whose fine-tuned model does (benchmarks/OUTCOMES.md), and a fine-tuning
+    per λ and fold costs little beside the stage-1 search. With fewer than 2 labels in some class the
+    fine-tuned strategy keeps stage 1's choice (its LambdaSearch then has no finetune_chosen)."""
+    counts = torch.bincount(y, minlength=runs.data.num_classes)
+    k = min(DEFAULT_FOLDS, int(counts.min()))
+    if k >= 2:
+        runs.finetune_lambdas(runs.tuned(wanted), stratified_folds(y, k, seed))
 
 
 def _label_shift(runs: Runs, models: dict[str, nn.Module]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from pytl import _inputs as inp
 from pytl.experiments.comparison_table import TableParts, render_html, render_text, table_parts
 from pytl.experiments.estimate import ALPHA, Estimate, PairedComparison, compare_paired
 from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE, WeightedEnsemble
-from pytl.experiments.strategies import NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, negative_transfer
+from pytl.experiments.strategies import ALIGNED, NEEDS_TARGET_LABELS, STRATEGIES, best_transfer, negative_transfer
 from pytl.inference import EVAL_BATCH, eval_mode
 from pytl.train import validation_loss_climbs
 
@@ -301,11 +302,12 @@ class SeedSummary:
         mmd = {s: sum(r.embedding_mmd2.get(s, math.nan) for r in self.reports) / len(self.reports) for s in mean}
         seeds = ", ".join(str(r.seed) for r in self.reports)
         title = f"mean ± std over seeds {seeds}" if several else f"seed {seeds}"
+        config, lambdas = _lambdas_across_seeds(self.reports)
         if self.source == "test accuracy":
             return table_parts(mean, self.std if several else None, mmd, self.reports[0].skipped, title=title,
-                               config=self.reports[0].config)
-        return table_parts({}, None, mmd, self.reports[0].skipped, title=title, config=self.reports[0].config,
-                           estimate_mean=(mean, self.std if several else None))
+                               config=config, lambdas=lambdas)
+        return table_parts({}, None, mmd, self.reports[0].skipped, title=title, config=config,
+                           estimate_mean=(mean, self.std if several else None), lambdas=lambdas)
 
     def table(self) -> str:
         return render_text(self._table_parts())
@@ -320,3 +322,28 @@ def summarize(reports: Sequence[ComparisonReport]) -> SeedSummary:
     if not reports or not all(isinstance(r, ComparisonReport) for r in reports):
         raise TypeError("summarize takes a non-empty sequence of ComparisonReport")
     return SeedSummary(reports)
+
+
+def _lambdas_across_seeds(reports: Sequence[ComparisonReport]) -> tuple[dict[str, Any], list[str]]:
+    """The first report's config, with each searched λ left unnamed ("λ") where the seeds chose differently, and
+    one line per searched λ option: the λs the seeds chose and how often (a seed's own report names its own)."""
+    config, lines = dict(reports[0].config), []
+    tuned = [r.config.get("finetune_lambdas") or {} for r in reports]
+    config["finetune_lambdas"] = {a: lam for a, lam in tuned[0].items() if all(t.get(a) == lam for t in tuned)}
+    for alignment, option in ALIGNED.items():
+        chosen = Counter(r.lambdas[alignment].chosen for r in reports if alignment in r.lambdas)
+        if not chosen:
+            continue
+        if len(chosen) > 1:
+            config[option] = "λ"
+        line = f"{option}, per seed: {_counted(chosen)}"
+        finetuned = Counter(t[alignment] for t in tuned if alignment in t)
+        if finetuned:
+            line += f"; fine-tuned {alignment}: {_counted(finetuned)}"
+        lines.append(line)
+    return config, lines
+
+
+def _counted(values: Counter) -> str:
+    """"0.158 (2 seeds), 0.5 (1 seed)"."""
+    return ", ".join(f"{lam:g} ({n} seed{'s' * (n > 1)})" for lam, n in sorted(values.items()))

@@ -136,9 +136,7 @@ class Runs:
             self.searches[a].fold_choices, chosen = fold_choices(by_lambda, yl, folds)
             if f"{a}_only" in logp:
                 logp[f"{a}_only"] = chosen
-        tuned = [a for a in self.label_log_proba if a in wanted or (a == "mmd" and "ensemble" in wanted)]
-        per_lambda = {a: {lam: torch.zeros_like(next(iter(logp.values()))) for lam in self.searches[a].models}
-                      for a in tuned}
+        tuned = self.tuned(wanted)
         later = {"ensemble"} if "mmd" in tuned else set()  # the ensemble of the fold's own mmd, after the λ choice
         rest = [s for s in wanted if s not in tuned and s not in later] + (["scratch"] if later & set(wanted) else [])
         scratch = torch.zeros_like(next(iter(logp.values())))
@@ -152,21 +150,41 @@ class Runs:
                     logp[s][held] = log_proba(m, xl[held])
             if "scratch" in fold_models:
                 scratch[held] = log_proba(fold_models["scratch"], xl[held])
-            for a in tuned:  # every λ's stage-1 model fine-tuned on the fold's labels
-                for lam, m in self.searches[a].models.items():
-                    ft = self.finetune(a, labeled, keep=False, label=f"{label}λ={lam:g} ", starts={a: m})
-                    per_lambda[a][lam][held] = log_proba(ft, xl[held])
-        for a in tuned:  # the fine-tuned strategy's own λ: shipped from every label, per fold nested
-            search = self.searches[a]
-            search.finetune_scores, search.finetune_noise = by_labels(per_lambda[a], yl)
-            search.finetune_chosen = pick(search.finetune_scores)
-            search.finetune_fold_choices, chosen = fold_choices(per_lambda[a], yl, folds)
+        for a, chosen in self.finetune_lambdas(tuned, folds).items():
             if a in logp:
                 logp[a] = chosen
             if a == "mmd" and "ensemble" in logp:  # as EnsembleModel: log of the mean probability
                 mean = (chosen.exp() + scratch.exp()) / 2
                 logp["ensemble"] = torch.log_softmax(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), 1)
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
+
+    def tuned(self, wanted: Sequence[str]) -> list[str]:
+        """The alignments whose λ was searched with target labels and whose fine-tuned strategy is wanted (the
+        ensemble's "mmd" included): each gets its own λ by cross-validated fine-tuning (finetune_lambdas)."""
+        return [a for a in self.label_log_proba if a in wanted or (a == "mmd" and "ensemble" in wanted)]
+
+    def finetune_lambdas(self, tuned: Sequence[str], folds: list[Tensor]) -> dict[str, Tensor]:
+        """Every λ's stage-1 model of each ``tuned`` alignment fine-tuned on each fold's other labels and scored on
+        the fold: the fine-tuned strategy's own λ, shipped from every label (``finetune_chosen``) and chosen per fold
+        without the fold's labels (nested). Returns alignment → the held-out log-probabilities of those nested
+        choices (the fine-tuned strategy's estimate)."""
+        xl, yl = self.data.labeled  # type: ignore[misc]
+        per_lambda = {a: {lam: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
+                          for lam in self.searches[a].models} for a in tuned}
+        for k, held in enumerate(folds):
+            train = training_rows(yl.shape[0], held)
+            label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
+            for a in tuned:
+                for lam, m in self.searches[a].models.items():
+                    ft = self.finetune(a, labeled, keep=False, label=f"{label}λ={lam:g} ", starts={a: m})
+                    per_lambda[a][lam][held] = log_proba(ft, xl[held])
+        out = {}
+        for a in tuned:
+            search = self.searches[a]
+            search.finetune_scores, search.finetune_noise = by_labels(per_lambda[a], yl)
+            search.finetune_chosen = pick(search.finetune_scores)
+            search.finetune_fold_choices, out[a] = fold_choices(per_lambda[a], yl, folds)
+        return out
 
     def align(self, name: str, lam: float, alignment: str = "mmd", label: str | None = None) -> None:
         """Stage 1 from the initial weights: source labels, plus λ·alignment (pytl.train.alignments) toward the

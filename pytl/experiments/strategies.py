@@ -145,11 +145,16 @@ def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any
     warm = strategy in SEMI_SUPERVISED and config.get("ssl_epochs") is not None
     if warm:
         config = {**config, "align_epochs": config["ssl_epochs"]}
+    # a λ that is not one number (a SeedSummary's where the seeds chose differently) is named, not formatted
+    config = {**config, **{o: _Name("λ") for o in ALIGNED.values() if isinstance(config.get(o), str)}}
     try:
         text = DESCRIPTIONS[strategy].format(**config)
     except (KeyError, ValueError, IndexError):  # a report built by hand, without its config
         return DESCRIPTIONS[strategy].split(",")[0].split("{")[0].strip()
     extras = ["stage 1 started from source_only (ssl_epochs)"] if warm else []
+    tuned = (config.get("finetune_lambdas") or {}).get(strategy)  # its own λ, where it is not "<strategy>_only"'s
+    if tuned is not None and tuned != config.get(ALIGNED[strategy]):
+        extras.append(f"from the stage 1 at λ = {tuned:g} (its own cross-validated choice)")
     if strategy in TRANSFER_STRATEGIES and config.get("finetune_policy") is not None:
         extras.append(f"fine-tuning policy {config['finetune_policy']!r}")
     weights = config.get("class_weights")
@@ -161,6 +166,13 @@ def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any
         if isinstance(planned, int) and len(runs) < planned:
             extras.append(f"fine-tuning stopped early after {len(runs)} epochs")
     return text + "".join(f"; {e}" for e in extras)
+
+
+class _Name(str):
+    """Text that any format spec leaves as it is ("{lambda_mmd:g}" of "λ" is "λ")."""
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
 
 
 def best_transfer(accuracy: Mapping[str, float]) -> str | None:
