@@ -20,7 +20,14 @@ def test_demo_prints_the_comparison_table(capsys):
     out = capsys.readouterr().out
     for s in ("source_only", "mmd_only", "scratch", "naive", "mmd", "ensemble", "negative transfer:"):
         assert s in out
-    assert "λ = 0.5" in out and "50 target labels" in out
+    assert "λ = auto" in out and "50 target labels" in out
+    assert "(λ chosen from the data: lambda_mmd: " in out  # the table names the λ the search chose
+
+
+def test_demo_takes_a_fixed_lambda(capsys):
+    assert main(FAST + ["--lambda", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "λ = 0.3" in out and "CE + 0.3·MMD²" in out and "λ chosen from the data" not in out
 
 
 def test_demo_averages_several_seeds(capsys):
@@ -50,7 +57,8 @@ def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("argv, words", [
     (["demo", "--seeds", "0"], "positive integer"),
-    (["demo", "--lambda", "-1"], "number >= 0"),
+    (["demo", "--lambda", "-1"], "'auto' or a finite number >= 0"),
+    (["demo", "--lambda", "often"], "'auto' or a finite number >= 0"),
     (["demo", "--align-epochs", "x"], "integer >= 0"),
     (["demo", "--plot", "figure.txt"], ".png"),
 ])

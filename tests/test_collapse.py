@@ -23,7 +23,7 @@ def test_the_rule_compares_the_last_three_epochs_with_the_best_one():
     message = collapse_message(records([0.3, 0.9, 1.0, 0.95, 0.4, 0.2, 0.3]), "coral_only (coral, λ=1000)",
                                "lambda_coral")
     assert message.startswith("coral_only (coral, λ=1000): stage 1 collapsed")
-    assert "from 1.00 (epoch 2) to 0.30" in message and 'lambda_coral="auto"' in message  # median of 0.4, 0.2, 0.3
+    assert "from 1.00 (epoch 2) to 0.30" in message and 'lambda_coral takes a number or a grid' in message  # median of 0.4, 0.2, 0.3
     assert "to 0.20" in collapse_message(records([0.3, 1.0, 0.9, 0.2, 0.2]), "x", "o")  # the last two epochs
     assert collapse_message(records([0.3, 0.9, 1.0, 0.2, 0.9, 0.95]), "x", "o") is None  # one bad epoch, recovered
     assert collapse_message(records([0.3, 0.9, 1.0, 0.9, 0.8, 0.76]), "x", "o") is None  # 0.2 < COLLAPSE_DROP
@@ -89,7 +89,7 @@ def test_the_class_share_rule_is_halfway_from_the_sources_largest_share_to_one()
     text = class_share_message(counts(balanced, [0, 0, 90, 10, 0, 0, 0, 0, 0, 0]), 1.0, "mme_only (mme, λ=1)",
                                "lambda_mme")
     assert text.startswith("mme_only (mme, λ=1): stage 1 gives 90% of the unlabelled target rows one class (2)")
-    assert "largest class is 10% of its rows" in text and 'lambda_mme="auto"' in text
+    assert "largest class is 10% of its rows" in text and 'lambda_mme takes a number or a grid' in text
 
 
 def test_a_run_that_maps_the_target_onto_one_class_warns(shift):

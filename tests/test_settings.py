@@ -121,7 +121,9 @@ def test_strategy_tables_derive_from_the_registry():
     for name, text in HAND_WRITTEN_DESCRIPTIONS.items():
         assert strategies.DESCRIPTIONS[name] == text
     cfg = strategies.DEFAULT_CONFIG
-    assert (cfg["lambda_mmd"], cfg["lambda_cmmd"], cfg["lambda_coral"], cfg["lambda_dann"], cfg["lambda_mme"]) == \
+    # every λ chosen from the data by default, from a grid around each alignment's own default
+    assert all(cfg[option] == "auto" for option in strategies.ALIGNED.values())
+    assert tuple(ALIGNMENTS[a].lambda_default for a in ("mmd", "cmmd", "coral", "dann", "mme")) == \
         (0.5, 0.5, 1000.0, 1.0, 0.1)
     # the trainer's defaults, except where a comparison differs on purpose
     defaults = TrainSettings.defaults()

@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"pytl demo: two classes in 2-D (moons), target rotated {args.rotation:g}° and shifted "
-          f"({args.shift[0]:g}, {args.shift[1]:g}); {args.labels} target labels; λ = {args.lambda_mmd:g}, "
+          f"({args.shift[0]:g}, {args.shift[1]:g}); {args.labels} target labels; λ = {_shown(args.lambda_mmd)}, "
           f"{args.align_epochs} alignment + {args.finetune_epochs} fine-tuning epochs; device {device}; "
           f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
     start = time.perf_counter()
@@ -114,3 +114,8 @@ def _run(args: argparse.Namespace) -> int:
             plot.plot_embeddings(reports[0], first_data.source, first_data.target_test, embeddings, strategies=shown)
             print(f"embeddings (seed {seeds[0]}) written to {embeddings}")
     return 0
+
+
+def _shown(lam: float | str) -> str:
+    """λ as the demo's first line states it ("auto": the report's table names the λ chosen)."""
+    return f"{lam:g}" if isinstance(lam, float) else f"{lam} (chosen by the target labels; the table names it)"

@@ -15,7 +15,7 @@ from pytl.experiments import DEFAULT_CONFIG
 from pytl.train import resolve_device
 
 __all__ = ["FIGURE_SUFFIXES", "UsageError", "add_training_options", "angle_list", "check_figure_path",
-           "add_distributed_option", "device_option", "int_list", "non_negative_float", "non_negative_int", "positive_int"]
+           "add_distributed_option", "device_option", "int_list", "lambda_value", "non_negative_float", "non_negative_int", "positive_int"]
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -42,6 +42,16 @@ def _bounded(convert: Callable[[str], Any], minimum: float, what: str) -> Callab
 positive_int = _bounded(int, 1, "a positive integer")
 non_negative_int = _bounded(int, 0, "an integer >= 0")
 non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
+
+
+def lambda_value(text: str) -> float | str:
+    """An argparse type: "auto" (λ chosen from the data, compare_strategies' default) or a finite number >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return non_negative_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}") from None
 
 
 def int_list(minimum: int) -> Callable[[str], list[int]]:
@@ -78,8 +88,9 @@ def angle_list(text: str) -> list[float]:
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """λ and the two stages' epochs, as compare_strategies takes them, with its defaults (the demo and two curves)."""
     lam, align, finetune = (DEFAULT_CONFIG[k] for k in ("lambda_mmd", "align_epochs", "finetune_epochs"))
-    parser.add_argument("--lambda", dest="lambda_mmd", type=non_negative_float, default=lam,
-                        help=f"weight λ of the MMD² term (default {lam:g})")
+    parser.add_argument("--lambda", dest="lambda_mmd", type=lambda_value, default=lam,
+                        help=f"weight λ of the MMD² term, or 'auto': chosen from a grid by the target labels "
+                             f"(default {lam})")
     parser.add_argument("--align-epochs", type=non_negative_int, default=align, help=f"stage-1 epochs (default {align})")
     parser.add_argument("--finetune-epochs", type=non_negative_int, default=finetune,
                         help=f"stage-2 epochs (default {finetune})")

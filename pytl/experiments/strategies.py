@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytl._progress import interactive
+from pytl.experiments.lambda_search import AUTO
 from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE
 from pytl.freezing import FreezingPolicy
 from pytl.train import ALIGNMENTS, TrainSettings
@@ -85,8 +86,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dropout": 0.0,
     "batch_norm": False,
     "standardize": True,           # the default model standardises inputs with pooled source+target statistics
-    # each alignment's λ (pytl.train.alignments: where each default comes from)
-    **{cls.lambda_option: cls.lambda_default for cls in ALIGNMENTS.values()},
+    # each alignment's λ: "auto", its grid around the alignment's default (pytl.train.alignments), chosen by the
+    # target labels (nested under cross-validation) or without them by the criterion below
+    **{cls.lambda_option: AUTO for cls in ALIGNMENTS.values()},
     # the trainer's settings
     **{name: TrainSettings.defaults()[name] for name in TRAINER_OPTIONS},
     "device": "cpu",               # the trainer's None means "where the model lives"; a comparison's model is new

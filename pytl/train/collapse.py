@@ -57,8 +57,7 @@ def collapse_message(records: Sequence[dict[str, Any]], what: str, lambda_option
     return (f"{what}: stage 1 collapsed: the source training accuracy fell from {best:.2f} (epoch {epoch}) to "
             f"{last:.2f} (median of the last {LAST_EPOCHS} epochs): the alignment term took over from the "
             "classification, and nothing ties the model's predictions to the classes any more. Do not ship it "
-            "unchecked; use a smaller λ, or let the data choose it "
-            f"({lambda_option}=\"auto\" in compare_strategies, or pytl.select_lambda)")
+            f"unchecked; {_smaller_lambda(lambda_option)}")
 
 
 class ClassCounts:
@@ -95,8 +94,13 @@ def class_share_message(counts: ClassCounts, source_accuracy: float, what: str, 
     return (f"{what}: stage 1 gives {share:.0%} of the unlabelled target rows one class ({top}) in its last epoch, "
             f"where the source's largest class is {source_share:.0%} of its rows: the aligned model maps the target "
             "onto one class. Unless the target really is this unbalanced (then class_weights=\"estimated\" corrects "
-            "the shift), do not ship it unchecked: compare it with source_only, use a smaller λ, or let the data "
-            f"choose it ({lambda_option}=\"auto\" in compare_strategies, or pytl.select_lambda)")
+            f"the shift), do not ship it unchecked: compare it with source_only, or {_smaller_lambda(lambda_option)}")
+
+
+def _smaller_lambda(lambda_option: str) -> str:
+    """The remedy both messages give: a smaller λ, and where to set it (an "auto" search may have chosen this one)."""
+    return (f"use a smaller λ: compare_strategies' {lambda_option} takes a number or a grid of your own (its "
+            "default \"auto\" searches a grid around the alignment's default), as does pytl.select_lambda")
 
 
 def warn_if_collapsed(records: Sequence[dict[str, Any]], counts: ClassCounts | None, what: str,
