@@ -3,6 +3,7 @@
     python benchmarks/vector_regime.py --modes fixed --save runs/ --strategies ...   # both modes, saved
     python benchmarks/vector_regime.py --modes auto --save runs/ --strategies ...
     python benchmarks/lambda_modes.py runs/                                          # markdown on stdout
+    python benchmarks/lambda_modes.py runs/ --strategies source_only mmd_only scratch naive mmd ensemble
 
 For every saved pair of runs (``<features>_<pair>_fixed_<seed>.pt`` and ``..._auto_<seed>.pt``) it reports,
 over the strategies both ran, the test accuracy of each strategy whose λ "auto" chooses (the unsupervised
@@ -55,26 +56,33 @@ def load(paths: list[str]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="+", help="folders where vector_regime.py --save wrote both modes' runs")
+    ap.add_argument("--strategies", nargs="*", default=None,
+                    help="compare over these strategies only (e.g. the default six: what a user gets without "
+                         "strategies=); default: every strategy both modes ran")
     args = ap.parse_args(argv)
     saved: dict[str, list[str]] = {}
     for p in sorted(p for f in args.folder for p in glob.glob(os.path.join(f, "*.pt"))):
         saved.setdefault(os.path.basename(p), []).append(p)
     changes: dict[str, list[float]] = {}
-    within = {(mode, rule): [] for mode in ("fixed", "auto") for rule in ("pick one", "best")}
-    print("| run | " + " | ".join(CHOSEN) + " | λ auto chose (stage 1 / fine-tuned) | pick one fixed | pick one auto "
-          "| best fixed | best auto |")
-    print("|---|" + "---|" * (len(CHOSEN) + 5))
+    # without weighted_ensemble among the strategies (the default six), report.best is the pick-one rule
+    shown = ("pick one", "best") if args.strategies is None or "weighted_ensemble" in args.strategies else ("pick one",)
+    within = {(mode, rule): [] for mode in ("fixed", "auto") for rule in shown}
+    print("| run | " + " | ".join(CHOSEN) + " | λ auto chose (stage 1 / fine-tuned) | "
+          + " | ".join(f"{rule} {mode}" for rule in shown for mode in ("fixed", "auto")) + " |")
+    print("|---|" + "---|" * (len(CHOSEN) + 1 + 2 * len(shown)))
     for auto_name in (n for n in saved if "_auto_" in n):
         name = auto_name.replace("_auto_", "_fixed_")
         if name not in saved:
             continue
         auto, fix = load(saved[auto_name]), load(saved[name])
         both = set(auto["accuracy"]) & set(fix["accuracy"])
+        if args.strategies is not None:
+            both &= set(args.strategies)
         seed = int(name.rsplit("_", 1)[1][:-3])
         picks = {}
         for mode, run in (("fixed", fix), ("auto", auto)):
             r = rules(run, both - {"weighted_ensemble"}, seed)
-            for rule in ("pick one", "best"):  # over the strategies both ran
+            for rule in shown:  # over the strategies both ran
                 picks[mode, rule] = (r["picks"][rule], 100 * r["acc"][r["picks"][rule]])
         top = max(100 * run["accuracy"][s] for run in (fix, auto) for s in both if s != "weighted_ensemble")
         cells = []
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
             within[key].append(acc - top)
         print(f"| {name.replace('_fixed', '')[:-3]} | " + " | ".join(cells) + f" | {lams} | "
               + " | ".join(f"{picks[mode, rule][0]} {picks[mode, rule][1] - top:+.1f}"
-                           for rule in ("pick one", "best") for mode in ("fixed", "auto")) + " |")
+                           for rule in shown for mode in ("fixed", "auto")) + " |")
     print("\n| strategy | mean change (points) | worst | best |")
     print("|---|---|---|---|")
     for s, v in changes.items():
