@@ -50,7 +50,8 @@ def strategies(seeds: int) -> None:
         mmd: dict[str, list[float]] = {}
         for seed in range(seeds):
             data = pytl.make_domain_shift(seed=seed, **kwargs)
-            r = pytl.compare_strategies(**data.as_dict(), strategies="all", folds=None, seed=seed, progress=False)
+            r = pytl.compare_strategies(**data.as_dict(), strategies="all", folds=None, seed=seed, progress=False,
+                                        **pytl.experiments.fixed_lambdas())  # each alignment at its own default
             for k, v in r.accuracy.items():
                 acc.setdefault(k, []).append(v)
             for k, v in r.embedding_mmd2.items():

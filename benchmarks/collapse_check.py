@@ -27,6 +27,7 @@ from real_pairs import PAIR_NAMES, load_pair, pair_name  # noqa: E402
 from tabular_pairs import TABULAR_PAIRS, load_tabular_pair  # noqa: E402
 from vector_regime import vectors  # noqa: E402
 
+from pytl.experiments import fixed_lambdas  # noqa: E402
 from pytl.experiments.strategies import ALIGNED  # noqa: E402
 from pytl.train import TrainingWarning  # noqa: E402
 from pytl.train.collapse import LAST_EPOCHS  # noqa: E402
@@ -42,7 +43,7 @@ def check(name: str, seed: int, features: str, threads: int, lambdas: dict) -> l
         warnings.simplefilter("always", TrainingWarning)
         # with the target labels, as the saved comparisons ran (without, 20% of the source is held out to rank)
         r = pytl.compare_strategies(**data, strategies=strategies, seed=seed, folds=None, num_threads=threads,
-                                    **lambdas)
+                                    **{**fixed_lambdas(), **lambdas})
     top: dict[str, float] = {}  # each model's most-predicted class: its share of the unlabelled target
     warned = {str(w.message).split(" (")[0] for w in seen if issubclass(w.category, TrainingWarning)}
     rows = []

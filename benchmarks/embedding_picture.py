@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     pair = load_pair(name, args.seed, labels_per_class=5)
     report = pytl.compare_strategies(pair["source"], pair["target_unlabeled"], pair["target_test"],
                                      model=model_for(name, args.seed, pair), strategies=["source_only", "cmmd_only"],
-                                     seed=args.seed, align_epochs=args.epochs, folds=None, num_threads=2)
+                                     seed=args.seed, align_epochs=args.epochs, folds=None, num_threads=2,
+                                     **pytl.experiments.fixed_lambdas())  # the picture drawn at the default λ
     for s in report.accuracy:
         print(f"{s}: target test accuracy {100 * report.accuracy[s]:.1f}%, embedding MMD² {report.embedding_mmd2[s]:.3f}")
     fig = plot.plot_embeddings(report, pair["source"], pair["target_test"], strategies=["source_only", "cmmd_only"],

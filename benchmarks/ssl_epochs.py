@@ -41,7 +41,7 @@ from selection_rules import FOLDS  # noqa: E402
 from tabular_pairs import load_tabular_pair  # noqa: E402
 from vector_regime import vectors  # noqa: E402
 
-from pytl.experiments import ComparisonReport  # noqa: E402
+from pytl.experiments import ComparisonReport, fixed_lambdas  # noqa: E402
 from pytl.experiments.estimate import Estimate  # noqa: E402
 from pytl.experiments.folds import stratified_folds  # noqa: E402
 from pytl.experiments.strategies import SEMI_SUPERVISED, STRATEGIES  # noqa: E402
@@ -89,7 +89,8 @@ def check(path: str, features: str, epochs: int, threads: int, start: str = "sou
         warnings.simplefilter("ignore")
         # "initial": k epochs from the initial weights (align_epochs only reaches the semi-supervised runs here)
         short = {"ssl_epochs": epochs} if start == "source_only" else {"align_epochs": epochs}
-        r = pytl.compare_strategies(**data, strategies=ssl, seed=seed, folds=FOLDS, num_threads=threads, **short)
+        r = pytl.compare_strategies(**data, strategies=ssl, seed=seed, folds=FOLDS, num_threads=threads, **short,
+                                    **fixed_lambdas())  # as the saved "fixed" runs it is compared with
     y = saved["labeled_y"]
     folds = stratified_folds(y, FOLDS, seed)
     exact = {s: lp.double() for s, lp in saved["cv_log_proba"].items()

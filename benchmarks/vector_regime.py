@@ -37,6 +37,7 @@ import pytl  # noqa: E402
 from real_pairs import PAIR_NAMES, load_pair, model_for, pair_name  # noqa: E402
 from tabular_pairs import TABULAR_PAIRS, load_tabular_pair  # noqa: E402
 
+from pytl.experiments import fixed_lambdas  # noqa: E402
 from pytl.experiments.strategies import ALIGNED  # noqa: E402
 
 UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
@@ -71,7 +72,7 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
         data = vectors(load_pair(name, seed, labels_per_class=max(labels, 1)), features, name, seed)
     if labels == 0:
         data.pop("target_labeled")
-    lam = {opt: "auto" for opt in LAMBDA_OPTIONS} if auto else {}
+    lam = {opt: "auto" for opt in LAMBDA_OPTIONS} if auto else fixed_lambdas()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

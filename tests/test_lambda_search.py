@@ -260,3 +260,22 @@ def test_a_seed_summary_names_each_seeds_lambda(shift):
     counts = {chosen: 2, other: 1}
     assert (f"lambda_mmd, per seed: {low:g} ({counts[low]} seed{'s' * (counts[low] > 1)}), "
             f"{high:g} ({counts[high]} seed{'s' * (counts[high] > 1)})") in mixed
+
+
+def test_fixed_lambdas_train_one_stage_1_per_alignment(shift):
+    """fixed_lambdas(): each alignment's λ option at its declared default, the centre of its "auto" grid; passed
+    to compare_strategies no λ is searched and the models are those of that λ given alone."""
+    from pytl.experiments import fixed_lambdas
+    from pytl.train import ALIGNMENTS
+
+    fixed = fixed_lambdas()
+    assert fixed == {"lambda_mmd": 0.5, "lambda_cmmd": 0.5, "lambda_coral": 1000.0, "lambda_dann": 1.0,
+                     "lambda_mme": 0.1}
+    for a, cls in ALIGNMENTS.items():
+        assert fixed[cls.lambda_option] in lambda_grid(a, "auto")
+    r = compare_strategies(**shift.as_dict(), folds=None, seed=0, strategies=["mmd_only"], **fixed, **SETTINGS)
+    assert r.lambdas == {} and r.config["lambda_mmd"] == 0.5
+    alone = compare_strategies(**shift.as_dict(), folds=None, seed=0, strategies=["mmd_only"], lambda_mmd=0.5,
+                               **SETTINGS)
+    assert all(torch.equal(a, b) for a, b in zip(r.models["mmd_only"].parameters(),
+                                                 alone.models["mmd_only"].parameters()))

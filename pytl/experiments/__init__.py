@@ -21,6 +21,7 @@ from pytl.experiments.crossover import Crossover, find_crossover
 from pytl.experiments.data_efficiency import DATA_EFFICIENCY_STRATEGIES, data_efficiency_curve
 from pytl.experiments.divergence import divergence_sweep
 from pytl.experiments.ensemble import EnsembleModel
+from pytl.experiments.lambda_search import fixed_lambdas
 from pytl.experiments.lambda_selection import LambdaSelection, select_lambda
 from pytl.experiments.layers import LAYER_SERIES, layer_transferability
 from pytl.experiments.report import ComparisonReport, SeedSummary, summarize
@@ -55,6 +56,7 @@ __all__ = [
     "data_efficiency_curve",
     "divergence_sweep",
     "find_crossover",
+    "fixed_lambdas",
     "layer_transferability",
     "resolve_config",
     "select_lambda",

@@ -32,12 +32,19 @@ from pytl.experiments.folds import training_rows
 from pytl.train import ALIGNMENTS
 from pytl.validation.criteria import CRITERIA
 
-__all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "fold_choices", "lambda_grid",
-           "pick"]
+__all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "fixed_lambdas", "fold_choices",
+           "lambda_grid", "pick"]
 
 AUTO = "auto"
 #: the "auto" grid of an alignment: its default λ times these (geometric, ratio √10, 0.1× to 10×)
 LAMBDA_FACTORS = tuple(10.0 ** (k / 2) for k in range(-2, 3))
+
+
+def fixed_lambdas() -> dict[str, float]:
+    """Every alignment's λ option at the alignment's declared default, the centre of its "auto" grid: one stage-1
+    run per alignment instead of a search (``compare_strategies(**fixed_lambdas())``; the default before "auto",
+    and what the benchmarks' "fixed" runs use)."""
+    return {cls.lambda_option: cls.lambda_default for cls in ALIGNMENTS.values()}
 
 
 def lambda_grid(alignment: str, spec: Any, option: str | None = None) -> tuple[float, ...]:
