@@ -29,28 +29,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from selection_rules import rules  # noqa: E402
+from selection_rules import load, rules  # noqa: E402
 
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED  # noqa: E402
 
 CHOSEN = (*(f"{a}_only" for a in ALIGNED), *ALIGNED, "ensemble", *SEMI_SUPERVISED)
-PER_STRATEGY = ("accuracy", "test_proba", "cv_log_proba", "seconds", "lambdas")
-
-
-def load(paths: list[str]) -> dict:
-    """One saved run from its parts: the per-strategy tables merged (the first part's entry where two have one:
-    a part with only the semi-supervised strategies searched λ without fine-tuning every λ), the rest from the
-    first part. Parts that chose different stage-1 λs for one alignment would not be one comparison: refused."""
-    parts = [torch.load(p, weights_only=False) for p in paths]
-    run = dict(parts[0])
-    for key in PER_STRATEGY:
-        run[key] = {}
-        for part in parts:
-            for k, v in (part.get(key) or {}).items():
-                if key == "lambdas" and k in run[key] and run[key][k][0] != v[0]:
-                    raise ValueError(f"{paths}: the parts chose different λ for {k}: {run[key][k][0]} and {v[0]}")
-                run[key].setdefault(k, v)
-    return run
 
 
 def main(argv=None) -> int:

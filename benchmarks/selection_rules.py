@@ -3,6 +3,7 @@
     python benchmarks/vector_regime.py --features pixels --modes fixed --save runs/   # every strategy, saved
     python benchmarks/selection_rules.py runs/                                        # markdown on stdout
     python benchmarks/selection_rules.py runs/ --strategies source_only mmd_only scratch naive mmd ensemble
+    python benchmarks/selection_rules.py runs/ ssl_runs/                              # a run saved in parts, merged
 
 For each saved run (its held-out cross-validated predictions and test-set probabilities of every strategy) it
 rebuilds the estimates as compare_strategies does and reports, against the test set's best strategy:
@@ -79,9 +80,29 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
     return out
 
 
+PER_STRATEGY = ("accuracy", "test_proba", "cv_log_proba", "seconds", "lambdas")
+
+
+def load(paths: list[str]) -> dict:
+    """One saved run from its parts: the per-strategy tables merged (the first part's entry where two have one:
+    a part with only the semi-supervised strategies searched λ without fine-tuning every λ), the rest from the
+    first part. Parts that chose different stage-1 λs for one alignment would not be one comparison: refused."""
+    parts = [torch.load(p, weights_only=False) for p in paths]
+    run = dict(parts[0])
+    for key in PER_STRATEGY:
+        run[key] = {}
+        for part in parts:
+            for k, v in (part.get(key) or {}).items():
+                if key == "lambdas" and k in run[key] and run[key][k][0] != v[0]:
+                    raise ValueError(f"{paths}: the parts chose different λ for {k}: {run[key][k][0]} and {v[0]}")
+                run[key].setdefault(k, v)
+    return run
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", help="where vector_regime.py --save wrote its runs")
+    ap.add_argument("folder", nargs="+", help="where vector_regime.py --save wrote its runs (a run saved in parts, "
+                                              "the same file name in several folders, is merged)")
     ap.add_argument("--strategies", nargs="*", default=None, help="only these (default: every saved one)")
     args = ap.parse_args(argv)
     keep = set(args.strategies) if args.strategies else None
@@ -89,11 +110,14 @@ def main(argv=None) -> int:
           "pick one | weighted_ensemble | best (which) | top-3 mean |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
-    for path in sorted(glob.glob(os.path.join(args.folder, "*.pt"))):
-        run = torch.load(path, weights_only=False)
+    saved: dict[str, list[str]] = {}
+    for p in sorted(p for f in args.folder for p in glob.glob(os.path.join(f, "*.pt"))):
+        saved.setdefault(os.path.basename(p), []).append(p)
+    for base, paths in sorted(saved.items()):
+        run = load(paths)
         if run["labeled_y"] is None:
             continue
-        name = os.path.basename(path)[:-3]
+        name = base[:-3]
         regime, seed = name.split("_")[0], int(name.rsplit("_", 1)[1])
         r = rules(run, keep, seed)
         a = {s: 100 * v for s, v in r["acc"].items()}
