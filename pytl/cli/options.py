@@ -15,7 +15,8 @@ from pytl.experiments import DEFAULT_CONFIG
 from pytl.train import resolve_device
 
 __all__ = ["FIGURE_SUFFIXES", "UsageError", "add_training_options", "angle_list", "check_figure_path",
-           "add_distributed_option", "device_option", "int_list", "lambda_value", "non_negative_float", "non_negative_int", "positive_int"]
+           "add_distributed_option", "device_option", "int_list", "lambda_value", "non_negative_float",
+           "non_negative_int", "positive_int"]
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
