@@ -5,6 +5,10 @@ from the data ("auto"), on the real pairs of real_pairs.py.
     python benchmarks/vector_regime.py --features embeddings --pairs digits->mnist --seeds 2
     python benchmarks/vector_regime.py --labels 0            # label-free: λ and best by the criterion
 
+"fixed": every alignment at its declared default (``fixed_lambdas()``); "auto": every alignment's "auto" grid,
+searched by the target labels, or without them by the criterion (``compare_strategies``' own "auto" searches only
+with labels: without, it keeps the defaults, as this benchmark's label-free runs led to).
+
 Two kinds of vectors, the two ways users meet this regime:
 
 - ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays;
@@ -38,10 +42,10 @@ from real_pairs import PAIR_NAMES, load_pair, model_for, pair_name  # noqa: E402
 from tabular_pairs import TABULAR_PAIRS, load_tabular_pair  # noqa: E402
 
 from pytl.experiments import fixed_lambdas  # noqa: E402
+from pytl.experiments.lambda_search import lambda_grid  # noqa: E402
 from pytl.experiments.strategies import ALIGNED  # noqa: E402
 
 UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
-LAMBDA_OPTIONS = tuple(ALIGNED.values())
 BACKBONE_EPOCHS = 15  # the source-trained CNN of the embeddings regime
 
 
@@ -72,7 +76,8 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
         data = vectors(load_pair(name, seed, labels_per_class=max(labels, 1)), features, name, seed)
     if labels == 0:
         data.pop("target_labeled")
-    lam = {opt: "auto" for opt in LAMBDA_OPTIONS} if auto else fixed_lambdas()
+    # "auto": the grid itself, which is searched with target labels or without (bare "auto" searches with labels only)
+    lam = {opt: list(lambda_grid(a, "auto")) for a, opt in ALIGNED.items()} if auto else fixed_lambdas()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

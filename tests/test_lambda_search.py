@@ -213,6 +213,24 @@ def test_without_labels_the_criterion_chooses(shift):
         assert scores[lam] == pytest.approx(float((p * p.log()).sum(1).mean()), rel=1e-6)
 
 
+def test_without_labels_auto_keeps_the_default_and_says_why(shift):
+    """No label-free criterion chose λ reliably better than the defaults on real pairs, so "auto" (the default)
+    searches only with target labels; without, each alignment trains its declared default, and the table says so.
+    A grid of one's own is still searched by the criterion (above)."""
+    d = dict(source=shift.source, target_unlabeled=shift.target_unlabeled, target_test=shift.target_test)
+    r = compare_strategies(**d, folds=None, seed=0, strategies=["source_only", "mmd_only", "coral_only"], **SETTINGS)
+    assert r.lambdas == {} and r.config["lambda_mmd"] == 0.5 and r.config["lambda_coral"] == 1000.0
+    fixed = compare_strategies(**d, folds=None, seed=0, strategies=["mmd_only"], lambda_mmd=0.5, **SETTINGS)
+    assert all(torch.equal(a, b) for a, b in zip(r.models["mmd_only"].parameters(),
+                                                 fixed.models["mmd_only"].parameters()))
+    table = r.table()
+    assert ('"auto" without target labels keeps each alignment\'s default (lambda_mmd 0.5, lambda_coral 1000)'
+            in table) and "CE + 0.5·MMD²" in table
+    assert "keeps each alignment's default" not in fixed.table()
+    labelled = compare_strategies(**shift.as_dict(), folds=None, seed=0, strategies=["mmd_only"], **SETTINGS)
+    assert labelled.lambdas["mmd"].grid == lambda_grid("mmd", "auto") and "keeps" not in labelled.table()
+
+
 def test_select_lambda_and_compare_choose_alike(shift):
     sel = pytl.select_lambda(shift.source, shift.target_unlabeled, lambdas=GRID, criterion="im", **SETTINGS)
     assert sel.best == max(GRID, key=lambda lam: (sel.scores[lam], -lam))

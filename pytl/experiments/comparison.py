@@ -33,7 +33,7 @@ from pytl.experiments.comparison_data import (
 )
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
-from pytl.experiments.lambda_search import lambda_grid
+from pytl.experiments.lambda_search import comparison_grids
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.runs import FINETUNED, Runs
 from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE, add_weighted_ensemble, candidates
@@ -136,7 +136,7 @@ def compare_strategies(
     common = {k: cfg[k] for k in TRAINER_OPTIONS if k not in POLICIES}
     common.update(num_classes=data.num_classes, device=device, seed=seed)
     # The trainer's checks of the settings, once, before anything trains (bad epochs, lr, ...).
-    grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}  # λ options checked
+    grids = comparison_grids(cfg, data.labeled is not None)  # λ options checked
     probe = TwoStageTrainer(None, lambda_align=max(grids["mmd"]), **common, **{k: cfg[k] for k in POLICIES})
     scratch_epochs = cfg["finetune_epochs"] if cfg["scratch_epochs"] is None else cfg["scratch_epochs"]
     cfg["scratch_epochs"] = check_int(scratch_epochs, "scratch_epochs", 0)
@@ -192,12 +192,22 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                             config={**cfg, "num_classes": data.num_classes, "strategies": list(models),
                                     "folds": None if fold_index is None else len(fold_index),
                                     "sample_shape": inp.sample_shape(data.source, True, "source"),
+                                    **{ALIGNED[a]: g[0] for a, g in runs.grids.items() if len(g) == 1},
                                     **{s.option: s.chosen for s in runs.searches.values()},  # the λ used
+                                    "lambdas_unsearched": _unsearched(cfg, data, wanted),
                                     "finetune_lambdas": {a: s.finetune_chosen for a, s in runs.searches.items()
                                                          if s.finetune_chosen is not None}},
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,
                             criterion=None if source_val is None else cfg["criterion"], lambdas=runs.searches,
                             label_shift=_label_shift(runs, models), weighted_ensemble=weighted)
+
+
+def _unsearched(cfg: dict[str, Any], data: ComparisonData, wanted: list[str]) -> list[str]:
+    """The λ options of the wanted alignments left at "auto" and not searched: without target labels "auto" is
+    the alignment's default λ (lambda_search.comparison_grids)."""
+    if data.labeled is not None:
+        return []
+    return [o for a, o in ALIGNED.items() if f"{a}_only" in wanted and isinstance(cfg[o], str)]
 
 
 def _finetune_lambdas_without_estimates(runs: Runs, wanted: list[str], y: Tensor, seed: int) -> None:

@@ -71,7 +71,7 @@ def table_parts(accuracy: Mapping[str, float], std: Mapping[str, float] | None, 
         notes.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
                      "does not measure accuracy; * = best)")
     for line in lambdas:
-        notes.append(f"(λ chosen from the data: {line})")
+        notes.append(f"({line})")
     negative = negative_transfer(accuracy)
     if negative is not None:
         bt = best_transfer(accuracy)

@@ -246,8 +246,20 @@ class ComparisonReport:
             scores = (self.criterion, {s: v[self.criterion] for s, v in self.label_free.items()})
         return table_parts(self.accuracy, None, self.embedding_mmd2, self.skipped, title=f"seed {self.seed}",
                            config=self.config, estimate=self.estimate, paired=self.paired, best=self.best,
-                           label_free=scores, lambdas=[s.summary() for s in self.lambdas.values()],
+                           label_free=scores, lambdas=self._lambda_notes(),
                            histories=self.histories)
+
+    def _lambda_notes(self) -> list[str]:
+        """The table's λ notes: each search's summary; the "auto" options that without target labels kept their
+        alignment's default (and why)."""
+        notes = [f"λ chosen from the data: {s.summary()}" for s in self.lambdas.values()]
+        kept = self.config.get("lambdas_unsearched") or []
+        if kept:
+            used = ", ".join(f"{o} {self.config[o]:g}" for o in kept)
+            notes.append(f"λ: \"auto\" without target labels keeps each alignment's default ({used}): no label-free "
+                         "criterion chose λ reliably better on real pairs (benchmarks/OUTCOMES.md); a grid of your own "
+                         f"is searched by the {self.criterion} criterion")
+        return notes
 
     def table(self) -> str:
         return render_text(self._table_parts())
@@ -336,7 +348,7 @@ def _lambdas_across_seeds(reports: Sequence[ComparisonReport]) -> tuple[dict[str
             continue
         if len(chosen) > 1:
             config[option] = "λ"
-        line = f"{option}, per seed: {_counted(chosen)}"
+        line = f"λ chosen from the data: {option}, per seed: {_counted(chosen)}"
         finetuned = Counter(t[alignment] for t in tuned if alignment in t)
         if finetuned:
             line += f"; fine-tuned {alignment}: {_counted(finetuned)}"

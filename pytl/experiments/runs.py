@@ -20,7 +20,7 @@ from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
 from pytl.experiments.folds import training_rows
-from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, fold_choices, lambda_grid, pick
+from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, comparison_grids, fold_choices, pick
 from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
 from pytl.freezing import FreezingPolicy
@@ -48,7 +48,7 @@ class Runs:
         self.lambda_histories: dict[str, dict[float, dict[str, list]]] = {}  # alignment → λ → stage 1's history
         self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
         #: each alignment's λ values: one number, or the grid stage 1 searches
-        self.grids = {a: lambda_grid(a, cfg[option], option) for a, option in ALIGNED.items()}
+        self.grids = comparison_grids(cfg, data.labeled is not None)
 
     def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
