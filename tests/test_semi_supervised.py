@@ -165,3 +165,22 @@ def test_ssl_alone_takes_its_lambda_from_the_search_as_beside_its_unsupervised_s
     torch.testing.assert_close(alone.estimate["ssl_mmd"].log_proba, beside.estimate["ssl_mmd"].log_proba)
     x = shift.target_test[0]
     torch.testing.assert_close(predict(alone.models["ssl_mmd"], x), predict(beside.models["ssl_mmd"], x))
+
+
+def test_under_auto_the_semi_supervised_strategy_takes_the_alignments_default(shift):
+    """"auto" searches λ for the unsupervised model, whose stage-1 label score is not the semi-supervised
+    strategy's: "ssl_mmd" keeps the alignment's default (0.5) in the shipped model and in every fold, as
+    lambda_mmd=0.5 gives it, while mmd_only beside it takes the search's choice; alone it starts no search."""
+    kw = dict(**shift.as_dict(), folds=3, seed=2, **TINY)
+    auto = compare_strategies(strategies=["mmd_only", "ssl_mmd"], lambda_mmd="auto", **kw)
+    fixed = compare_strategies(strategies=["ssl_mmd"], lambda_mmd=0.5, **kw)
+    alone = compare_strategies(strategies=["ssl_mmd"], **kw)  # "auto" by default
+    assert "mmd" in auto.lambdas and alone.lambdas == {} and fixed.lambdas == {}
+    x = shift.target_test[0]
+    for r in (auto, alone):
+        torch.testing.assert_close(r.estimate["ssl_mmd"].log_proba, fixed.estimate["ssl_mmd"].log_proba)
+        torch.testing.assert_close(predict(r.models["ssl_mmd"], x), predict(fixed.models["ssl_mmd"], x))
+        assert r.config["ssl_lambdas"] == {"ssl_mmd": 0.5}
+    chosen = auto.lambdas["mmd"].chosen
+    rows = {line.split()[0]: line for line in auto.table().splitlines() if line.split()[:1]}
+    assert f"CE + {chosen:g}·MMD²" in rows["mmd_only"] and "CE + 0.5·MMD²" in rows["ssl_mmd"]

@@ -43,6 +43,7 @@ from pytl.experiments.strategies import (
     DEFAULT_STRATEGIES,
     NEEDS_TARGET_LABELS,
     POLICIES,
+    SEMI_SUPERVISED,
     STRATEGIES,
     TRAINER_OPTIONS,
     TRANSFER_STRATEGIES,
@@ -195,6 +196,8 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
                                     **{ALIGNED[a]: g[0] for a, g in runs.grids.items() if len(g) == 1},
                                     **{s.option: s.chosen for s in runs.searches.values()},  # the λ used
                                     "lambdas_unsearched": _unsearched(cfg, data, wanted),
+                                    "ssl_lambdas": {s: runs.ssl_lambda(a) for s, a in SEMI_SUPERVISED.items()
+                                                    if s in models},
                                     "finetune_lambdas": {a: s.finetune_chosen for a, s in runs.searches.items()
                                                          if s.finetune_chosen is not None}},
                             seed=seed, estimate=estimate, paired=paired, cv_seconds=cv_seconds, label_free=label_free,

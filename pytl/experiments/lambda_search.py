@@ -33,7 +33,7 @@ from pytl.train import ALIGNMENTS
 from pytl.validation.criteria import CRITERIA
 
 __all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "comparison_grids", "fixed_lambdas",
-           "fold_choices", "lambda_grid", "pick"]
+           "fold_choices", "lambda_grid", "pick", "semi_supervised_defaults"]
 
 AUTO = "auto"
 #: the "auto" grid of an alignment: its default λ times these (geometric, ratio √10, 0.1× to 10×)
@@ -59,6 +59,15 @@ def comparison_grids(cfg: Mapping[str, Any], labeled: bool) -> dict[str, tuple[f
         auto = isinstance(spec, str) and spec == AUTO
         grids[a] = (cls.lambda_default,) if auto and not labeled else lambda_grid(a, spec, cls.lambda_option)
     return grids
+
+
+def semi_supervised_defaults(cfg: Mapping[str, Any]) -> dict[str, float]:
+    """alignment → the λ of "ssl_<alignment>" where its option is "auto": the alignment's default. The search
+    scores the unsupervised stage-1 models, not the semi-supervised ones; taking its choice (per fold, nested)
+    left their estimates noisier and what ships worse on pixels (benchmarks/OUTCOMES.md, seventh session).
+    With a number that number is theirs, with a grid of your own the search's choice."""
+    return {a: cls.lambda_default for a, cls in ALIGNMENTS.items()
+            if isinstance(cfg[cls.lambda_option], str) and cfg[cls.lambda_option] == AUTO}
 
 
 def lambda_grid(alignment: str, spec: Any, option: str | None = None) -> tuple[float, ...]:

@@ -20,7 +20,15 @@ from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
 from pytl.experiments.folds import training_rows
-from pytl.experiments.lambda_search import LambdaSearch, by_criterion, by_labels, comparison_grids, fold_choices, pick
+from pytl.experiments.lambda_search import (
+    LambdaSearch,
+    by_criterion,
+    by_labels,
+    comparison_grids,
+    fold_choices,
+    pick,
+    semi_supervised_defaults,
+)
 from pytl.experiments.report import LABEL_FREE
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES
 from pytl.freezing import FreezingPolicy
@@ -49,6 +57,8 @@ class Runs:
         self.label_shift: dict[str, Any] = {}  # stage-1 run → its label-shift estimate (class_weights="estimated")
         #: each alignment's λ values: one number, or the grid stage 1 searches
         self.grids = comparison_grids(cfg, data.labeled is not None)
+        #: alignment → the λ of "ssl_<alignment>" where it is not its search's choice ("auto": the default)
+        self.ssl_defaults = semi_supervised_defaults(cfg)
 
     def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
@@ -65,8 +75,8 @@ class Runs:
                     self.align(f"{a}_only", grid[0], alignment=a)
                 else:
                     self.search(a, option, grid)
-            elif f"ssl_{a}" in wanted and len(grid) > 1:  # "ssl_<a>" alone takes its λ from the search all the same
-                self.search(a, option, grid)
+            elif f"ssl_{a}" in wanted and len(grid) > 1 and a not in self.ssl_defaults:
+                self.search(a, option, grid)  # "ssl_<a>" alone under a grid of one's own takes the search's λ
 
     def search(self, alignment: str, option: str, grid: tuple[float, ...]) -> None:
         """Stage 1 once per λ of ``grid``; "<alignment>_only" becomes the best-scoring λ's model (by the target
@@ -142,7 +152,8 @@ class Runs:
         scratch = torch.zeros_like(next(iter(logp.values())))
         for k, held in enumerate(folds):
             train = training_rows(yl.shape[0], held)
-            lambdas = {f"ssl_{a}": self.searches[a].fold_choices[k] for a in self.label_log_proba}
+            lambdas = {f"ssl_{a}": self.searches[a].fold_choices[k] for a in self.label_log_proba
+                       if a not in self.ssl_defaults}
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
             fold_models = self.stage2(rest, labeled, label=label, lambdas=lambdas)
             for s, m in fold_models.items():
@@ -206,9 +217,10 @@ class Runs:
     def semi_supervised(self, name: str, alignment: str, labeled: tuple[Tensor, Tensor], keep: bool,
                         label: str, lambdas: dict[str, float]) -> nn.Module:
         """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
-        unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ: the option's value, or with
-        a grid the λ its unsupervised search chose (a fold's own choice, in ``lambdas``): stage1 runs that search
-        even when "<alignment>_only" is not wanted.
+        unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ (``ssl_lambda``): the
+        option's value; with "auto" the alignment's default; with a grid of one's own the λ its unsupervised
+        search chose (a fold's own choice, in ``lambdas``): stage1 runs that search even when "<alignment>_only"
+        is not wanted.
 
         With ``ssl_epochs`` = k, stage 1 starts from "source_only", which never saw a target label, and trains k
         epochs instead of ``align_epochs`` from the initial weights, in the shipped model and in every fold
@@ -216,8 +228,7 @@ class Runs:
         and the estimate must be of what ships (cheap folds alone, before a full shipped run, misranked 3 of 13
         real runs: benchmarks/OUTCOMES.md)."""
         t0 = time.perf_counter()
-        grid = self.grids[alignment]
-        lam = lambdas.get(name, grid[0] if len(grid) == 1 else self.searches[alignment].chosen)
+        lam = lambdas.get(name, self.ssl_lambda(alignment))
         init, epochs = self.base, self.cfg["align_epochs"]
         if self.cfg["ssl_epochs"] is not None:
             init, epochs = self.models["source_only"], self.cfg["ssl_epochs"]
@@ -233,6 +244,14 @@ class Runs:
             self.histories[name] = trainer.history
             self.seconds[name] = time.perf_counter() - t0
         return trainer.model
+
+    def ssl_lambda(self, alignment: str) -> float:
+        """The λ of the shipped "ssl_<alignment>": its number, the alignment's default under "auto", or the
+        search's choice under a grid of one's own."""
+        grid = self.grids[alignment]
+        if alignment in self.ssl_defaults or len(grid) == 1:
+            return self.ssl_defaults.get(alignment, grid[0])
+        return self.searches[alignment].chosen
 
     def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
                  starts: dict[str, nn.Module]) -> nn.Module:

@@ -147,6 +147,9 @@ def describe(strategy: str, config: Mapping[str, Any], history: Mapping[str, Any
     warm = strategy in SEMI_SUPERVISED and config.get("ssl_epochs") is not None
     if warm:
         config = {**config, "align_epochs": config["ssl_epochs"]}
+    ssl = (config.get("ssl_lambdas") or {}).get(strategy)  # a semi-supervised strategy's own λ
+    if ssl is not None:
+        config = {**config, ALIGNED[SEMI_SUPERVISED[strategy]]: ssl}
     # a λ that is not one number (a SeedSummary's where the seeds chose differently) is named, not formatted
     config = {**config, **{o: _Name("λ") for o in ALIGNED.values() if isinstance(config.get(o), str)}}
     try:
