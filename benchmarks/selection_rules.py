@@ -117,6 +117,10 @@ def main(argv=None) -> int:
         run = load(paths)
         if run["labeled_y"] is None:
             continue
+        if not {"source_only", "scratch", "naive"} <= set(run["accuracy"]):  # a part whose main run is elsewhere
+            print(f"{base}: skipped, it holds only {sorted(run['accuracy'])} (give the folder of its other part)",
+                  file=sys.stderr)
+            continue
         name = base[:-3]
         regime, seed = name.split("_")[0], int(name.rsplit("_", 1)[1])
         r = rules(run, keep, seed)
