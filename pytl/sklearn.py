@@ -83,7 +83,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     and without any target row a source-trained model; or a strategy's name ("mmd", "ssl_cmmd", ...)
     trains just that one. ``report_`` keeps the comparison, ``best_`` the strategy the model comes from.
     lambda_align: the weight of the strategy's alignment (its ``lambda_<alignment>`` option; with "auto",
-    every alignment's), a number, "auto" or a grid; None: pytl's default ("auto": chosen from the data).
+    every alignment's), a number, "auto" or a grid; None: pytl's default ("auto": chosen by the target labels
+    where there are some, else the alignment's default).
     hidden_sizes, align_epochs, finetune_epochs, lr, batch_size, folds, criterion, device, num_threads:
     ``compare_strategies``' options of the same names (None: pytl's defaults). settings: any other option
     of ``compare_strategies`` as a dict. random_state: an int, a RandomState or None (a seed drawn from
