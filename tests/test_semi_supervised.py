@@ -184,3 +184,15 @@ def test_under_auto_the_semi_supervised_strategy_takes_the_alignments_default(sh
     chosen = auto.lambdas["mmd"].chosen
     rows = {line.split()[0]: line for line in auto.table().splitlines() if line.split()[:1]}
     assert f"CE + {chosen:g}·MMD²" in rows["mmd_only"] and "CE + 0.5·MMD²" in rows["ssl_mmd"]
+
+
+def test_a_seed_summary_names_the_semi_supervised_lambda_only_where_the_seeds_agree(shift):
+    import dataclasses
+
+    from pytl.experiments import summarize
+
+    r = compare_strategies(strategies=["ssl_mmd"], lambda_mmd=0.5, **shift.as_dict(), folds=None, seed=2, **TINY)
+    rows = lambda table: {line.split()[0]: line for line in table.splitlines() if line.split()[:1]}  # noqa: E731
+    assert "CE + 0.5·MMD²" in rows(summarize([r, r]).table())["ssl_mmd"]
+    other = dataclasses.replace(r, seed=3, config={**r.config, "lambda_mmd": 2.0, "ssl_lambdas": {"ssl_mmd": 2.0}})
+    assert "CE + λ·MMD²" in rows(summarize([r, other]).table())["ssl_mmd"]

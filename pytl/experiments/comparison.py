@@ -108,8 +108,9 @@ def compare_strategies(
     is checked before training starts. ``model``: the initial model for all strategies (deep-copied); by
     default an MLP sized from the data. ``config``: see ``DEFAULT_CONFIG``. Each alignment's λ is chosen from
     the data by default (``lambda_mmd="auto"``: stage 1 per λ of a grid around the alignment's default, scored
-    by the target labels, nested in the folds, or by ``criterion`` without labels; ``report.lambdas``); a number
-    trains that λ alone.
+    by the target labels, nested in the folds; ``report.lambdas``). Without target labels, and for the
+    semi-supervised strategies, "auto" is the alignment's default (lambda_search.py says why); a number trains
+    that λ alone, a grid of your own is searched (without labels by ``criterion``).
     """
     cfg = resolve_config(config)
     wanted = list(select_strategies(DEFAULT_STRATEGIES if strategies is None else strategies))

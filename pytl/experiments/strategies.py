@@ -87,7 +87,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "batch_norm": False,
     "standardize": True,           # the default model standardises inputs with pooled source+target statistics
     # each alignment's λ: "auto", its grid around the alignment's default (pytl.train.alignments), chosen by the
-    # target labels (nested under cross-validation) or without them by the criterion below
+    # target labels (nested under cross-validation); without labels, and for "ssl_<a>", the default itself
+    # (lambda_search.comparison_grids, semi_supervised_defaults)
     **{cls.lambda_option: AUTO for cls in ALIGNMENTS.values()},
     # the trainer's settings
     **{name: TrainSettings.defaults()[name] for name in TRAINER_OPTIONS},
