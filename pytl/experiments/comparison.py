@@ -33,7 +33,7 @@ from pytl.experiments.comparison_data import (
 )
 from pytl.experiments.estimate import Estimate, PairedComparison, compare_paired
 from pytl.experiments.folds import DEFAULT_FOLDS, check_folds, stratified_folds
-from pytl.experiments.lambda_search import comparison_grids
+from pytl.experiments.lambda_search import comparison_grids, is_auto
 from pytl.experiments.report import ComparisonReport
 from pytl.experiments.runs import FINETUNED, Runs
 from pytl.experiments.weighted_ensemble import WEIGHTED_ENSEMBLE, add_weighted_ensemble, candidates
@@ -211,7 +211,7 @@ def _unsearched(cfg: dict[str, Any], data: ComparisonData, wanted: list[str]) ->
     the alignment's default λ (lambda_search.comparison_grids)."""
     if data.labeled is not None:
         return []
-    return [o for a, o in ALIGNED.items() if f"{a}_only" in wanted and isinstance(cfg[o], str)]
+    return [o for a, o in ALIGNED.items() if f"{a}_only" in wanted and is_auto(cfg[o])]
 
 
 def _finetune_lambdas_without_estimates(runs: Runs, wanted: list[str], y: Tensor, seed: int) -> None:

@@ -33,11 +33,16 @@ from pytl.train import ALIGNMENTS
 from pytl.validation.criteria import CRITERIA
 
 __all__ = ["AUTO", "LAMBDA_FACTORS", "LambdaSearch", "by_labels", "by_criterion", "comparison_grids", "fixed_lambdas",
-           "fold_choices", "lambda_grid", "pick", "semi_supervised_defaults"]
+           "fold_choices", "is_auto", "lambda_grid", "pick", "semi_supervised_defaults"]
 
 AUTO = "auto"
 #: the "auto" grid of an alignment: its default λ times these (geometric, ratio √10, 0.1× to 10×)
 LAMBDA_FACTORS = tuple(10.0 ** (k / 2) for k in range(-2, 3))
+
+
+def is_auto(spec: Any) -> bool:
+    """Whether a λ option's value is "auto" (a grid or a number is not; an array is never compared to a str)."""
+    return isinstance(spec, str) and spec == AUTO
 
 
 def fixed_lambdas() -> dict[str, float]:
@@ -56,8 +61,7 @@ def comparison_grids(cfg: Mapping[str, Any], labeled: bool) -> dict[str, tuple[f
     grids = {}
     for a, cls in ALIGNMENTS.items():
         spec = cfg[cls.lambda_option]
-        auto = isinstance(spec, str) and spec == AUTO
-        grids[a] = (cls.lambda_default,) if auto and not labeled else lambda_grid(a, spec, cls.lambda_option)
+        grids[a] = (cls.lambda_default,) if is_auto(spec) and not labeled else lambda_grid(a, spec, cls.lambda_option)
     return grids
 
 
@@ -66,8 +70,7 @@ def semi_supervised_defaults(cfg: Mapping[str, Any]) -> dict[str, float]:
     scores the unsupervised stage-1 models, not the semi-supervised ones; taking its choice (per fold, nested)
     left their estimates noisier and what ships worse on pixels (benchmarks/OUTCOMES.md, seventh session).
     With a number that number is theirs, with a grid of your own the search's choice."""
-    return {a: cls.lambda_default for a, cls in ALIGNMENTS.items()
-            if isinstance(cfg[cls.lambda_option], str) and cfg[cls.lambda_option] == AUTO}
+    return {a: cls.lambda_default for a, cls in ALIGNMENTS.items() if is_auto(cfg[cls.lambda_option])}
 
 
 def lambda_grid(alignment: str, spec: Any, option: str | None = None) -> tuple[float, ...]:

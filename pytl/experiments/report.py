@@ -340,13 +340,12 @@ def _lambdas_across_seeds(reports: Sequence[ComparisonReport]) -> tuple[dict[str
     """The first report's config, with each searched λ left unnamed ("λ") where the seeds chose differently, and
     one line per searched λ option: the λs the seeds chose and how often (a seed's own report names its own)."""
     config, lines = dict(reports[0].config), []
-    tuned = [r.config.get("finetune_lambdas") or {} for r in reports]
-    agree = {}  # named in "uses" where every seed agrees; a semi-supervised λ that differs is shown as "λ"
-    for key in ("finetune_lambdas", "ssl_lambdas"):
-        per_seed = [r.config.get(key) or {} for r in reports]
-        agree[key] = {k: lam for k, lam in per_seed[0].items() if all(p.get(k) == lam for p in per_seed)}
+    per_seed = {key: [r.config.get(key) or {} for r in reports] for key in ("finetune_lambdas", "ssl_lambdas")}
+    agree = {key: {k: lam for k, lam in seeds[0].items() if all(p.get(k) == lam for p in seeds)}
+             for key, seeds in per_seed.items()}  # named in "uses" where every seed agrees
     config["finetune_lambdas"] = agree["finetune_lambdas"]
-    config["ssl_lambdas"] = {k: agree["ssl_lambdas"].get(k, "λ") for k in reports[0].config.get("ssl_lambdas") or {}}
+    config["ssl_lambdas"] = {k: agree["ssl_lambdas"].get(k, "λ") for k in per_seed["ssl_lambdas"][0]}  # else "λ"
+    tuned = per_seed["finetune_lambdas"]
     for alignment, option in ALIGNED.items():
         chosen = Counter(r.lambdas[alignment].chosen for r in reports if alignment in r.lambdas)
         if not chosen:

@@ -248,10 +248,10 @@ class Runs:
     def ssl_lambda(self, alignment: str) -> float:
         """The λ of the shipped "ssl_<alignment>": its number, the alignment's default under "auto", or the
         search's choice under a grid of one's own."""
+        if alignment in self.ssl_defaults:
+            return self.ssl_defaults[alignment]
         grid = self.grids[alignment]
-        if alignment in self.ssl_defaults or len(grid) == 1:
-            return self.ssl_defaults.get(alignment, grid[0])
-        return self.searches[alignment].chosen
+        return grid[0] if len(grid) == 1 else self.searches[alignment].chosen
 
     def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
                  starts: dict[str, nn.Module]) -> nn.Module:
