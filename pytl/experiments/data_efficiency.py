@@ -37,7 +37,9 @@ def data_efficiency_curve(
     (stage 1 of "naive" and "mmd") do not depend on the target labels and are trained once per seed;
     each label count then fine-tunes them, and trains "scratch", exactly as
     :func:`pytl.compare_strategies` would with those n labels (same initial weights, same budgets: the
-    fine-tuning budget is ``finetune_epochs`` passes over the n labels).
+    fine-tuning budget is ``finetune_epochs`` passes over the n labels) at a fixed λ: stage 1 sees no label, so
+    "mmd" aligns at ``lambda_mmd`` (under the default "auto", the alignment's default, 0.5), where
+    ``compare_strategies`` with labels would search a grid per label count.
 
     label_counts: distinct ints, each at least the number of classes and at most the labelled target
     samples available. seeds: distinct ints >= 0 (data, initial weights, label subsets).
@@ -82,7 +84,10 @@ def data_efficiency_curve(
         common = dict(source=sp.source, target_unlabeled=sp.target_unlabeled, target_test=sp.target_test, seed=s,
                       folds=None)
         stage1 = [st for st, need in (("source_only", "naive"), ("mmd_only", "mmd")) if need in strategies]
-        pre = compare_strategies(**common, strategies=stage1, model=models[s], **run_cfg) if stage1 else None
+        # without target labels compare_strategies holds a fifth of an array source out for its label-free scores;
+        # stage 1 here must train on all of it, as it does with labels (the scores are not used)
+        whole = {"source_validation": sp.source} if isinstance(sp.source, tuple) else {}
+        pre = compare_strategies(**common, strategies=stage1, model=models[s], **{**whole, **run_cfg}) if stage1 else None
         order = stratified_order(sp.target_labeled[1], s)
         xl, yl = sp.target_labeled
         for n in counts:
