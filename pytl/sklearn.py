@@ -76,7 +76,7 @@ def _domains(y: np.ndarray, sample_domain: Any) -> np.ndarray:
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
-    """A pytl transfer strategy as a scikit-learn classifier (an MLP sized from the data, over feature vectors).
+    """A pytl transfer strategy as a scikit-learn classifier (the default MLP, over feature vectors).
 
     strategy: "auto" (default) runs ``compare_strategies`` inside ``fit`` and keeps its choice: with target
     labels the cross-validated best of its default strategies, without them the label-free ranking's best,

@@ -81,10 +81,13 @@ def test_classifier_head_and_transfer_model():
         TransferModel("not a module", head)
 
 
-def test_default_model_sizes_itself_from_the_data():
-    assert default_width(2) == 64 and default_width(100) == 128 and default_width(10_000) == 256
+def test_default_model_is_256_wide_whatever_the_input():
+    # one width for every input size (OUTCOMES.md, eighth session: narrower layers for small inputs lost points)
+    assert default_width(2) == default_width(64) == default_width(10_000) == 256
+    with pytest.raises(ValueError, match="in_features"):
+        default_width(0)
     m = default_model(100, 4)
-    assert [b[0].out_features for b in m.encoder.blocks] == [128, 128]
+    assert [b[0].out_features for b in m.encoder.blocks] == [256, 256]
     assert m(torch.randn(2, 100)).shape == (2, 4)
     st = Standardize.fit(torch.randn(10, 3) * 5 + 7)
     m = default_model(3, 2, hidden_sizes=(4,), standardize=st)

@@ -384,12 +384,16 @@ def noisy():
     x, y = _noisy_data()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        init = default_model(4, 2, dropout=0.2).state_dict()
+        init = default_model(4, 2, NOISY_WIDTH, dropout=0.2).state_dict()
     return x, y, init
 
 
+# the 64-wide MLP the early-stopping epochs below were measured with (the default was 64 wide for 4 features)
+NOISY_WIDTH = (64, 64)
+
+
 def es_model(init, dropout=0.2):
-    model = default_model(4, 2, dropout=dropout)
+    model = default_model(4, 2, NOISY_WIDTH, dropout=dropout)
     model.load_state_dict(init)
     return model
 
@@ -581,7 +585,7 @@ def test_resume_with_early_stopping_is_bit_identical(noisy, tmp_path, interrupt_
     with interrupt_after(stop_after):
         TwoStageTrainer(es_model(init), checkpoint=ckpt, **kw).finetune((x, y))
     # the resumed run starts from other weights: everything comes from the checkpoint
-    resumed = TwoStageTrainer(default_model(4, 2, dropout=0.2), **kw)
+    resumed = TwoStageTrainer(default_model(4, 2, NOISY_WIDTH, dropout=0.2), **kw)
     resumed.finetune((x, y), resume_from=ckpt)
     assert same_state(state(resumed.model), state(straight.model))
     assert resumed.history == straight.history

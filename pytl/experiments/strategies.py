@@ -81,7 +81,7 @@ TRAINER_OPTIONS = tuple(n for n in TrainSettings.names() if n not in PER_RUN_SET
 #: fine-tuning epochs), each alignment's λ, the default model's and the comparison's own options.
 DEFAULT_CONFIG: dict[str, Any] = {
     # model (used when no model is passed)
-    "hidden_sizes": None,          # None: sized from the data (models.default_width)
+    "hidden_sizes": None,          # None: two layers of models.default_width (256) for any input
     "activation": "relu",
     "dropout": 0.0,
     "batch_norm": False,
