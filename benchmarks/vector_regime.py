@@ -7,11 +7,14 @@ from the data ("auto"), on the real pairs of real_pairs.py.
 
 "fixed": every alignment at its declared default (``fixed_lambdas()``); "auto": every alignment's "auto" grid,
 searched by the target labels, or without them by the criterion (``compare_strategies``' own "auto" searches only
-with labels: without, it keeps the defaults, as this benchmark's label-free runs led to).
+with labels: without, it keeps the defaults, as this benchmark's label-free runs led to); "default": whatever
+``compare_strategies`` does when no λ is given (with labels: "auto" for the searched strategies, the alignment's
+default for the semi-supervised ones), the mode that measures what a user gets.
 
 Two kinds of vectors, the two ways users meet this regime:
 
-- ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays;
+- ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays
+  (``--image-size 8``: first averaged down to 8×8, 64 features per channel, where the default MLP is narrowest);
 - ``embeddings``: the 128-wide embedding of a CNN (real_pairs.model_for) trained on the source labels
   alone and then frozen, the "features from a pretrained backbone" workflow;
 - ``tabular``: the tabular pairs of tabular_pairs.py (30 clinical features), whatever ``--pairs`` says.
@@ -49,10 +52,13 @@ UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
 BACKBONE_EPOCHS = 15  # the source-trained CNN of the embeddings regime
 
 
-def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
-    """The pair as (N, F) float32 vectors: flattened pixels, or a source-trained CNN's frozen embeddings."""
+def vectors(pair: dict, features: str, name: str, seed: int, image_size: int | None = None) -> dict:
+    """The pair as (N, F) float32 vectors: flattened pixels (averaged down to ``image_size`` square first when
+    given), or a source-trained CNN's frozen embeddings."""
     if features == "pixels":
         def f(x):
+            if image_size is not None:
+                x = torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(x), image_size).numpy()
             return np.asarray(x).reshape(len(x), -1)
     else:
         trainer = pytl.TwoStageTrainer(model_for(name, seed, pair), lambda_align=0.0, align_epochs=BACKBONE_EPOCHS,
@@ -68,16 +74,17 @@ def vectors(pair: dict, features: str, name: str, seed: int) -> dict:
             "target_test": (f(pair["target_test"][0]), pair["target_test"][1])}
 
 
-def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: int, hidden=None,
-        strategies="all", save: str | None = None) -> dict:
+def run(name: str, seed: int, features: str, mode: str, labels: int, threads: int, hidden=None,
+        strategies="all", save: str | None = None, image_size: int | None = None) -> dict:
     if features == "tabular":
         data = load_tabular_pair(name, seed, labels_per_class=max(labels, 1))
     else:
-        data = vectors(load_pair(name, seed, labels_per_class=max(labels, 1)), features, name, seed)
+        data = vectors(load_pair(name, seed, labels_per_class=max(labels, 1)), features, name, seed, image_size)
     if labels == 0:
         data.pop("target_labeled")
     # "auto": the grid itself, which is searched with target labels or without (bare "auto" searches with labels only)
-    lam = {opt: list(lambda_grid(a, "auto")) for a, opt in ALIGNED.items()} if auto else fixed_lambdas()
+    lam = {"auto": {opt: list(lambda_grid(a, "auto")) for a, opt in ALIGNED.items()}, "fixed": fixed_lambdas(),
+           "default": {}}[mode]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,7 +99,7 @@ def run(name: str, seed: int, features: str, auto: bool, labels: int, threads: i
                     "cv_log_proba": {s: e.log_proba for s, e in r.estimate.items()},
                     "seconds": r.seconds, "cv_seconds": r.cv_seconds,
                     "lambdas": {a: (s.chosen, s.finetune_chosen) for a, s in r.lambdas.items()}},
-                   os.path.join(save, f"{features}_{name}_{'auto' if auto else 'fixed'}_{seed}.pt"))
+                   os.path.join(save, f"{features}{image_size or ''}_{name}_{mode}_{seed}.pt"))
     unsup = [s for s in UNSUPERVISED if s in acc]
     best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
@@ -109,8 +116,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
     ap.add_argument("--features", choices=("pixels", "embeddings", "tabular"), default="pixels")
+    ap.add_argument("--image-size", type=int, default=None, help="pixels: average each image down to this size "
+                    "(square) before flattening (default: as loaded, 28)")
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
-    ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto"))
+    ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto", "default"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: sized "
                     "from the data)")
@@ -127,8 +136,8 @@ def main(argv=None) -> int:
         for mode in args.modes:
             rows = []
             for s in range(args.first_seed, args.first_seed + args.seeds):
-                rows.append(run(name, s, args.features, mode == "auto", args.labels, args.threads, hidden, strategies,
-                                args.save))
+                rows.append(run(name, s, args.features, mode, args.labels, args.threads, hidden, strategies,
+                                args.save, args.image_size))
                 print(f"{name} {mode} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress of long runs
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
