@@ -14,7 +14,8 @@ default for the semi-supervised ones), the mode that measures what a user gets.
 Two kinds of vectors, the two ways users meet this regime:
 
 - ``pixels``: each image flattened, exactly what ``compare_strategies`` gets from a user's arrays
-  (``--image-size 8``: first averaged down to 8×8, 64 features per channel, where the default MLP is narrowest);
+  (``--image-size 8``: first averaged down to 8×8, 64 features per channel, where the default MLP used to be
+  narrowest, 64 wide until the eighth session);
 - ``embeddings``: the 128-wide embedding of a CNN (real_pairs.model_for) trained on the source labels
   alone and then frozen, the "features from a pretrained backbone" workflow;
 - ``tabular``: the tabular pairs of tabular_pairs.py (30 clinical features), whatever ``--pairs`` says.
@@ -121,8 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
     ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto", "default"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: sized "
-                    "from the data)")
+    ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: the "
+                    "default MLP's, two layers of 256)")
     ap.add_argument("--strategies", nargs="*", default=None, help="a subset (default: all)")
     ap.add_argument("--save", default=None, help="a folder: each run's test-set probabilities and cross-validated "
                     "predictions per strategy, to compare selection rules afterwards")

@@ -87,7 +87,9 @@ def data_efficiency_curve(
         # without target labels compare_strategies holds a fifth of an array source out for its label-free scores;
         # stage 1 here must train on all of it, as it does with labels (the scores are not used)
         whole = {"source_validation": sp.source} if isinstance(sp.source, tuple) else {}
-        pre = compare_strategies(**common, strategies=stage1, model=models[s], **{**whole, **run_cfg}) if stage1 else None
+        pre = None
+        if stage1:
+            pre = compare_strategies(**common, strategies=stage1, model=models[s], **{**whole, **run_cfg})
         order = stratified_order(sp.target_labeled[1], s)
         xl, yl = sp.target_labeled
         for n in counts:
