@@ -35,6 +35,13 @@ class Interrupted(Exception):
 
 
 @pytest.fixture
+def default_width_64(monkeypatch):
+    """The default MLP as it was until the eighth session (64 wide for inputs of up to 64 features), for tests whose
+    expected numbers were measured on it."""
+    monkeypatch.setattr("pytl.models.defaults.DEFAULT_WIDTH", 64)
+
+
+@pytest.fixture
 def interrupt_after(monkeypatch):
     """``with interrupt_after(k): trainer.fit(...)``: the run dies right after writing the checkpoint of epoch k
     (a crash between epochs), for the tests that resume from such a checkpoint."""

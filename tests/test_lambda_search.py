@@ -108,13 +108,12 @@ def test_chosen_lambda_equals_a_brute_force_loop_and_folds_never_see_their_label
         assert r.estimate["mmd_only"].correct[held].numpy().tolist() == correct.tolist()
 
 
-def test_the_fine_tuned_strategy_chooses_its_lambda_by_cross_validated_fine_tuning(shift, monkeypatch):
+def test_the_fine_tuned_strategy_chooses_its_lambda_by_cross_validated_fine_tuning(shift, default_width_64):
     """"mmd" (and the ensemble built on it): every λ's stage-1 model fine-tuned on each fold's other labels and
     scored on the fold; the shipped λ is the lowest calibrated cross-entropy over every label, each fold's over
     the other folds' rows (nested), and the shipped model is that λ's stage-1 model fine-tuned on every label."""
     # a seed and budget where the fine-tuned models prefer another λ than the stage-1 models (seen before writing
     # the test, with the 64-wide default MLP of then), so that starting from the stage-1 choice would fail below
-    monkeypatch.setattr("pytl.models.defaults.DEFAULT_WIDTH", 64)
     grid, settings = [0.1, 1.0, 10.0], {**SETTINGS, "align_epochs": 8, "finetune_epochs": 10}
     r = compare_strategies(**shift.as_dict(), folds=3, seed=1, strategies=["scratch", "mmd", "ensemble"],
                            lambda_mmd=grid, **settings)

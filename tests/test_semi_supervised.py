@@ -25,10 +25,9 @@ def shift():
     return pytl.make_domain_shift(0, n_source=200, n_target_unlabeled=200, n_target_labeled=30, n_target_test=200)
 
 
-def test_stage_one_learns_the_target_labels(shift, monkeypatch):
+def test_stage_one_learns_the_target_labels(shift, default_width_64):
     """λ = 0: stage 1 is CE on the source and, semi-supervised, on the target labels as well; the rotated target's
     labels are then fitted by stage 1 alone, which they are not without them."""
-    monkeypatch.setattr("pytl.models.defaults.DEFAULT_WIDTH", 64)  # the default MLP the numbers were measured with
     xl, yl = shift.target_labeled
     acc = {}
     for ssl in (False, True):
