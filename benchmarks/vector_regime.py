@@ -4,6 +4,8 @@ from the data ("auto"), on the real pairs of real_pairs.py.
     python benchmarks/vector_regime.py                       # pixels of every pair, 3 seeds → stdout (markdown)
     python benchmarks/vector_regime.py --features embeddings --pairs digits->mnist --seeds 2
     python benchmarks/vector_regime.py --labels 0            # label-free: λ and best by the criterion
+    python benchmarks/vector_regime.py --labels 0 --modes fixed --lambda-factors 0.1 0.316 1 3.16 10
+        --strategies source_only mmd_only cmmd_only coral_only dann_only mme_only   # every alignment's λ curve
 
 "fixed": every alignment at its declared default (``fixed_lambdas()``); "auto": every alignment's "auto" grid,
 searched by the target labels, or without them by the criterion (``compare_strategies``' own "auto" searches only
@@ -75,8 +77,13 @@ def vectors(pair: dict, features: str, name: str, seed: int, image_size: int | N
             "target_test": (f(pair["target_test"][0]), pair["target_test"][1])}
 
 
+def times(factor: float, sign: str) -> str:
+    """How a λ factor other than 1 shows in a file name or heading."""
+    return "" if factor == 1 else f"{sign}{factor:g}"
+
+
 def run(name: str, seed: int, features: str, mode: str, labels: int, threads: int, hidden=None,
-        strategies="all", save: str | None = None, image_size: int | None = None) -> dict:
+        strategies="all", save: str | None = None, image_size: int | None = None, factor: float = 1.0) -> dict:
     if features == "tabular":
         data = load_tabular_pair(name, seed, labels_per_class=max(labels, 1))
     else:
@@ -84,8 +91,9 @@ def run(name: str, seed: int, features: str, mode: str, labels: int, threads: in
     if labels == 0:
         data.pop("target_labeled")
     # "auto": the grid itself, which is searched with target labels or without (bare "auto" searches with labels only)
-    lam = {"auto": {opt: list(lambda_grid(a, "auto")) for a, opt in ALIGNED.items()}, "fixed": fixed_lambdas(),
-           "default": {}}[mode]
+    # "fixed" × factor: every alignment at one point of its "auto" grid (the λ curves, --lambda-factors)
+    lam = {"auto": {opt: list(lambda_grid(a, "auto")) for a, opt in ALIGNED.items()},
+           "fixed": {opt: float(f"{v * factor:.3g}") for opt, v in fixed_lambdas().items()}, "default": {}}[mode]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,7 +108,7 @@ def run(name: str, seed: int, features: str, mode: str, labels: int, threads: in
                     "cv_log_proba": {s: e.log_proba for s, e in r.estimate.items()},
                     "seconds": r.seconds, "cv_seconds": r.cv_seconds,
                     "lambdas": {a: (s.chosen, s.finetune_chosen) for a, s in r.lambdas.items()}},
-                   os.path.join(save, f"{features}{image_size or ''}_{name}_{mode}_{seed}.pt"))
+                   os.path.join(save, f"{features}{image_size or ''}_{name}_{mode}{times(factor, 'x')}_{seed}.pt"))
     unsup = [s for s in UNSUPERVISED if s in acc]
     best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
@@ -121,6 +129,8 @@ def main(argv=None) -> int:
                     "(square) before flattening (default: as loaded, 28)")
     ap.add_argument("--labels", type=int, default=5, help="target labels per class (0: none, label-free)")
     ap.add_argument("--modes", nargs="*", default=["fixed", "auto"], choices=("fixed", "auto", "default"))
+    ap.add_argument("--lambda-factors", type=float, nargs="*", default=[1.0], help="fixed mode: every default λ "
+                    "times each of these in turn (the λ curves: 0.1 0.316 1 3.16 10 is the auto grid)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: the "
                     "default MLP's, two layers of 256)")
@@ -134,14 +144,14 @@ def main(argv=None) -> int:
           f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
-        for mode in args.modes:
+        for mode, factor in [(m, f) for m in args.modes for f in (args.lambda_factors if m == "fixed" else [1.0])]:
             rows = []
             for s in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(run(name, s, args.features, mode, args.labels, args.threads, hidden, strategies,
-                                args.save, args.image_size))
-                print(f"{name} {mode} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress of long runs
+                                args.save, args.image_size, factor))
+                print(f"{name} {mode} x{factor:g} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress
             strategies = list(rows[0]["acc"])
-            print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}\n")
+            print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}{times(factor, ' × ')}\n")
             print("| strategy | " + " | ".join(f"seed {s}" for s in range(args.first_seed, args.first_seed + args.seeds))
                   + " | mean |")
             print("|---|" + "---|" * (args.seeds + 1))
