@@ -119,6 +119,31 @@ def run(name: str, seed: int, features: str, mode: str, labels: int, threads: in
             "seconds": time.perf_counter() - t0, "features_dim": data["source"][0].shape[1]}
 
 
+def print_curves(name: str, curves: dict[float, list[dict]], first_seed: int) -> None:
+    """Every strategy's mean test accuracy at each λ factor, and per seed its best over the grid as a gain over
+    source_only (which no λ moves): whether any λ of the grid reaches a given gain."""
+    factors = sorted(curves)
+    rows = curves[factors[0]]
+    names = [s for s in rows[0]["acc"] if s != "source_only"]
+    seeds = range(first_seed, first_seed + len(rows))
+    print(f"## {name}: every strategy's λ curve (mean test accuracy per factor of the defaults), best gain per seed\n")
+    print("| strategy | " + " | ".join(f"λ × {f:g}" for f in factors) + " | "
+          + " | ".join(f"best gain, seed {k}" for k in seeds) + " |")
+    print("|---|" + "---|" * (len(factors) + len(rows)))
+    best = [-1.0] * len(rows)
+    for s in names:
+        means = [100 * np.mean([r["acc"][s] for r in curves[f]]) for f in factors]
+        gains = []
+        for i in range(len(rows)):
+            f = max(factors, key=lambda f: curves[f][i]["acc"][s])
+            gains.append(curves[f][i]["acc"][s] - curves[f][i]["acc"]["source_only"])
+            best[i] = max(best[i], gains[-1])
+            gains[-1] = f"{100 * gains[-1]:+.1f} (× {f:g})"
+        print(f"| {s} | " + " | ".join(f"{m:.1f}" for m in means) + " | " + " | ".join(gains) + " |")
+    print("\n- best of every strategy and λ over source_only: " + ", ".join(
+        f"seed {k} {100 * b:+.1f}" for k, b in zip(seeds, best)) + "\n", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="*", default=list(PAIR_NAMES))
@@ -144,6 +169,7 @@ def main(argv=None) -> int:
           f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
+        curves = {}
         for mode, factor in [(m, f) for m in args.modes for f in (args.lambda_factors if m == "fixed" else [1.0])]:
             rows = []
             for s in range(args.first_seed, args.first_seed + args.seeds):
@@ -163,6 +189,10 @@ def main(argv=None) -> int:
                       f"report.best {r['best']} ({100 * r['best_gap']:+.1f} from the test set's best); "
                       f"λ chosen {r['lambdas'] or '-'}; {r['seconds']:.0f} s")
             print(flush=True)
+            if mode == "fixed":
+                curves[factor] = rows
+        if len(curves) > 1:
+            print_curves(name, curves, args.first_seed)
     return 0
 
 
