@@ -13,6 +13,10 @@ rebuilds the estimates as compare_strategies does and reports, against the test 
 - "best": ``report.best`` with "weighted_ensemble": shipped where its nested estimate beats picking one (nested),
   else what picking one picks;
 - "top-3 mean": the equal mean of the 3 best-estimated strategies (calibrated), the rule measured first;
+- "BMA+": "best" with the weights of pseudo-BMA+ (Yao et al. 2018), the same paper's correction of the weights
+  for the noise of n held-out log-likelihoods: each strategy's weight averaged over Bayesian-bootstrap draws of
+  the labels (Dirichlet(1) row weights α, w ∝ exp(n Σ_i α_i log p_s(y_i)), 1,000 draws), so strategies within
+  noise of each other share more of the weight; nested the same way (measured in the ninth session, not adopted);
 
 and whether each pick is significantly below the test set's best (paired sign test on the test rows, 5%):
 with 700-1,000 test rows, 2 points is about one standard error, so the best of 19 strategies on the test
@@ -42,7 +46,9 @@ from pytl.experiments.estimate import Estimate, sign_test_p_value  # noqa: E402
 from pytl.experiments.folds import stratified_folds  # noqa: E402
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # noqa: E402
 from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
+from pytl.experiments.folds import training_rows  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
+    MIN_WEIGHT,
     WEIGHTED_ENSEMBLE,
     candidates,
     mixture,
@@ -51,6 +57,23 @@ from pytl.experiments.weighted_ensemble import (  # noqa: E402
 
 UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
 FOLDS = 5  # vector_regime.py's
+
+
+def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 1000, seed: int = 0):
+    """Members, weights and temperatures of pseudo-BMA+ from ``rows`` of the labels (see the docstring)."""
+    members, temperatures, pointwise = [], [], []
+    for s in candidates(log_proba, STRATEGIES):
+        loss, t = calibrated_cross_entropy(log_proba[s][rows], y[rows])
+        if loss == loss:
+            z = torch.log_softmax(log_proba[s][rows].double() / t, 1)
+            members.append(s), temperatures.append(t), pointwise.append(z.gather(1, y[rows][:, None])[:, 0])
+    n = int(rows.sum())
+    e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
+    alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
+    w = torch.softmax(n * alpha @ torch.stack(pointwise).T, 1).mean(0)
+    keep = [i for i in range(len(members)) if w[i] >= MIN_WEIGHT]
+    total = float(w[keep].sum())
+    return [members[i] for i in keep], [float(w[i]) / total for i in keep], [temperatures[i] for i in keep]
 
 
 def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
@@ -74,10 +97,19 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
     top3 = sorted(fits, key=lambda s: fits[s][0])[:3]
     correct["top-3 mean"] = mixture([test_log_proba[s] for s in top3], [1 / 3] * 3,
                                     [fits[s][1] for s in top3]).argmax(1) == ty
+    nested = torch.zeros_like(next(iter(log_proba.values())))
+    for held in folds:
+        m, w, t = bma_plus(log_proba, y, training_rows(y.shape[0], held))
+        nested[held] = mixture([log_proba[s][held] for s in m], w, t)
+    if Estimate.from_predictions(nested, y, folds).loss < we.pick_one.loss:
+        m, w, t = bma_plus(log_proba, y, torch.ones_like(y, dtype=torch.bool))
+        correct["BMA+"] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
+    else:
+        correct["BMA+"] = correct[we.one]
     acc = {s: float(c.double().mean()) for s, c in correct.items()}
     best = max(names, key=acc.get)
     picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we),
-             "top-3 mean": "top-3 mean"}
+             "top-3 mean": "top-3 mean", "BMA+": "BMA+"}
     out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(), "fresh": fresh_labels(run, names)}
     for rule, s in picks.items():
         wins = int((correct[s] & ~correct[best]).sum())
@@ -131,8 +163,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     keep = set(args.strategies) if args.strategies else None
     print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
-          "pick one | weighted_ensemble | best (which) | top-3 mean | fresh labels |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "pick one | weighted_ensemble | best (which) | top-3 mean | BMA+ | fresh labels |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     fresh: dict[str, list[float]] = {}
     saved: dict[str, list[str]] = {}
@@ -161,9 +193,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {a['source_only']:.1f} | {unsup_cell} | {a['scratch']:.1f} | {a['naive']:.1f} | {ssl_cell} | "
               f"{r['test_best']} {a[r['test_best']]:.1f} | {cell('pick one')} ({r['picks']['pick one']}) | "
               f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('top-3 mean')} | "
-              f"{r['fresh']:.2f} |")
+              f"{cell('BMA+')} | {r['fresh']:.2f} |")
         fresh.setdefault(regime, []).append(r["fresh"])
-        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean"):
+        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean", "BMA+"):
             tally.setdefault((regime, rule), []).append(r[rule])
     print("\n| regime | rule | within 2 points of the test set's best | not significantly below it | mean gap | worst |")
     print("|---|---|---|---|---|---|")
