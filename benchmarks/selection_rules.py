@@ -43,10 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pytl.experiments import ComparisonReport  # noqa: E402
 from pytl.experiments.estimate import Estimate, sign_test_p_value  # noqa: E402
-from pytl.experiments.folds import stratified_folds  # noqa: E402
+from pytl.experiments.folds import stratified_folds, training_rows  # noqa: E402
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # noqa: E402
 from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
-from pytl.experiments.folds import training_rows  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
     MIN_WEIGHT,
     WEIGHTED_ENSEMBLE,
@@ -66,7 +65,9 @@ def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 
         loss, t = calibrated_cross_entropy(log_proba[s][rows], y[rows])
         if loss == loss:
             z = torch.log_softmax(log_proba[s][rows].double() / t, 1)
-            members.append(s), temperatures.append(t), pointwise.append(z.gather(1, y[rows][:, None])[:, 0])
+            members.append(s)
+            temperatures.append(t)
+            pointwise.append(z.gather(1, y[rows][:, None])[:, 0])
     n = int(rows.sum())
     e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
     alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
