@@ -49,6 +49,7 @@ from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
     MIN_WEIGHT,
     WEIGHTED_ENSEMBLE,
+    _fits,
     candidates,
     mixture,
     weigh,
@@ -60,14 +61,10 @@ FOLDS = 5  # vector_regime.py's
 
 def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 1000, seed: int = 0):
     """Members, weights and temperatures of pseudo-BMA+ from ``rows`` of the labels (see the docstring)."""
-    members, temperatures, pointwise = [], [], []
-    for s in candidates(log_proba, STRATEGIES):
-        loss, t = calibrated_cross_entropy(log_proba[s][rows], y[rows])
-        if loss == loss:
-            z = torch.log_softmax(log_proba[s][rows].double() / t, 1)
-            members.append(s)
-            temperatures.append(t)
-            pointwise.append(z.gather(1, y[rows][:, None])[:, 0])
+    fits = _fits(log_proba, y, STRATEGIES, rows)  # the weighted ensemble's candidates and temperatures
+    members, temperatures = [s for s, _, _ in fits], [t for _, _, t in fits]
+    pointwise = [torch.log_softmax(log_proba[s][rows].double() / t, 1).gather(1, y[rows][:, None])[:, 0]
+                 for s, _, t in fits]
     n = int(rows.sum())
     e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
     alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
@@ -111,7 +108,8 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
     best = max(names, key=acc.get)
     picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we),
              "top-3 mean": "top-3 mean", "BMA+": "BMA+"}
-    out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(), "fresh": fresh_labels(run, names)}
+    out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(),
+           "fresh": fresh_labels(test_log_proba, acc, y, ty)}
     for rule, s in picks.items():
         wins = int((correct[s] & ~correct[best]).sum())
         losses = int((~correct[s] & correct[best]).sum())
@@ -119,14 +117,13 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
     return out
 
 
-def fresh_labels(run: dict, names: list[str], draws: int = 200, seed: int = 0) -> float:
-    """The fraction of ``draws`` of fresh labelled test rows (the run's labels per class) on which the strategy
-    with the lowest calibrated cross-entropy is within 2 points of the test set's best (see the docstring)."""
-    y, ty = run["labeled_y"], run["test_y"]
+def fresh_labels(log_proba: dict, acc: dict, y: torch.Tensor, ty: torch.Tensor, draws: int = 200,
+                 seed: int = 0) -> float:
+    """The fraction of ``draws`` of fresh labelled test rows (as many per class as the labels ``y``) on which the
+    strategy with the lowest calibrated cross-entropy is within 2 points of the test set's best (see the
+    docstring); log_proba: each strategy's test-set log probabilities, acc: its test accuracy."""
     per_class = torch.bincount(y, minlength=int(ty.max()) + 1)
-    log_proba = {s: run["test_proba"][s].double().clamp_min(1e-30).log() for s in names}
-    acc = {s: float((lp.argmax(1) == ty).double().mean()) for s, lp in log_proba.items()}
-    top = max(acc.values())
+    top = max(acc[s] for s in log_proba)
     g = torch.Generator().manual_seed(seed)
     by_class = [torch.nonzero(ty == c)[:, 0] for c in range(len(per_class))]
     hits = 0
