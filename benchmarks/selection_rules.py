@@ -9,11 +9,14 @@ For each saved run (its held-out cross-validated predictions and test-set probab
 rebuilds the estimates as compare_strategies does and reports, against the test set's best strategy:
 
 - "pick one": ``report.best`` without "top_ensemble" (the lowest calibrated held-out cross-entropy);
-- "weighted_ensemble": every strategy's calibrated probabilities weighted by held-out likelihood (always);
+- "weighted_ensemble": every strategy's calibrated probabilities, stacked (the mixture weights with the highest
+  held-out likelihood, Yao et al. 2018), always;
 - "best": ``report.best`` with "weighted_ensemble": shipped where its nested estimate beats picking one (nested),
   else what picking one picks;
 - "top-3 mean": the equal mean of the 3 best-estimated strategies (calibrated), the rule measured first;
-- "BMA+": "best" with the weights of pseudo-BMA+ (Yao et al. 2018), the same paper's correction of the weights
+- "pseudo-BMA": "best" with the weights the weighted ensemble had until the tenth session, w ∝ exp(Σ_i log
+  p_s(y_i)) (the same paper's pseudo-Bayesian model averaging); nested the same way;
+- "BMA+": "best" with the weights of pseudo-BMA+ (Yao et al. 2018), the same paper's correction of pseudo-BMA
   for the noise of n held-out log-likelihoods: each strategy's weight averaged over Bayesian-bootstrap draws of
   the labels (Dirichlet(1) row weights α, w ∝ exp(n Σ_i α_i log p_s(y_i)), 1,000 draws), so strategies within
   noise of each other share more of the weight; nested the same way (measured in the ninth session, not adopted);
@@ -49,8 +52,8 @@ from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
     MIN_WEIGHT,
     WEIGHTED_ENSEMBLE,
-    _fits,
     candidates,
+    fits,
     mixture,
     weigh,
 )
@@ -59,22 +62,32 @@ UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
 FOLDS = 5  # vector_regime.py's
 
 
-def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 1000, seed: int = 0):
-    """Members, weights and temperatures of pseudo-BMA+ from ``rows`` of the labels (see the docstring)."""
-    fits = _fits(log_proba, y, STRATEGIES, rows)  # the weighted ensemble's candidates and temperatures
-    members, temperatures = [s for s, _, _ in fits], [t for _, _, t in fits]
-    pointwise = [torch.log_softmax(log_proba[s][rows].double() / t, 1).gather(1, y[rows][:, None])[:, 0]
-                 for s, _, t in fits]
-    n = int(rows.sum())
-    e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
-    alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
-    w = torch.softmax(n * alpha @ torch.stack(pointwise).T, 1).mean(0)
+def _kept(members: list, w: torch.Tensor, temperatures: list):
+    """The members of weight >= MIN_WEIGHT, their weights renormalised, and their temperatures."""
     keep = [i for i in range(len(members)) if w[i] >= MIN_WEIGHT]
     total = float(w[keep].sum())
     return [members[i] for i in keep], [float(w[i]) / total for i in keep], [temperatures[i] for i in keep]
 
 
-def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
+def pseudo_bma(log_proba: dict, y: torch.Tensor, rows: torch.Tensor):
+    """Members, weights and temperatures of pseudo-BMA from ``rows`` of the labels: w ∝ exp(−n · calibrated
+    cross-entropy), the weighted ensemble's rule until the tenth session."""
+    fitted = fits(log_proba, y, STRATEGIES, rows)
+    w = torch.softmax(-int(rows.sum()) * torch.tensor([f.loss for f in fitted], dtype=torch.float64), 0)
+    return _kept([f.strategy for f in fitted], w, [f.temperature for f in fitted])
+
+
+def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 1000, seed: int = 0):
+    """Members, weights and temperatures of pseudo-BMA+ from ``rows`` of the labels (see the docstring)."""
+    fitted = fits(log_proba, y, STRATEGIES, rows)  # the weighted ensemble's candidates and temperatures
+    n = int(rows.sum())
+    e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
+    alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
+    w = torch.softmax(n * alpha @ torch.stack([f.label_proba.clamp_min(1e-300).log() for f in fitted]).T, 1).mean(0)
+    return _kept([f.strategy for f in fitted], w, [f.temperature for f in fitted])
+
+
+def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -> dict:
     y, ty = run["labeled_y"], run["test_y"]
     folds = stratified_folds(y, FOLDS, seed)
     names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")
@@ -91,25 +104,26 @@ def rules(run: dict, keep: set[str] | None, seed: int) -> dict:
     we = weigh(log_proba, y, folds, STRATEGIES)
     correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in we.members], we.weights,
                                          we.temperatures).argmax(1) == ty
-    fits = {s: calibrated_cross_entropy(log_proba[s], y) for s in candidates(log_proba, STRATEGIES)}
-    top3 = sorted(fits, key=lambda s: fits[s][0])[:3]
+    calibrated = {s: calibrated_cross_entropy(log_proba[s], y) for s in candidates(log_proba, STRATEGIES)}
+    top3 = sorted(calibrated, key=lambda s: calibrated[s][0])[:3]
     correct["top-3 mean"] = mixture([test_log_proba[s] for s in top3], [1 / 3] * 3,
-                                    [fits[s][1] for s in top3]).argmax(1) == ty
-    nested = torch.zeros_like(next(iter(log_proba.values())))
-    for held in folds:
-        m, w, t = bma_plus(log_proba, y, training_rows(y.shape[0], held))
-        nested[held] = mixture([log_proba[s][held] for s in m], w, t)
-    if Estimate.from_predictions(nested, y, folds).loss < we.pick_one.loss:
-        m, w, t = bma_plus(log_proba, y, torch.ones_like(y, dtype=torch.bool))
-        correct["BMA+"] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
-    else:
-        correct["BMA+"] = correct[we.one]
+                                    [calibrated[s][1] for s in top3]).argmax(1) == ty
+    for rule, weights in (("pseudo-BMA", pseudo_bma), ("BMA+", bma_plus)):
+        nested = torch.zeros_like(next(iter(log_proba.values())))
+        for held in folds:
+            m, w, t = weights(log_proba, y, training_rows(y.shape[0], held))
+            nested[held] = mixture([log_proba[s][held] for s in m], w, t)
+        if Estimate.from_predictions(nested, y, folds).loss < we.pick_one.loss:
+            m, w, t = weights(log_proba, y, torch.ones_like(y, dtype=torch.bool))
+            correct[rule] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
+        else:
+            correct[rule] = correct[we.one]
     acc = {s: float(c.double().mean()) for s, c in correct.items()}
     best = max(names, key=acc.get)
     picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we),
-             "top-3 mean": "top-3 mean", "BMA+": "BMA+"}
+             "top-3 mean": "top-3 mean", "pseudo-BMA": "pseudo-BMA", "BMA+": "BMA+"}
     out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(),
-           "fresh": fresh_labels(test_log_proba, acc, y, ty)}
+           "fresh": fresh_labels(test_log_proba, acc, y, ty, fresh_draws) if fresh_draws else float("nan")}
     for rule, s in picks.items():
         wins = int((correct[s] & ~correct[best]).sum())
         losses = int((~correct[s] & correct[best]).sum())
@@ -158,11 +172,12 @@ def main(argv=None) -> int:
     ap.add_argument("folder", nargs="+", help="where vector_regime.py --save wrote its runs (a run saved in parts, "
                                               "the same file name in several folders, is merged)")
     ap.add_argument("--strategies", nargs="*", default=None, help="only these (default: every saved one)")
+    ap.add_argument("--fresh-draws", type=int, default=200, help="draws of the fresh-label floor (0: skip it)")
     args = ap.parse_args(argv)
     keep = set(args.strategies) if args.strategies else None
     print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
-          "pick one | weighted_ensemble | best (which) | top-3 mean | BMA+ | fresh labels |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "pick one | weighted_ensemble | best (which) | top-3 mean | pseudo-BMA | BMA+ | fresh labels |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     fresh: dict[str, list[float]] = {}
     saved: dict[str, list[str]] = {}
@@ -178,7 +193,7 @@ def main(argv=None) -> int:
             continue
         name = base[:-3]
         regime, seed = name.split("_")[0], int(name.rsplit("_", 1)[1])
-        r = rules(run, keep, seed)
+        r = rules(run, keep, seed, args.fresh_draws)
         a = {s: 100 * v for s, v in r["acc"].items()}
         unsup = max((s for s in UNSUPERVISED if s in a), key=a.get, default=None)
         ssl = max((s for s in SEMI_SUPERVISED if s in a), key=a.get, default=None)
@@ -191,9 +206,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {a['source_only']:.1f} | {unsup_cell} | {a['scratch']:.1f} | {a['naive']:.1f} | {ssl_cell} | "
               f"{r['test_best']} {a[r['test_best']]:.1f} | {cell('pick one')} ({r['picks']['pick one']}) | "
               f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('top-3 mean')} | "
-              f"{cell('BMA+')} | {r['fresh']:.2f} |")
+              f"{cell('pseudo-BMA')} | {cell('BMA+')} | {r['fresh']:.2f} |")
         fresh.setdefault(regime, []).append(r["fresh"])
-        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean", "BMA+"):
+        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean", "pseudo-BMA", "BMA+"):
             tally.setdefault((regime, rule), []).append(r[rule])
     print("\n| regime | rule | within 2 points of the test set's best | not significantly below it | mean gap | worst |")
     print("|---|---|---|---|---|---|")

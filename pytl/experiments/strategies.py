@@ -47,8 +47,8 @@ ALIGNED = {key: cls.lambda_option for key, cls in ALIGNMENTS.items()}
 #: the semi-supervised strategies, one per alignment: stage 1 learns from the target labels too
 #: (TrainSettings.semi_supervised), then fine-tunes; under cross-validation stage 1 is trained per fold
 SEMI_SUPERVISED = {f"ssl_{a}": a for a in ALIGNED}
-#: and "weighted_ensemble", which trains nothing: the others' calibrated probabilities weighted by their
-#: held-out likelihood of the target labels (weighted_ensemble.py)
+#: and "weighted_ensemble", which trains nothing: the others' calibrated probabilities in the mixture that best
+#: predicts the held-out target labels (stacking, weighted_ensemble.py)
 STRATEGIES = DEFAULT_STRATEGIES + tuple(s for a in ALIGNED if f"{a}_only" not in DEFAULT_STRATEGIES
                                         for s in (f"{a}_only", a)) + tuple(SEMI_SUPERVISED) + (WEIGHTED_ENSEMBLE,)
 NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED, *SEMI_SUPERVISED, WEIGHTED_ENSEMBLE})
@@ -64,7 +64,7 @@ DESCRIPTIONS = {
     **{a: f"{a}_only, then {{finetune_epochs}} epochs on target labels" for a in ALIGNMENTS},
     **{s: f"source and target labels + unlabelled target: {ALIGNMENTS[a].description}, {{align_epochs}} epochs, "
           f"then {{finetune_epochs}} on target labels" for s, a in SEMI_SUPERVISED.items()},
-    WEIGHTED_ENSEMBLE: "calibrated probabilities weighted by held-out likelihood: {weighted_ensemble_members}",
+    WEIGHTED_ENSEMBLE: "calibrated probabilities stacked by held-out likelihood: {weighted_ensemble_members}",
 }
 
 #: the trainer settings that compare_strategies sets per run itself (λ and alignment per strategy, the seed)
