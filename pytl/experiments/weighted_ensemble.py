@@ -10,8 +10,8 @@ mixture takes the ones that add to each other, not only the one with the best li
 pairs (benchmarks/OUTCOMES.md, tenth session), it replaced pseudo-Bayesian model averaging (w_s ∝ exp(Σ_i log
 p_s(y_i)), the same paper's first rule), which gave nearly all the weight to the single best-scoring strategy
 and so inherited picking one's noise: on nine 28×28 pixel runs ``report.best`` ships within 2 points of the test
-set's best in 7 against 5 (equal on embeddings, 8×8 pixels and tabular). Picking one alone got 3 of 9 there, and
-averaging equal thirds of the best three lost up to 6 points when one strategy was clearly ahead.
+set's best in 7 against 5 (within noise on embeddings, 8×8 pixels and tabular). Picking one alone got 3 of 9
+there, and averaging equal thirds of the best three lost up to 6 points when one strategy was clearly ahead.
 
 Its estimate is nested, like every other: for each cross-validation fold the weights and temperatures come
 from the other folds' labels only, and the fold's rows are scored with that mixture of the held-out
