@@ -50,10 +50,9 @@ from pytl.experiments.folds import stratified_folds, training_rows  # noqa: E402
 from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # noqa: E402
 from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
-    MIN_WEIGHT,
     WEIGHTED_ENSEMBLE,
-    candidates,
     fits,
+    keep_members,
     mixture,
     weigh,
 )
@@ -62,19 +61,12 @@ UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
 FOLDS = 5  # vector_regime.py's
 
 
-def _kept(members: list, w: torch.Tensor, temperatures: list):
-    """The members of weight >= MIN_WEIGHT, their weights renormalised, and their temperatures."""
-    keep = [i for i in range(len(members)) if w[i] >= MIN_WEIGHT]
-    total = float(w[keep].sum())
-    return [members[i] for i in keep], [float(w[i]) / total for i in keep], [temperatures[i] for i in keep]
-
-
 def pseudo_bma(log_proba: dict, y: torch.Tensor, rows: torch.Tensor):
     """Members, weights and temperatures of pseudo-BMA from ``rows`` of the labels: w ∝ exp(−n · calibrated
     cross-entropy), the weighted ensemble's rule until the tenth session."""
     fitted = fits(log_proba, y, STRATEGIES, rows)
-    w = torch.softmax(-int(rows.sum()) * torch.tensor([f.loss for f in fitted], dtype=torch.float64), 0)
-    return _kept([f.strategy for f in fitted], w, [f.temperature for f in fitted])
+    return keep_members(fitted, torch.softmax(-int(rows.sum()) * torch.tensor([f.loss for f in fitted],
+                                                                              dtype=torch.float64), 0))
 
 
 def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 1000, seed: int = 0):
@@ -84,7 +76,7 @@ def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 
     e = -torch.rand(draws, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).log()
     alpha = e / e.sum(1, keepdim=True)                     # Dirichlet(1, ..., 1): the Bayesian bootstrap
     w = torch.softmax(n * alpha @ torch.stack([f.label_proba.clamp_min(1e-300).log() for f in fitted]).T, 1).mean(0)
-    return _kept([f.strategy for f in fitted], w, [f.temperature for f in fitted])
+    return keep_members(fitted, w)
 
 
 def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -> dict:
@@ -104,10 +96,9 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
     we = weigh(log_proba, y, folds, STRATEGIES)
     correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in we.members], we.weights,
                                          we.temperatures).argmax(1) == ty
-    calibrated = {s: calibrated_cross_entropy(log_proba[s], y) for s in candidates(log_proba, STRATEGIES)}
-    top3 = sorted(calibrated, key=lambda s: calibrated[s][0])[:3]
-    correct["top-3 mean"] = mixture([test_log_proba[s] for s in top3], [1 / 3] * 3,
-                                    [calibrated[s][1] for s in top3]).argmax(1) == ty
+    top3 = sorted(fits(log_proba, y, STRATEGIES, None), key=lambda f: f.loss)[:3]  # the candidates' own fits
+    correct["top-3 mean"] = mixture([test_log_proba[f.strategy] for f in top3], [1 / 3] * 3,
+                                    [f.temperature for f in top3]).argmax(1) == ty
     for rule, weights in (("pseudo-BMA", pseudo_bma), ("BMA+", bma_plus)):
         nested = torch.zeros_like(next(iter(log_proba.values())))
         for held in folds:

@@ -38,7 +38,7 @@ from pytl.experiments.estimate import Estimate, calibrated_cross_entropy
 from pytl.experiments.folds import training_rows
 
 __all__ = ["Fit", "MIN_WEIGHT", "WEIGHTED_ENSEMBLE", "WeightedEnsemble", "add_weighted_ensemble", "candidates",
-           "fits", "mixture", "nested_estimate", "stacking_weights", "weigh", "weigh_members"]
+           "fits", "keep_members", "mixture", "nested_estimate", "stacking_weights", "weigh", "weigh_members"]
 
 WEIGHTED_ENSEMBLE = "weighted_ensemble"
 #: members below this weight are dropped (and the rest renormalised): they can only move a prediction whose two
@@ -101,16 +101,21 @@ def stacking_weights(label_proba: Tensor) -> Tensor:
     return w
 
 
+def keep_members(fitted: list[Fit], w: Tensor) -> tuple[list[str], list[float], list[float]]:
+    """The candidates of ``fitted`` whose weight in ``w`` is at least MIN_WEIGHT, their weights renormalised, and
+    their temperatures."""
+    keep = [i for i in range(len(fitted)) if w[i] >= MIN_WEIGHT]
+    total = float(w[keep].sum())
+    return ([fitted[i].strategy for i in keep], [float(w[i]) / total for i in keep],
+            [fitted[i].temperature for i in keep])
+
+
 def _choose(fitted: list[Fit], pick_one: bool) -> tuple[list[str], list[float], list[float]]:
     """Members, weights and temperatures from ``fitted`` (see weigh_members)."""
     if pick_one:
         f = min(fitted, key=lambda f: f.loss)  # ties to the earlier in order
         return [f.strategy], [1.0], [f.temperature]
-    w = stacking_weights(torch.stack([f.label_proba for f in fitted], 1))
-    keep = [i for i in range(len(fitted)) if w[i] >= MIN_WEIGHT]
-    total = float(w[keep].sum())
-    return ([fitted[i].strategy for i in keep], [float(w[i]) / total for i in keep],
-            [fitted[i].temperature for i in keep])
+    return keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
 
 
 def weigh_members(log_proba: Mapping[str, Tensor], y: Tensor, order: Sequence[str], rows: Tensor | None = None,
