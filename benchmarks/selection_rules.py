@@ -11,8 +11,10 @@ rebuilds the estimates as compare_strategies does and reports, against the test 
 - "pick one": ``report.best`` without "top_ensemble" (the lowest calibrated held-out cross-entropy);
 - "weighted_ensemble": every strategy's calibrated probabilities, stacked (the mixture weights with the highest
   held-out likelihood, Yao et al. 2018), always;
-- "best": ``report.best`` with "weighted_ensemble": shipped where its nested estimate beats picking one (nested),
-  else what picking one picks;
+- "best": ``report.best`` with "weighted_ensemble" among the strategies (since the eleventh session: the stacked
+  ensemble, always);
+- "guarded": ``report.best``'s rule until the eleventh session: the stacked ensemble where its nested estimate
+  beats picking one's (nested the same way), else what picking one picks;
 - "top-3 mean": the equal mean of the 3 best-estimated strategies (calibrated), the rule measured first;
 - "pseudo-BMA": "best" with the weights the weighted ensemble had until the tenth session, w ∝ exp(Σ_i log
   p_s(y_i)) (the same paper's pseudo-Bayesian model averaging); nested the same way;
@@ -25,6 +27,11 @@ and whether each pick is significantly below the test set's best (paired sign te
 with 700-1,000 test rows, 2 points is about one standard error, so the best of 19 strategies on the test
 set is itself a few points lucky. Also per run: source_only, the best unsupervised gain over it, scratch,
 naive, the best semi-supervised strategy.
+
+``--labels-per-class K`` asks what the rules do with fewer labels: K labelled rows per class drawn from each run's
+(``--draws`` times), the same held-out predictions and models (so the models are as good as with every label,
+only the choosing is noisier), K folds; it prints each regime's share of draws within 2 points of the test set's
+best and the mean and worst gap, for the stacked ensemble always, "guarded" and "pick one".
 
 "fresh labels" is the noise floor of any rule that chooses from that many labels: as many labelled rows per
 class as the run had, drawn afresh from the test set (200 draws), scored with the final models themselves (no
@@ -109,9 +116,10 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
             correct[rule] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
         else:
             correct[rule] = correct[we.one]
+    correct["guarded"] = correct[WEIGHTED_ENSEMBLE if we.better else we.one]
     acc = {s: float(c.double().mean()) for s, c in correct.items()}
     best = max(names, key=acc.get)
-    picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we),
+    picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we), "guarded": "guarded",
              "top-3 mean": "top-3 mean", "pseudo-BMA": "pseudo-BMA", "BMA+": "BMA+"}
     out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(),
            "fresh": fresh_labels(test_log_proba, acc, y, ty, fresh_draws) if fresh_draws else float("nan")}
@@ -120,6 +128,30 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
         losses = int((~correct[s] & correct[best]).sum())
         out[rule] = (100 * (acc[s] - acc[best]), sign_test_p_value(wins, losses) < 0.05 and losses > wins)
     return out
+
+
+def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[str, list[float]]:
+    """Gaps to the test set's best (points) of the stacked ensemble always, "guarded" and "pick one", each chosen
+    from ``per_class`` labelled rows per class drawn from the run's, ``draws`` times (see the docstring)."""
+    y, ty = run["labeled_y"], run["test_y"]
+    names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")]
+    log_proba = {s: run["cv_log_proba"][s].double() for s in names if run["cv_log_proba"].get(s) is not None}
+    test_log_proba = {s: run["test_proba"][s].double().clamp_min(1e-30).log() for s in names}
+    acc = {s: float((lp.argmax(1) == ty).double().mean()) for s, lp in test_log_proba.items()}
+    top = max(acc.values())
+    g = torch.Generator().manual_seed(seed)
+    by_class = [torch.nonzero(y == c)[:, 0] for c in range(int(y.max()) + 1)]
+    gaps: dict[str, list[float]] = {"weighted_ensemble": [], "guarded": [], "pick one": []}
+    for _ in range(draws):
+        rows = torch.cat([r[torch.randperm(len(r), generator=g)[:per_class]] for r in by_class])
+        we = weigh({s: lp[rows] for s, lp in log_proba.items()}, y[rows], stratified_folds(y[rows], per_class, seed),
+                   STRATEGIES)
+        mixed = float((mixture([test_log_proba[s] for s in we.members], we.weights, we.temperatures).argmax(1)
+                       == ty).double().mean())
+        gaps["weighted_ensemble"].append(100 * (mixed - top))
+        gaps["guarded"].append(100 * ((mixed if we.better else acc[we.one]) - top))
+        gaps["pick one"].append(100 * (acc[we.one] - top))
+    return gaps
 
 
 def fresh_labels(log_proba: dict, acc: dict, y: torch.Tensor, ty: torch.Tensor, draws: int = 200,
@@ -164,11 +196,16 @@ def main(argv=None) -> int:
                                               "the same file name in several folders, is merged)")
     ap.add_argument("--strategies", nargs="*", default=None, help="only these (default: every saved one)")
     ap.add_argument("--fresh-draws", type=int, default=200, help="draws of the fresh-label floor (0: skip it)")
+    ap.add_argument("--labels-per-class", type=int, default=None, help="fewer labels: choose from this many per "
+                                                                       "class, drawn from each run's (see above)")
+    ap.add_argument("--draws", type=int, default=10, help="--labels-per-class: draws per run")
     args = ap.parse_args(argv)
     keep = set(args.strategies) if args.strategies else None
+    if args.labels_per_class is not None:
+        return main_fewer(args.folder, args.labels_per_class, args.draws)
     print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
-          "pick one | weighted_ensemble | best (which) | top-3 mean | pseudo-BMA | BMA+ | fresh labels |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "pick one | weighted_ensemble | best (which) | guarded | top-3 mean | pseudo-BMA | BMA+ | fresh labels |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     fresh: dict[str, list[float]] = {}
     saved: dict[str, list[str]] = {}
@@ -196,10 +233,11 @@ def main(argv=None) -> int:
         ssl_cell = f"{ssl} {a[ssl]:.1f}" if ssl else "-"
         print(f"| {name} | {a['source_only']:.1f} | {unsup_cell} | {a['scratch']:.1f} | {a['naive']:.1f} | {ssl_cell} | "
               f"{r['test_best']} {a[r['test_best']]:.1f} | {cell('pick one')} ({r['picks']['pick one']}) | "
-              f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('top-3 mean')} | "
+              f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('guarded')} | "
+              f"{cell('top-3 mean')} | "
               f"{cell('pseudo-BMA')} | {cell('BMA+')} | {r['fresh']:.2f} |")
         fresh.setdefault(regime, []).append(r["fresh"])
-        for rule in ("pick one", "weighted_ensemble", "best", "top-3 mean", "pseudo-BMA", "BMA+"):
+        for rule in ("pick one", "weighted_ensemble", "best", "guarded", "top-3 mean", "pseudo-BMA", "BMA+"):
             tally.setdefault((regime, rule), []).append(r[rule])
     print("\n| regime | rule | within 2 points of the test set's best | not significantly below it | mean gap | worst |")
     print("|---|---|---|---|---|---|")
@@ -209,6 +247,26 @@ def main(argv=None) -> int:
               f"{sum(gaps) / len(gaps):+.1f} | {min(gaps):+.1f} |")
     for regime, f in sorted(fresh.items()):
         print(f"| {regime} | fresh labels (expected) | {sum(f):.1f}/{len(f)} | - | - | - |")
+    return 0
+
+
+def main_fewer(folders: list[str], per_class: int, draws: int) -> int:
+    """The --labels-per-class table: per regime and rule, the share of draws within 2 points, mean and worst gap."""
+    gaps: dict[tuple[str, str], list[float]] = {}
+    for p in sorted(p for f in folders for p in glob.glob(os.path.join(f, "*.pt"))):
+        run = load([p])
+        if run["labeled_y"] is None:
+            continue
+        name = os.path.basename(p)[:-3]
+        regime = f"{name.split('_')[0]} ({name.split('_')[-2]})"  # e.g. "embeddings (default)"
+        for rule, g in fewer_labels(run, per_class, draws, int(name.rsplit("_", 1)[1])).items():
+            gaps.setdefault((regime, rule), []).extend(g)
+    print(f"| regime, {per_class} labels per class | rule | draws within 2 points of the test set's best | mean gap "
+          "| worst |")
+    print("|---|---|---|---|---|")
+    for (regime, rule), g in sorted(gaps.items()):
+        within = sum(x >= -2 for x in g) / len(g)
+        print(f"| {regime} | {rule} | {within:.2f} | {sum(g) / len(g):+.2f} | {min(g):+.1f} |")
     return 0
 
 
