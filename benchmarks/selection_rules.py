@@ -10,7 +10,9 @@ rebuilds the estimates as compare_strategies does and reports, against the test 
 
 - "pick one": ``report.best`` without "top_ensemble" (the lowest calibrated held-out cross-entropy);
 - "weighted_ensemble": every strategy's calibrated probabilities, stacked (the mixture weights with the highest
-  held-out likelihood, Yao et al. 2018), always;
+  held-out likelihood, Yao et al. 2018), bagged (those weights averaged over Bayesian-bootstrap reweightings of
+  the labels, since the eleventh session), always;
+- "one fit": the same with the weights of one stacking fit (no bagging: the tenth session's rule), always;
 - "best": ``report.best`` with "weighted_ensemble" among the strategies (since the eleventh session: the stacked
   ensemble, always);
 - "guarded": ``report.best``'s rule until the eleventh session: the stacked ensemble where its nested estimate
@@ -31,7 +33,7 @@ naive, the best semi-supervised strategy.
 ``--labels-per-class K`` asks what the rules do with fewer labels: K labelled rows per class drawn from each run's
 (``--draws`` times), the same held-out predictions and models (so the models are as good as with every label,
 only the choosing is noisier), K folds; it prints each regime's share of draws within 2 points of the test set's
-best and the mean and worst gap, for the stacked ensemble always, "guarded" and "pick one".
+best and the mean and worst gap, for the stacked ensemble always, "guarded", "one fit" and "pick one".
 
 "fresh labels" is the noise floor of any rule that chooses from that many labels: as many labelled rows per
 class as the run had, drawn afresh from the test set (200 draws), scored with the final models themselves (no
@@ -61,6 +63,7 @@ from pytl.experiments.weighted_ensemble import (  # noqa: E402
     fits,
     keep_members,
     mixture,
+    stacking_weights,
     weigh,
 )
 
@@ -103,7 +106,10 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
     we = weigh(log_proba, y, folds, STRATEGIES)
     correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in we.members], we.weights,
                                          we.temperatures).argmax(1) == ty
-    top3 = sorted(fits(log_proba, y, STRATEGIES, None), key=lambda f: f.loss)[:3]  # the candidates' own fits
+    fitted = fits(log_proba, y, STRATEGIES, None)
+    m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
+    correct["one fit"] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
+    top3 = sorted(fitted, key=lambda f: f.loss)[:3]  # the candidates' own fits
     correct["top-3 mean"] = mixture([test_log_proba[f.strategy] for f in top3], [1 / 3] * 3,
                                     [f.temperature for f in top3]).argmax(1) == ty
     for rule, weights in (("pseudo-BMA", pseudo_bma), ("BMA+", bma_plus)):
@@ -120,6 +126,7 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
     acc = {s: float(c.double().mean()) for s, c in correct.items()}
     best = max(names, key=acc.get)
     picks = {"pick one": report(), "weighted_ensemble": WEIGHTED_ENSEMBLE, "best": report(we), "guarded": "guarded",
+             "one fit": "one fit",
              "top-3 mean": "top-3 mean", "pseudo-BMA": "pseudo-BMA", "BMA+": "BMA+"}
     out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(),
            "fresh": fresh_labels(test_log_proba, acc, y, ty, fresh_draws) if fresh_draws else float("nan")}
@@ -131,8 +138,9 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
 
 
 def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[str, list[float]]:
-    """Gaps to the test set's best (points) of the stacked ensemble always, "guarded" and "pick one", each chosen
-    from ``per_class`` labelled rows per class drawn from the run's, ``draws`` times (see the docstring)."""
+    """Gaps to the test set's best (points) of the stacked ensemble always, "guarded", "one fit" and "pick one",
+    each chosen from ``per_class`` labelled rows per class drawn from the run's, ``draws`` times (see the
+    docstring)."""
     y, ty = run["labeled_y"], run["test_y"]
     names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")]
     log_proba = {s: run["cv_log_proba"][s].double() for s in names if run["cv_log_proba"].get(s) is not None}
@@ -141,7 +149,7 @@ def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[s
     top = max(acc.values())
     g = torch.Generator().manual_seed(seed)
     by_class = [torch.nonzero(y == c)[:, 0] for c in range(int(y.max()) + 1)]
-    gaps: dict[str, list[float]] = {"weighted_ensemble": [], "guarded": [], "pick one": []}
+    gaps: dict[str, list[float]] = {"weighted_ensemble": [], "guarded": [], "one fit": [], "pick one": []}
     for _ in range(draws):
         rows = torch.cat([r[torch.randperm(len(r), generator=g)[:per_class]] for r in by_class])
         we = weigh({s: lp[rows] for s, lp in log_proba.items()}, y[rows], stratified_folds(y[rows], per_class, seed),
@@ -151,6 +159,10 @@ def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[s
         gaps["weighted_ensemble"].append(100 * (mixed - top))
         gaps["guarded"].append(100 * ((mixed if we.better else acc[we.one]) - top))
         gaps["pick one"].append(100 * (acc[we.one] - top))
+        fitted = fits({s: lp[rows] for s, lp in log_proba.items()}, y[rows], STRATEGIES, None)
+        m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
+        gaps["one fit"].append(100 * (float((mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty)
+                                            .double().mean()) - top))
     return gaps
 
 
@@ -204,7 +216,8 @@ def main(argv=None) -> int:
     if args.labels_per_class is not None:
         return main_fewer(args.folder, args.labels_per_class, args.draws)
     print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
-          "pick one | weighted_ensemble | best (which) | guarded | top-3 mean | pseudo-BMA | BMA+ | fresh labels |")
+          "pick one | weighted_ensemble | best (which) | guarded | one fit | top-3 mean | pseudo-BMA | BMA+ | "
+          "fresh labels |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     fresh: dict[str, list[float]] = {}
@@ -234,10 +247,11 @@ def main(argv=None) -> int:
         print(f"| {name} | {a['source_only']:.1f} | {unsup_cell} | {a['scratch']:.1f} | {a['naive']:.1f} | {ssl_cell} | "
               f"{r['test_best']} {a[r['test_best']]:.1f} | {cell('pick one')} ({r['picks']['pick one']}) | "
               f"{cell('weighted_ensemble')} | {cell('best')} ({r['picks']['best']}) | {cell('guarded')} | "
-              f"{cell('top-3 mean')} | "
+              f"{cell('one fit')} | {cell('top-3 mean')} | "
               f"{cell('pseudo-BMA')} | {cell('BMA+')} | {r['fresh']:.2f} |")
         fresh.setdefault(regime, []).append(r["fresh"])
-        for rule in ("pick one", "weighted_ensemble", "best", "guarded", "top-3 mean", "pseudo-BMA", "BMA+"):
+        for rule in ("pick one", "weighted_ensemble", "best", "guarded", "one fit", "top-3 mean", "pseudo-BMA",
+                     "BMA+"):
             tally.setdefault((regime, rule), []).append(r[rule])
     print("\n| regime | rule | within 2 points of the test set's best | not significantly below it | mean gap | worst |")
     print("|---|---|---|---|---|---|")

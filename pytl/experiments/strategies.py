@@ -48,7 +48,7 @@ ALIGNED = {key: cls.lambda_option for key, cls in ALIGNMENTS.items()}
 #: (TrainSettings.semi_supervised), then fine-tunes; under cross-validation stage 1 is trained per fold
 SEMI_SUPERVISED = {f"ssl_{a}": a for a in ALIGNED}
 #: and "weighted_ensemble", which trains nothing: the others' calibrated probabilities in the mixture that best
-#: predicts the held-out target labels (stacking, weighted_ensemble.py)
+#: predicts the held-out target labels (bagged stacking, weighted_ensemble.py)
 STRATEGIES = DEFAULT_STRATEGIES + tuple(s for a in ALIGNED if f"{a}_only" not in DEFAULT_STRATEGIES
                                         for s in (f"{a}_only", a)) + tuple(SEMI_SUPERVISED) + (WEIGHTED_ENSEMBLE,)
 NEEDS_TARGET_LABELS = frozenset({"scratch", "naive", "ensemble", *ALIGNED, *SEMI_SUPERVISED, WEIGHTED_ENSEMBLE})
