@@ -64,8 +64,8 @@ def table_parts(accuracy: Mapping[str, float], std: Mapping[str, float] | None, 
                      "held-out cross-entropy at its best temperature; * = report.best, shipped as report.best_model: "
                      "the lowest CV loss, except that a strategy trained without target labels must also be "
                      "significantly more accurate than the best fine-tuned one (paired sign test, 5%)"
-                     + ("; weighted_ensemble's loss is nested (each fold's weights chosen without its labels) and it "
-                        "is shipped where it beats picking one strategy, nested the same way"
+                     + ("; weighted_ensemble's loss is nested (each fold's weights chosen without its labels), and "
+                        "where it is compared it is what ships"
                         if "weighted_ensemble" in estimate else "") + ")")
     if label_free:
         notes.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
