@@ -130,6 +130,13 @@ def test_stacking_weights_of_a_batch_of_reweighted_problems_equal_scipys():
         assert g.max() - 1 <= 1e-8
 
 
+@pytest.mark.parametrize("row_weights", [torch.ones(4) / 4, torch.ones(2, 3, 5) / 5,
+                                         torch.tensor([0.5, 0.75, -0.25, 0.0, 0.0])])
+def test_stacking_weights_row_weights_are_checked(row_weights):
+    with pytest.raises(ValueError, match="row_weights must be"):
+        stacking_weights(torch.rand(5, 3, dtype=torch.float64), row_weights)
+
+
 def test_bootstrap_row_weights_are_dirichlet_one_and_reproducible():
     n, draws = 8, 20_000
     torch.manual_seed(123)  # the draws must not depend on the global generator

@@ -2,21 +2,19 @@
 weighted by how well it predicted the held-out target labels. It trains nothing: it averages models the
 comparison already has.
 
-The weights are bagged stacking of predictive distributions. Stacking (Yao et al. 2018, "Using stacking to
-average Bayesian predictive distributions") takes the weights on the simplex that maximise the held-out
-log-likelihood of the mixture, Σ_i log Σ_s w_s p_s(y_i), where p_s(y_i) is strategy s's probability of label i
-after its temperature. Where one strategy is clearly better the mixture is nearly that strategy; where several
-predict different labels right, the mixture takes the ones that add to each other, not only the one with the best
-likelihood alone. Bagging (Breiman 1996) averages those weights over 200 Bayesian-bootstrap reweightings of the
-labels (Rubin 1981): with 50 labels one fit's weights swing with a few rows, and the average spreads the weight
-over the strategies that predict well under most reweightings, not only under the labels the team happened to
-get.
-Measured on 57 real runs (benchmarks/OUTCOMES.md, tenth and eleventh sessions):
-stacking replaced pseudo-Bayesian model averaging (w_s ∝ exp(Σ_i log p_s(y_i)), the same paper's first rule),
-which gave nearly all the weight to the single best-scoring strategy and so inherited picking one's noise, and
-bagging moved the mean gap to the test set's best from −1.0 to −0.2 points on nine 28×28 pixel runs (equal within
-noise elsewhere). Picking one alone was within 2 points of the test set's best in 34 of the 57 runs, the bagged
-ensemble in 46.
+The weights are bagged stacking of predictive distributions. Stacking (Yao et al. 2018, "Using stacking to average
+Bayesian predictive distributions") takes the weights on the simplex that maximise the held-out log-likelihood of
+the mixture, Σ_i log Σ_s w_s p_s(y_i), where p_s(y_i) is strategy s's probability of label i after its temperature.
+Where one strategy is clearly better the mixture is nearly that strategy; where several predict different labels
+right, the mixture takes the ones that add to each other, not only the one with the best likelihood alone. Bagging
+(Breiman 1996) averages those weights over 200 Bayesian-bootstrap reweightings of the labels (Rubin 1981): with 50
+labels one fit's weights swing with a few rows, and the average spreads the weight over the strategies that predict
+well under most reweightings, not only under the labels the team happened to get. Measured on 57 real runs
+(benchmarks/OUTCOMES.md, tenth and eleventh sessions): stacking replaced pseudo-Bayesian model averaging (w_s ∝
+exp(Σ_i log p_s(y_i)), the same paper's first rule), which gave nearly all the weight to the single best-scoring
+strategy and so inherited picking one's noise, and bagging moved the mean gap to the test set's best from −1.0 to
+−0.2 points on nine 28×28 pixel runs (equal within noise elsewhere). Picking one alone was within 2 points of the
+test set's best in 34 of the 57 runs, the bagged ensemble in 46.
 
 Its estimate is nested, like every other: for each cross-validation fold the weights and temperatures come
 from the other folds' labels only, and the fold's rows are scored with that mixture of the held-out
@@ -27,7 +25,8 @@ estimates are not comparable with the ensemble's, since the lowest of many noisy
 ``report.best`` ships the ensemble whichever of the two measured better: until the eleventh session it shipped
 ``one`` where picking one's nested estimate won, and on 57 real runs that comparison did not tell when the
 single pick would be more accurate on the test set (shipping the ensemble always: 46 runs within 2 points
-against 43; with 2 or 3 labels per class it was ahead in every image and embedding regime).
+against 43; with 2 or 3 labels per class it was ahead of or level with the guarded rule in every image and
+embedding regime).
 """
 
 from __future__ import annotations
@@ -105,6 +104,11 @@ def stacking_weights(label_proba: Tensor, row_weights: Tensor | None = None) -> 
     damped Newton steps, μ divided by 10 once a step's Newton decrement is under μ): a few dozen steps whatever
     the problem, where EM, the textbook update for mixing proportions, took up to 20,000 on a few of the
     Bayesian-bootstrap draws (its tail is linear with a rate near 1 when a member is nearly useless)."""
+    n = label_proba.shape[0]
+    if row_weights is not None and (row_weights.dim() not in (1, 2) or row_weights.shape[-1] != n
+                                    or bool((row_weights < 0).any())):
+        raise ValueError(f"row_weights must be (n,) or (B, n) non-negative weights with n = {n}, label_proba's "
+                         f"rows; got shape {tuple(row_weights.shape)}")
     with using_threads(1):  # problems this small: on a busy 2-core machine two threads took 10x as long
         return _interior_point(label_proba, row_weights)
 
