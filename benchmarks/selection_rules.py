@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     print("| run | source_only | best unsupervised (gain) | scratch | naive | best ssl | test set's best | "
           "pick one | weighted_ensemble | best (which) | guarded | one fit | top-3 mean | pseudo-BMA | BMA+ | "
           "fresh labels |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     fresh: dict[str, list[float]] = {}
     saved: dict[str, list[str]] = {}
