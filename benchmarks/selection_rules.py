@@ -89,14 +89,28 @@ def bma_plus(log_proba: dict, y: torch.Tensor, rows: torch.Tensor, draws: int = 
     return keep_members(fitted, w)
 
 
-def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -> dict:
-    y, ty = run["labeled_y"], run["test_y"]
-    folds = stratified_folds(y, FOLDS, seed)
+def predictions(run: dict, keep: set[str] | None = None) -> tuple[list[str], dict, dict]:
+    """A saved run's strategies (those in ``keep``, all: None), their held-out log probabilities of the labels and
+    their test-set log probabilities."""
     names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")
              and (keep is None or s in keep)]
     log_proba = {s: run["cv_log_proba"][s].double() for s in names if run["cv_log_proba"].get(s) is not None}
-    estimate = {s: Estimate.from_predictions(lp, y, folds) for s, lp in log_proba.items()}
     test_log_proba = {s: run["test_proba"][s].double().clamp_min(1e-30).log() for s in names}
+    return names, log_proba, test_log_proba
+
+
+def one_fit_correct(fitted: list, test_log_proba: dict, ty: torch.Tensor) -> torch.Tensor:
+    """Which test rows the "one fit" rule gets right: ``fitted``'s candidates mixed with one stacking fit's
+    weights (no bagging)."""
+    m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
+    return mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
+
+
+def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -> dict:
+    y, ty = run["labeled_y"], run["test_y"]
+    folds = stratified_folds(y, FOLDS, seed)
+    names, log_proba, test_log_proba = predictions(run, keep)
+    estimate = {s: Estimate.from_predictions(lp, y, folds) for s, lp in log_proba.items()}
     correct = {s: lp.argmax(1) == ty for s, lp in test_log_proba.items()}
 
     def report(weighted=None) -> str:
@@ -107,8 +121,7 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200) -
     correct[WEIGHTED_ENSEMBLE] = mixture([test_log_proba[s] for s in we.members], we.weights,
                                          we.temperatures).argmax(1) == ty
     fitted = fits(log_proba, y, STRATEGIES, None)
-    m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
-    correct["one fit"] = mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty
+    correct["one fit"] = one_fit_correct(fitted, test_log_proba, ty)
     top3 = sorted(fitted, key=lambda f: f.loss)[:3]  # the candidates' own fits
     correct["top-3 mean"] = mixture([test_log_proba[f.strategy] for f in top3], [1 / 3] * 3,
                                     [f.temperature for f in top3]).argmax(1) == ty
@@ -142,9 +155,7 @@ def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[s
     each chosen from ``per_class`` labelled rows per class drawn from the run's, ``draws`` times (see the
     docstring)."""
     y, ty = run["labeled_y"], run["test_y"]
-    names = [s for s in STRATEGIES if s in run["accuracy"] and s not in (WEIGHTED_ENSEMBLE, "top_ensemble")]
-    log_proba = {s: run["cv_log_proba"][s].double() for s in names if run["cv_log_proba"].get(s) is not None}
-    test_log_proba = {s: run["test_proba"][s].double().clamp_min(1e-30).log() for s in names}
+    _, log_proba, test_log_proba = predictions(run)
     acc = {s: float((lp.argmax(1) == ty).double().mean()) for s, lp in test_log_proba.items()}
     top = max(acc.values())
     g = torch.Generator().manual_seed(seed)
@@ -160,9 +171,7 @@ def fewer_labels(run: dict, per_class: int, draws: int, seed: int = 0) -> dict[s
         gaps["guarded"].append(100 * ((mixed if we.better else acc[we.one]) - top))
         gaps["pick one"].append(100 * (acc[we.one] - top))
         fitted = fits({s: lp[rows] for s, lp in log_proba.items()}, y[rows], STRATEGIES, None)
-        m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
-        gaps["one fit"].append(100 * (float((mixture([test_log_proba[s] for s in m], w, t).argmax(1) == ty)
-                                            .double().mean()) - top))
+        gaps["one fit"].append(100 * (float(one_fit_correct(fitted, test_log_proba, ty).double().mean()) - top))
     return gaps
 
 

@@ -149,8 +149,8 @@ def _interior_point(label_proba: Tensor, row_weights: Tensor | None) -> Tensor:
 def _barrier_objective(w: Tensor, p: Tensor, a: Tensor, mu: Tensor) -> Tensor:
     """f(w) + μ Σ_s log w_s per problem (B, 1); −inf outside the simplex's interior."""
     inside = (w > 0).all(1, keepdim=True)
-    value = (a * (w.clamp_min(torch.finfo(torch.float64).tiny) @ p.T).log()).sum(1, keepdim=True) \
-        + mu * w.clamp_min(torch.finfo(torch.float64).tiny).log().sum(1, keepdim=True)
+    positive = w.clamp_min(torch.finfo(torch.float64).tiny)
+    value = (a * (positive @ p.T).log()).sum(1, keepdim=True) + mu * positive.log().sum(1, keepdim=True)
     return torch.where(inside, value, -torch.inf)
 
 
