@@ -150,7 +150,6 @@ def rules(run: dict, keep: set[str] | None, seed: int, fresh_draws: int = 200, f
              "one fit": "one fit",
              "top-3 mean": "top-3 mean", "pseudo-BMA": "pseudo-BMA", "BMA+": "BMA+"}
     out = {"acc": acc, "test_best": best, "picks": picks, "weights": we.describe(),
-
            "fresh": (fresh_labels(test_log_proba, acc, y, ty, fresh_draws, ensemble_draws=fresh_ensemble_draws)
                      if fresh_draws else {"pick one": float("nan"), "ensemble": float("nan")})}
     for rule, s in {**picks, "test labels, ensemble": "test labels, ensemble"}.items():
@@ -267,7 +266,7 @@ def main(argv=None) -> int:
           "fresh labels | fresh labels, ensemble | test labels, ensemble |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     tally: dict[tuple[str, str], list[tuple[float, bool]]] = {}
-    fresh: dict[str, list[float]] = {}
+    fresh: dict[str, list[dict[str, float]]] = {}
     saved: dict[str, list[str]] = {}
     for p in sorted(p for f in args.folder for p in glob.glob(os.path.join(f, "*.pt"))):
         saved.setdefault(os.path.basename(p), []).append(p)
