@@ -258,6 +258,8 @@ def main(argv=None) -> int:
                                                                        "class, drawn from each run's (see above)")
     ap.add_argument("--draws", type=int, default=10, help="--labels-per-class: draws per run")
     args = ap.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a row per run as it ends, also into a file (a run can take minutes)
+        sys.stdout.reconfigure(line_buffering=True)
     keep = set(args.strategies) if args.strategies else None
     if args.labels_per_class is not None:
         return main_fewer(args.folder, args.labels_per_class, args.draws)
