@@ -311,6 +311,8 @@ def main(argv=None) -> int:
     for regime, f in sorted(fresh.items()):
         for rule in ("pick one", "ensemble"):
             p = [x[rule] for x in f]
+            if any(q != q for q in p):  # not measured (--fresh-draws 0, or no --fresh-ensemble-draws)
+                continue
             need = -(-8 * len(p) // 9)  # the 8 of 9, as a share of the regime's runs
             print(f"| {regime} | fresh labels, {rule} (expected) | {sum(p):.1f}/{len(p)} | - | - | "
                   f"P(at least {need}): {at_least(p, need):.2f} |")
