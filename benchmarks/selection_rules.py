@@ -66,12 +66,12 @@ from pytl.experiments.strategies import ALIGNED, SEMI_SUPERVISED, STRATEGIES  # 
 from pytl.experiments.estimate import calibrated_cross_entropy  # noqa: E402
 from pytl.experiments.weighted_ensemble import (  # noqa: E402
     WEIGHTED_ENSEMBLE,
-    bagged_stacking_weights,
     fits,
     keep_members,
     mixture,
     stacking_weights,
     weigh,
+    weigh_members,
 )
 
 UNSUPERVISED = tuple(f"{a}_only" for a in ALIGNED)
@@ -201,8 +201,7 @@ def fresh_labels(log_proba: dict, acc: dict, y: torch.Tensor, ty: torch.Tensor, 
         loss = {s: calibrated_cross_entropy(lp[rows], ty[rows])[0] for s, lp in log_proba.items()}
         hits += acc[min(loss, key=loss.get)] >= top - 0.02
         if d < ensemble_draws:
-            fitted = fits(log_proba, ty, STRATEGIES, rows)
-            m, w, t = keep_members(fitted, bagged_stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
+            m, w, t = weigh_members(log_proba, ty, STRATEGIES, rows)  # as shipped: bagged stacking
             right = mixture([log_proba[s] for s in m], w, t).argmax(1) == ty
             mixed.append(float(right.double().mean()) >= top - 0.02)
     return {"pick one": hits / draws, "ensemble": sum(mixed) / len(mixed) if mixed else float("nan")}
@@ -212,9 +211,7 @@ def ceiling_correct(log_proba: dict, ty: torch.Tensor) -> torch.Tensor:
     """Which test rows the stacked ensemble gets right whose weights and temperatures are fitted on every test label
     (one stacking fit): what weighing by log-likelihood could reach with unlimited labels; log_proba: each
     strategy's test-set log probabilities."""
-    fitted = fits(log_proba, ty, STRATEGIES, None)
-    m, w, t = keep_members(fitted, stacking_weights(torch.stack([f.label_proba for f in fitted], 1)))
-    return mixture([log_proba[s] for s in m], w, t).argmax(1) == ty
+    return one_fit_correct(fits(log_proba, ty, STRATEGIES, None), log_proba, ty)
 
 
 def at_least(p: list[float], k: int) -> float:
