@@ -83,7 +83,8 @@ def times(factor: float, sign: str) -> str:
 
 
 def run(name: str, seed: int, features: str, mode: str, labels: int, threads: int, hidden=None,
-        strategies="all", save: str | None = None, image_size: int | None = None, factor: float = 1.0) -> dict:
+        strategies="all", save: str | None = None, image_size: int | None = None, factor: float = 1.0,
+        ship: str = "refit") -> dict:
     if features == "tabular":
         data = load_tabular_pair(name, seed, labels_per_class=max(labels, 1))
     else:
@@ -98,7 +99,7 @@ def run(name: str, seed: int, features: str, mode: str, labels: int, threads: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = pytl.compare_strategies(**data, strategies=strategies, seed=seed, folds=5 if labels else None,
-                                    num_threads=threads, hidden_sizes=hidden, **lam)
+                                    num_threads=threads, hidden_sizes=hidden, ship=ship, **lam)
     acc = r.accuracy
     if save:  # what selection rules need, to be compared afterwards without training again
         xt, yt = data["target_test"]
@@ -108,7 +109,8 @@ def run(name: str, seed: int, features: str, mode: str, labels: int, threads: in
                     "cv_log_proba": {s: e.log_proba for s, e in r.estimate.items()},
                     "seconds": r.seconds, "cv_seconds": r.cv_seconds,
                     "lambdas": {a: (s.chosen, s.finetune_chosen) for a, s in r.lambdas.items()}},
-                   os.path.join(save, f"{features}{image_size or ''}_{name}_{mode}{times(factor, 'x')}_{seed}.pt"))
+                   os.path.join(save, f"{features}{image_size or ''}_{name}_{mode}{times(factor, 'x')}"
+                                      f"{'' if ship == 'refit' else '_' + ship}_{seed}.pt"))
     unsup = [s for s in UNSUPERVISED if s in acc]
     best_unsup = max(unsup, key=acc.get) if unsup and "source_only" in acc else None
     top = max(acc.values())
@@ -160,13 +162,16 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden_sizes of the MLP (default: the "
                     "default MLP's, two layers of 256)")
     ap.add_argument("--strategies", nargs="*", default=None, help="a subset (default: all)")
+    ap.add_argument("--ship", choices=("refit", "folds"), default="refit", help="what a label-using strategy "
+                    "ships: retrained on every label, or its cross-validation fold models' mean")
     ap.add_argument("--save", default=None, help="a folder: each run's test-set probabilities and cross-validated "
                     "predictions per strategy, to compare selection rules afterwards")
     args = ap.parse_args(argv)
     hidden = tuple(args.hidden) if args.hidden else None
     strategies = args.strategies or "all"
-    print(f"# vector regime: {args.features}, {args.labels} target labels per class, strategies='all', "
-          f"default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; torch "
+    print(f"# vector regime: {args.features}, {args.labels} target labels per class, ship={args.ship!r}, "
+          f"strategies='all', default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; "
+          f"torch "
           f"{torch.__version__}, {args.threads} thread(s)\n")
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
         curves = {}
@@ -174,7 +179,7 @@ def main(argv=None) -> int:
             rows = []
             for s in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(run(name, s, args.features, mode, args.labels, args.threads, hidden, strategies,
-                                args.save, args.image_size, factor))
+                                args.save, args.image_size, factor, args.ship))
                 print(f"{name} {mode} x{factor:g} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)  # progress
             strategies = list(rows[0]["acc"])
             print(f"## {name} ({rows[0]['features_dim']} features), λ {mode}{times(factor, ' × ')}\n")

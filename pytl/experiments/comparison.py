@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pytl import _inputs as inp
-from pytl._checks import check_int, check_optional_int
+from pytl._checks import check_choice, check_int, check_optional_int
 from pytl.experiments.comparison_data import (
     LOADER_ROWS,
     ComparisonData,
@@ -61,6 +61,8 @@ from pytl.validation.criteria import check_criterion
 __all__ = ["compare_strategies"]
 
 EMBEDDING_MMD_SAMPLES = LOADER_ROWS  # rows per domain for the embedding MMD² of each strategy's model
+#: what a label-using strategy ships (the "ship" option): retrained on every label, or its fold models' mean
+SHIP = ("refit", "folds")
 
 
 def compare_strategies(
@@ -94,7 +96,9 @@ def compare_strategies(
     the label-free strategies are scored on all the labels; stage-1 models are trained once and shared
     by every fold. This gives ``report.estimate`` (no test set needed), ``report.verdict`` (a paired
     test against scratch) and ``report.best``; the models in ``report.models`` are trained on all the
-    labels. Each class needs at least ``folds`` labels; ``folds=None`` (or 0) skips the cross-validation.
+    labels (``ship="refit"``), or with ``ship="folds"`` each is the mean of its fold models, the models its
+    estimate scored (no retraining). Each class needs at least ``folds`` labels; ``folds=None`` (or 0) skips the
+    cross-validation.
     target_test: optional labelled target data; when given, ``report.accuracy`` holds each strategy's
     accuracy on it and the verdict is taken on it.
 
@@ -151,6 +155,9 @@ def compare_strategies(
     fold_index, k = None, check_folds(folds, None if data.labeled is None else data.labeled[1])
     if k is not None and data.labeled is not None:
         fold_index = stratified_folds(data.labeled[1], k, seed)
+    if check_choice(cfg["ship"], "ship", SHIP) == "folds" and data.labeled is not None and fold_index is None:
+        raise ValueError("ship='folds' ships each label-using strategy's cross-validation fold models, and folds is "
+                         "None: give folds (at least 2), or ship='refit'")
     if WEIGHTED_ENSEMBLE in wanted:
         why = ("its weights come from cross-validated predictions: give folds" if fold_index is None else
                "it averages the other strategies: request at least two of them" if len(candidates(wanted, wanted)) < 2
@@ -177,7 +184,9 @@ def _train_and_report(base: nn.Module, data: ComparisonData, common: dict[str, A
     elif data.labeled is not None and runs.tuned(wanted):
         _finetune_lambdas_without_estimates(runs, wanted, data.labeled[1], seed)
     cv_seconds = time.perf_counter() - t0
-    if data.labeled is not None:
+    if data.labeled is not None and cfg["ship"] == "folds":
+        runs.ship_folds(wanted)
+    elif data.labeled is not None:
         runs.stage2(wanted, data.labeled)
     weighted = None
     if WEIGHTED_ENSEMBLE in wanted:  # trains nothing: weighs the models just trained

@@ -67,6 +67,10 @@ def table_parts(accuracy: Mapping[str, float], std: Mapping[str, float] | None, 
                      + ("; weighted_ensemble's loss is nested (each fold's weights chosen without its labels), and "
                         "where it is compared it is what ships"
                         if "weighted_ensemble" in estimate else "") + ")")
+        if config.get("ship") == "folds":
+            notes.append(f"(ship='folds': each strategy that uses target labels ships the mean of its {folds} "
+                         "fold models, the models its CV estimate scored, not a model retrained on every label; a "
+                         "λ-searched label-free strategy, the mean of its folds' λ choices)")
     if label_free:
         notes.append(f"({label_free[0]} score: label-free (pytl.validation), higher ranks higher; it ranks models, it "
                      "does not measure accuracy; * = best)")

@@ -40,7 +40,7 @@ class ComparisonReport:
     ``criterion`` is the one that picks ``best``. Such scores rank models; they do not measure accuracy.
     embedding_mmd2: strategy → MMD² between source and target embeddings of its final model (the
     tutorial's rule of thumb: < 0.1 looks transferable, > 0.5 does not).
-    models: strategy → its model trained on all the target labels.
+    models: strategy → its model trained on all the target labels (ship="folds": the mean of its fold models).
     lambdas: alignment → ``LambdaSearch`` where its λ option was "auto" or a grid: every λ's score and
     noise, the chosen λ (the one ``config`` and the table show) and each cross-validation fold's choice.
     """
@@ -115,7 +115,8 @@ class ComparisonReport:
 
     @property
     def best_model(self) -> nn.Module:
-        """The model of ``best``, trained on all the target labels: the one to ship."""
+        """The model of ``best``, trained on all the target labels (ship="folds": its fold models' mean): the one to
+        ship."""
         if self.best is None:
             raise ValueError("no best model: it is chosen by the cross-validated estimate, which needs target_labeled "
                              "and folds (compare_strategies(..., target_labeled=(X, y), folds=5)), or without target "

@@ -1,6 +1,10 @@
 """The training runs of one comparison: each stage-1 model is trained once and shared by the strategies
 (and the cross-validation folds) that start from it; with a λ grid ("auto" or a sequence), one stage-1
 model per λ, the choice among them (lambda_search.py) made per fold without the fold's labels.
+
+What a label-using strategy ships (the ``ship`` option): "refit", its training run on every label after the
+cross-validation; "folds", the mean of its cross-validation fold models (``ship_folds``), so that the held-out
+predictions that estimate and weigh it are predictions of the models that ship.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pytl._checks import DataWarning
 from pytl.experiments.comparison_data import ComparisonData
 from pytl.experiments.ensemble import EnsembleModel
 from pytl.experiments.estimate import Estimate
+from pytl.experiments.fold_models import FoldModels, Trained
 from pytl.experiments.folds import training_rows
 from pytl.experiments.lambda_search import (
     LambdaSearch,
@@ -59,6 +64,7 @@ class Runs:
         self.grids = comparison_grids(cfg, data.labeled is not None)
         #: alignment → the λ of "ssl_<alignment>" where it is not its search's choice ("auto": the default)
         self.ssl_defaults = semi_supervised_defaults(cfg)
+        self.folds = FoldModels(keep=cfg.get("ship") == "folds")  # each strategy's fold runs, for ship="folds"
 
     def stage1(self, wanted: Sequence[str]) -> None:
         """The stage-1 models the ``wanted`` strategies need (each run has its own copy of the initial
@@ -115,19 +121,21 @@ class Runs:
         starts = {} if label else {a: s.models[s.finetune_chosen] for a, s in self.searches.items()
                                    if s.finetune_chosen is not None}
         needs = {s for s in FINETUNED if s in wanted} | ({"mmd", "scratch"} if "ensemble" in wanted else set())
-        out: dict[str, nn.Module] = {}
+        runs: dict[str, Trained] = {}
         for s in FINETUNED:
             if s in needs:
-                out[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts)
+                runs[s] = self.finetune(s, labeled, keep=not label, label=label, starts=starts)
         for s, a in SEMI_SUPERVISED.items():  # stage 1 on these labels too: trained here, per fold under CV
             if s in wanted:
-                out[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, lambdas=lambdas or {})
+                runs[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, lambdas=lambdas or {})
         if "ensemble" in wanted:
-            out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
+            runs["ensemble"] = (EnsembleModel([runs["mmd"][0], runs["scratch"][0]]), {"align": [], "finetune": []}, 0)
             if not label:
-                self.models["ensemble"] = out["ensemble"]
+                self.models["ensemble"] = runs["ensemble"][0]
                 self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
-        return out
+        for s, run in runs.items() if label else ():  # a fold's runs, kept for ship="folds"
+            self.folds.add(s, run)
+        return {s: run[0] for s, run in runs.items()}
 
     def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
         """Each label-using strategy trained once per fold without that fold's labels and scored on it;
@@ -167,7 +175,14 @@ class Runs:
             if a == "mmd" and "ensemble" in logp:  # as EnsembleModel: log of the mean probability
                 mean = (chosen.exp() + scratch.exp()) / 2
                 logp["ensemble"] = torch.log_softmax(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), 1)
+        if "ensemble" in wanted and "ensemble" not in self.folds.runs:  # a searched "mmd": its folds' λ now known
+            self.folds.add_ensembles()
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
+
+    def ship_folds(self, wanted: Sequence[str]) -> None:
+        """ship="folds", after ``cross_validate``: each label-using strategy ships its fold models' mean
+        (fold_models.FoldModels.ship)."""
+        self.folds.ship(wanted, self.models, self.histories, self.seconds, FINETUNED, self.searches)
 
     def tuned(self, wanted: Sequence[str]) -> list[str]:
         """The alignments whose λ was searched with target labels and whose fine-tuned strategy is wanted (the
@@ -182,19 +197,23 @@ class Runs:
         xl, yl = self.data.labeled  # type: ignore[misc]
         per_lambda = {a: {lam: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
                           for lam in self.searches[a].models} for a in tuned}
+        trained: dict[str, dict[float, list[Trained]]] = {a: {} for a in tuned}  # every λ's fold runs
         for k, held in enumerate(folds):
             train = training_rows(yl.shape[0], held)
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
             for a in tuned:
                 for lam, m in self.searches[a].models.items():
                     ft = self.finetune(a, labeled, keep=False, label=f"{label}λ={lam:g} ", starts={a: m})
-                    per_lambda[a][lam][held] = log_proba(ft, xl[held])
+                    per_lambda[a][lam][held] = log_proba(ft[0], xl[held])
+                    if self.folds.keep:
+                        trained[a].setdefault(lam, []).append(ft)
         out = {}
         for a in tuned:
             search = self.searches[a]
             search.finetune_scores, search.finetune_noise = by_labels(per_lambda[a], yl)
             search.finetune_chosen = pick(search.finetune_scores)
             search.finetune_fold_choices, out[a] = fold_choices(per_lambda[a], yl, folds)
+            self.folds.add_chosen(a, search, trained[a], self.lambda_histories[a])
         return out
 
     def align(self, name: str, lam: float, alignment: str = "mmd", label: str | None = None) -> None:
@@ -215,7 +234,7 @@ class Runs:
         self.seconds[name] = time.perf_counter() - t0
 
     def semi_supervised(self, name: str, alignment: str, labeled: tuple[Tensor, Tensor], keep: bool,
-                        label: str, lambdas: dict[str, float]) -> nn.Module:
+                        label: str, lambdas: dict[str, float]) -> tuple[nn.Module, dict[str, list], float]:
         """Both stages of "ssl_<alignment>" on ``labeled``: stage 1 learns from them beside the source and the
         unlabelled target (TrainSettings.semi_supervised), then fine-tunes on them. λ (``ssl_lambda``): the
         option's value; with "auto" the alignment's default; with a grid of one's own the λ its unsupervised
@@ -226,7 +245,7 @@ class Runs:
         epochs instead of ``align_epochs`` from the initial weights, in the shipped model and in every fold
         alike: the per-fold stage 1 is what makes the semi-supervised strategies' cross-validation expensive,
         and the estimate must be of what ships (cheap folds alone, before a full shipped run, misranked 3 of 13
-        real runs: benchmarks/OUTCOMES.md)."""
+        real runs: benchmarks/OUTCOMES.md). Returns the model, its history and its seconds."""
         t0 = time.perf_counter()
         lam = lambdas.get(name, self.ssl_lambda(alignment))
         init, epochs = self.base, self.cfg["align_epochs"]
@@ -239,11 +258,10 @@ class Runs:
         trainer.state.label = f"{label}{name}: "
         with _data_warnings_shown_once(), _training_warnings_held([] if not keep else None):
             trainer.fit(self.data.source, self.data.target_unlabeled, labeled)
+        seconds = time.perf_counter() - t0
         if keep:
-            self.models[name] = trainer.model
-            self.histories[name] = trainer.history
-            self.seconds[name] = time.perf_counter() - t0
-        return trainer.model
+            self.models[name], self.histories[name], self.seconds[name] = trainer.model, trainer.history, seconds
+        return trainer.model, trainer.history, seconds
 
     def ssl_lambda(self, alignment: str) -> float:
         """The λ of the shipped "ssl_<alignment>": its number, the alignment's default under "auto", or the
@@ -254,8 +272,9 @@ class Runs:
         return grid[0] if len(grid) == 1 else self.searches[alignment].chosen
 
     def finetune(self, name: str, labeled: tuple[Tensor, Tensor], keep: bool, label: str,
-                 starts: dict[str, nn.Module]) -> nn.Module:
-        """Stage 2 of strategy ``name`` on ``labeled``, from its stage-1 model (scratch: the initial weights)."""
+                 starts: dict[str, nn.Module]) -> tuple[nn.Module, dict[str, list], float]:
+        """Stage 2 of strategy ``name`` on ``labeled``, from its stage-1 model (scratch: the initial weights): the
+        model, its history (stage 1's and this fine-tuning) and this run's seconds."""
         t0 = time.perf_counter()
         start = FINETUNED[name]
         scratch = name == "scratch"
@@ -267,14 +286,15 @@ class Runs:
         trainer.state.label = f"{label}{name}: "
         with _data_warnings_shown_once():
             trainer.finetune(labeled)
+        search = self.searches.get(name)
+        first = (self.lambda_histories[name][search.finetune_chosen]
+                 if search is not None and search.finetune_chosen is not None else self.histories.get(start, {}))
+        history = {"align": first.get("align", []), "finetune": trainer.history["finetune"]}
+        seconds = time.perf_counter() - t0
         if keep:
-            search = self.searches.get(name)
-            first = (self.lambda_histories[name][search.finetune_chosen]
-                     if search is not None and search.finetune_chosen is not None else self.histories.get(start, {}))
-            self.models[name] = trainer.model
-            self.histories[name] = {"align": first.get("align", []), "finetune": trainer.history["finetune"]}
-            self.seconds[name] = time.perf_counter() - t0 + self.seconds.get(start, 0.0)
-        return trainer.model
+            self.models[name], self.histories[name] = trainer.model, history
+            self.seconds[name] = seconds + self.seconds.get(start, 0.0)
+        return trainer.model, history, seconds
 
 
 @contextlib.contextmanager
