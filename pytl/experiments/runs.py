@@ -197,7 +197,7 @@ class Runs:
         xl, yl = self.data.labeled  # type: ignore[misc]
         per_lambda = {a: {lam: torch.zeros(yl.shape[0], self.data.num_classes, dtype=torch.float64)
                           for lam in self.searches[a].models} for a in tuned}
-        trained: dict[str, dict[float, list[Trained]]] = {a: {} for a in tuned}  # every λ's fold runs
+        trained: dict[str, dict[float, list[Trained]]] = {a: {} for a in tuned}  # ship="folds": every λ's fold runs
         for k, held in enumerate(folds):
             train = training_rows(yl.shape[0], held)
             label, labeled = f"fold {k + 1}/{len(folds)} ", (xl[train], yl[train])
