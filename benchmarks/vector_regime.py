@@ -171,8 +171,7 @@ def main(argv=None) -> int:
     strategies = args.strategies or "all"
     print(f"# vector regime: {args.features}, {args.labels} target labels per class, ship={args.ship!r}, "
           f"strategies='all', default model{'' if hidden is None else f' with hidden_sizes={hidden}'} and settings; "
-          f"torch "
-          f"{torch.__version__}, {args.threads} thread(s)\n")
+          f"torch {torch.__version__}, {args.threads} thread(s)\n")
     for name in TABULAR_PAIRS if args.features == "tabular" else map(pair_name, args.pairs):
         curves = {}
         for mode, factor in [(m, f) for m in args.modes for f in (args.lambda_factors if m == "fixed" else [1.0])]:
