@@ -6,6 +6,7 @@ the labels, while the model that ships saw them all (benchmarks/OUTCOMES.md meas
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 
 from torch import nn
@@ -28,13 +29,12 @@ class FoldModels:
         self.runs: dict[str, list[tuple[nn.Module, dict[str, list]]]] = {}
         self.seconds: dict[str, float] = {}
 
-    def add(self, name: str, trained: Trained) -> nn.Module:
-        """A fold's run of ``name`` (kept when ``keep``); returns its model."""
+    def add(self, name: str, trained: Trained) -> None:
+        """A fold's run of ``name`` (kept when ``keep``)."""
         model, history, seconds = trained
         if self.keep:
             self.runs.setdefault(name, []).append((model, history))
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        return model
 
     def add_chosen(self, name: str, search: LambdaSearch, trained: Mapping[float, list[Trained]],
                    stage1: Mapping[float, dict[str, list]]) -> None:
@@ -48,7 +48,8 @@ class FoldModels:
             self.seconds[name] = sum(run[2] for runs in trained.values() for run in runs)
 
     def add_ensembles(self) -> None:
-        """Each fold's "ensemble": the mean of its "mmd" and its "scratch" (once both are kept)."""
+        """Each fold's "ensemble": the mean of its "mmd" and its "scratch", once both are kept (a searched "mmd"
+        only after the folds chose its λ)."""
         if self.keep:
             self.runs["ensemble"] = [(EnsembleModel([mmd, plain]), {"align": [], "finetune": []})
                                      for (mmd, _), (plain, _) in zip(self.runs["mmd"], self.runs["scratch"])]
@@ -67,7 +68,7 @@ class FoldModels:
                 models[s], histories[s] = EnsembleModel([m for m, _ in self.runs[s]]), self.runs[s][0][1]
                 seconds[s] = cost("mmd") + cost("scratch") if s == "ensemble" else cost(s)
         for a, search in searches.items():
-            if f"{a}_only" in wanted and len(set(search.fold_choices)) > 1:
-                chosen = sorted(set(search.fold_choices))
-                share = [search.fold_choices.count(lam) / len(search.fold_choices) for lam in chosen]
-                models[f"{a}_only"] = EnsembleModel([search.models[lam] for lam in chosen], weights=share)
+            chosen = Counter(search.fold_choices)  # λ → how many folds chose it
+            if f"{a}_only" in wanted and len(chosen) > 1:
+                models[f"{a}_only"] = EnsembleModel([search.models[lam] for lam in chosen],
+                                                    weights=[n / len(search.fold_choices) for n in chosen.values()])

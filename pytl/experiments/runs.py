@@ -128,14 +128,15 @@ class Runs:
         for s, a in SEMI_SUPERVISED.items():  # stage 1 on these labels too: trained here, per fold under CV
             if s in wanted:
                 runs[s] = self.semi_supervised(s, a, labeled, keep=not label, label=label, lambdas=lambdas or {})
-        if "ensemble" in wanted:
-            runs["ensemble"] = (EnsembleModel([runs["mmd"][0], runs["scratch"][0]]), {"align": [], "finetune": []}, 0)
-            if not label:
-                self.models["ensemble"] = runs["ensemble"][0]
-                self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
         for s, run in runs.items() if label else ():  # a fold's runs, kept for ship="folds"
             self.folds.add(s, run)
-        return {s: run[0] for s, run in runs.items()}
+        out = {s: run[0] for s, run in runs.items()}
+        if "ensemble" in wanted:
+            out["ensemble"] = EnsembleModel([out["mmd"], out["scratch"]])
+            if not label:
+                self.models["ensemble"] = out["ensemble"]
+                self.seconds["ensemble"] = self.seconds["mmd"] + self.seconds["scratch"]
+        return out
 
     def cross_validate(self, wanted: Sequence[str], folds: list[Tensor]) -> dict[str, Estimate]:
         """Each label-using strategy trained once per fold without that fold's labels and scored on it;
@@ -175,7 +176,7 @@ class Runs:
             if a == "mmd" and "ensemble" in logp:  # as EnsembleModel: log of the mean probability
                 mean = (chosen.exp() + scratch.exp()) / 2
                 logp["ensemble"] = torch.log_softmax(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), 1)
-        if "ensemble" in wanted and "ensemble" not in self.folds.runs:  # a searched "mmd": its folds' λ now known
+        if "ensemble" in wanted:  # after the folds' mmd λ choices, where it was searched
             self.folds.add_ensembles()
         return {s: Estimate.from_predictions(lp, yl, folds) for s, lp in logp.items()}
 
